@@ -1,0 +1,30 @@
+"""daskglm: generalized linear models on panels too large for one machine's memory.
+
+>>> import daskglm as dg
+>>> res = dg.fit(ds, y="y", x=["x_ijk", "x_ij", "x_i"], family="poisson", exposure="t")
+"""
+
+from .api import SeparationWarning, fit
+from .checks import DataError
+from .families import Binomial, Exponential, Family, Gaussian, NegativeBinomial, Poisson
+from .registry import FAMILIES, SOLVERS
+from .results import GLMResults
+from .solvers.base import ConvergenceWarning
+
+__all__ = [
+    "fit",
+    "GLMResults",
+    "Family",
+    "Gaussian",
+    "Poisson",
+    "Binomial",
+    "NegativeBinomial",
+    "Exponential",
+    "FAMILIES",
+    "SOLVERS",
+    "DataError",
+    "ConvergenceWarning",
+    "SeparationWarning",
+]
+
+__version__ = "0.1.0"

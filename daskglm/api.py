@@ -1,0 +1,163 @@
+"""The public entry point: :func:`fit`."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+import numpy as np
+
+from . import graph
+from .engine import PanelObjective, run_setup
+from .engine import start_params as default_start
+from .families import Family
+from .inference import covariance, normalize_cov_type
+from .panel import build_panel
+from .registry import resolve_family, resolve_solver
+from .results import FitSpec, GLMResults
+
+__all__ = ["fit"]
+
+log = logging.getLogger("daskglm")
+
+
+def _cluster_axes(cluster, dims: tuple[str, ...]) -> tuple[int, ...]:
+    names = (cluster,) if isinstance(cluster, str) else tuple(cluster)
+    if not names:
+        raise ValueError("cluster=() names no dim; give the panel dims that define the clusters")
+    bad = [c for c in names if c not in dims]
+    if bad:
+        raise ValueError(
+            f"cluster={cluster!r}: {bad[0]!r} is not a panel dim (y's dims: {dims}); clusters are "
+            "cells of one or more panel dims, e.g. cluster=('i', 'j') for (i, j) pairs"
+        )
+    return tuple(sorted(dims.index(c) for c in names))
+
+
+def fit(
+    data,
+    y: str,
+    x: Sequence | str | None = None,
+    family: str | Family = "gaussian",
+    *,
+    exposure=None,
+    offset=None,
+    weights=None,
+    intercept: bool = True,
+    solver: str = "newton",
+    cov_type: str | None = "nonrobust",
+    cluster: str | Sequence[str] | None = None,
+    tol: float = 1e-8,
+    max_iter: int = 100,
+    missing: str = "raise",
+    chunks=None,
+    start_params: Sequence[float] | None = None,
+    callback: Callable[[dict], None] | None = None,
+    storage_options: dict | None = None,
+    **solver_options,
+) -> GLMResults:
+    """Fit a generalized linear model to a panel without forming its design matrix.
+
+    Parameters
+    ----------
+    data : xarray.Dataset or str or path
+        The panel, numpy- or dask-backed, or the path/URL of a zarr store.
+    y : str
+        The response; its dims are the panel dims.
+    x : list of str or DataArray
+        Covariates, each spanning a subset of the panel dims, plus optionally one extra
+        dim of columns (parameters ``name[label]``).
+    family : str or Family
+        ``"gaussian"``, ``"poisson"``, ``"binomial"``, ``"negative_binomial"``,
+        ``"exponential"`` or an instance (``dg.Binomial(trials="n")``,
+        ``dg.NegativeBinomial(alpha=None)``, ``dg.Exponential(event="d")``).
+    exposure, offset, weights : str, DataArray or number, optional
+        Exposure (enters as ``log``), offset(s) (a list is summed) and frequency weights,
+        each over any subset of the panel dims.
+    intercept : bool
+        Add a constant named ``"Intercept"``.
+    solver : str
+        A name of :data:`daskglm.registry.SOLVERS` (``"newton"``).
+    cov_type : {"nonrobust", "robust", "HC0", "HC1", "cluster"} or None
+        Covariance of the estimates; ``None`` skips standard errors.
+    cluster : str or tuple of str
+        With ``cov_type="cluster"``: the panel dims whose cells are the clusters.
+    tol, max_iter : float, int
+        Convergence tolerance and iteration limit (a fit that hits the limit warns).
+    missing : {"raise", "drop"}
+        What to do with NaN/inf inputs at cells where ``y`` is observed.
+    chunks : optional
+        Chunks of the full grid (any form dask accepts); defaults to ``y``'s own chunks, or
+        about 2**19 cells per chunk for numpy-backed data.
+    start_params : sequence of float, optional
+        Starting values in the order of the internal parameter vector (``res.layout``).
+    callback : callable, optional
+        Called with each iteration's diagnostics row.
+    storage_options : dict, optional
+        Passed to fsspec when ``data`` is a URL.
+    **solver_options
+        Fields of the solver's config class (e.g. ``max_halvings`` for Newton).
+
+    Returns
+    -------
+    GLMResults
+    """
+    fam = resolve_family(family)
+    spec = resolve_solver(solver)
+    cov = normalize_cov_type(cov_type)
+    if cov == "cluster" and cluster is None:
+        raise ValueError("cov_type='cluster' needs cluster=, the panel dim(s) defining the clusters")
+    if cluster is not None and cov != "cluster":
+        raise ValueError(f"cluster={cluster!r} is given but cov_type={cov_type!r}; use cov_type='cluster'")
+    if not (tol > 0):
+        raise ValueError(f"tol={tol!r} must be > 0")
+    if int(max_iter) < 1:
+        raise ValueError(f"max_iter={max_iter!r} must be >= 1")
+    known = set(spec.config.__dataclass_fields__) - {"tol", "max_iter"}
+    unknown = set(solver_options) - known
+    if unknown:
+        raise TypeError(f"unexpected argument(s) {sorted(unknown)} for solver {spec.name!r}; "
+                        f"its options are {sorted(known)}")
+    config = spec.config(tol=tol, max_iter=int(max_iter), **solver_options)
+
+    panel = build_panel(data, y, x, fam, offset=offset, exposure=exposure, weights=weights,
+                        intercept=intercept, missing=missing, chunks=chunks,
+                        storage_options=storage_options)
+    cluster_axes = _cluster_axes(cluster, panel.layout.dims) if cov == "cluster" else None
+    counter = graph.PassCounter()
+    setup = run_setup(panel, counter)
+    panel = replace(panel, layout=setup.layout)
+    if setup.n_dropped:
+        log.info("missing='drop': left out %d cells (%s)", setup.n_dropped, setup.dropped_by)
+    objective = PanelObjective(panel, setup, counter)
+    x0 = default_start(setup) if start_params is None else np.asarray(start_params, float)
+    if x0.shape != (objective.n_params,):
+        raise ValueError(f"start_params has {x0.size} values; the model has {objective.n_params}: "
+                         f"{setup.layout.param_names}")
+    result = spec.run(objective, x0, config, callback)
+    final = objective.final(result.params, cluster_axes)
+    V = None
+    if cov is not None:
+        nb = setup.layout.n_beta
+        scale = final["dev"] / (setup.sum_weights - nb) if fam.name == "gaussian" else 1.0
+        V = covariance(final["hess"], cov, scale=scale, meat=final["meat"],
+                       cluster_meat=final.get("cluster_meat"), n_clusters=final.get("n_clusters"),
+                       nobs=setup.sum_weights, k=setup.layout.n_params)
+    spec_ = FitSpec(y=y, x=tuple(x) if isinstance(x, list | tuple) else ((x,) if x is not None else ()),
+                    offset=offset, exposure=exposure, weights=weights, intercept=intercept,
+                    solver=spec.name, tol=tol, max_iter=int(max_iter))
+    res = GLMResults(panel=panel, setup=setup, spec=spec_, solver_result=result, final=final, cov=V,
+                     cov_type=cov, cluster=(cluster,) if isinstance(cluster, str) else cluster,
+                     counter=counter)
+    if res.n_separated and fam.name == "binomial":
+        warnings.warn(
+            f"complete or quasi-complete separation: {res.n_separated} used cells have fitted "
+            "probabilities of 0 or 1; some coefficients are not identified (they diverge)",
+            SeparationWarning, stacklevel=2)
+    return res
+
+
+class SeparationWarning(UserWarning):
+    """Fitted probabilities of exactly 0 or 1: the MLE does not exist (or is on the boundary)."""

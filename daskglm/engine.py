@@ -1,0 +1,88 @@
+"""The bridge between a :class:`~daskglm.panel.Panel` and the solvers.
+
+:class:`PanelObjective` turns "evaluate the log-likelihood at these parameters" into one pass
+over the panel (one ``dask.compute``); :func:`run_setup` is the validating first pass and
+:func:`final_pass` the last one, at the estimates, for standard errors and diagnostics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import graph
+from .checks import SetupInfo, interpret_setup
+from .kernels import finalize_eval, setup_packer
+from .panel import Panel
+from .solvers.base import Evaluation
+
+__all__ = ["PanelObjective", "run_setup", "final_pass", "start_params"]
+
+
+def run_setup(panel: Panel, counter: graph.PassCounter) -> SetupInfo:
+    """The first pass: validate the data and gather sums, constants and the Gram matrix."""
+    layout = panel.layout
+    (vec,) = graph.run(counter, "setup", graph.setup_graph(layout, panel.arrays))
+    return interpret_setup(layout, setup_packer(layout).unpack(vec))
+
+
+def start_params(setup: SetupInfo) -> np.ndarray:
+    """Starting values: the intercept-only estimate for the intercept, zeros elsewhere."""
+    layout = setup.layout
+    b0, extra = layout.family.start(setup.sums)
+    beta = np.zeros(layout.n_beta)
+    for block, sl in zip(layout.blocks, layout.block_slices, strict=True):
+        if block.intercept:
+            beta[sl] = b0
+    return np.concatenate([beta, extra])
+
+
+class PanelObjective:
+    """Log-likelihood of the model over a panel; each call is one pass over the data."""
+
+    def __init__(self, panel: Panel, setup: SetupInfo, counter: graph.PassCounter):
+        self.panel = panel
+        self.layout = setup.layout
+        self.setup = setup
+        self.counter = counter
+        self.n_params = self.layout.n_params
+
+    @property
+    def passes(self) -> int:
+        return self.counter.passes
+
+    def _evaluation(self, params: np.ndarray, st: dict) -> Evaluation:
+        ll = st["ll"]
+        dev = st["dev"] if self.setup.ll_sat is None else 2.0 * (self.setup.ll_sat - ll)
+        return Evaluation(np.array(params), ll, st["grad"], st.get("hess"), dev)
+
+    def __call__(self, params: np.ndarray, *, hessian: bool = True) -> Evaluation:
+        g = graph.eval_graph(self.layout, self.panel.arrays, params, hessian=hessian)
+        (vec,) = graph.run(self.counter, "eval", g)
+        return self._evaluation(params, finalize_eval(self.layout, vec, hessian=hessian))
+
+    def dispersion(self, e: Evaluation) -> float:
+        """Gaussian fits run with sigma = 1: divide LL differences by the MLE of sigma^2."""
+        if self.layout.family.name == "gaussian":
+            return max(e.deviance / self.setup.sum_weights, 1e-300)
+        return 1.0
+
+    def final(self, params: np.ndarray, cluster_axes: tuple[int, ...] | None = None) -> dict:
+        """Everything needed for inference at ``params``, in one pass.
+
+        Returns the unpacked final statistics (``ll``, ``grad``, ``hess``, ``dev``, ``meat``,
+        ``n_separated``) and, with ``cluster_axes``, ``cluster_meat`` and ``n_clusters``.
+        """
+        graphs = [graph.eval_graph(self.layout, self.panel.arrays, params, final=True)]
+        if cluster_axes is not None:
+            graphs += list(graph.cluster_graph(self.layout, self.panel.arrays, params, cluster_axes))
+        out = graph.run(self.counter, "final", *graphs)
+        st = finalize_eval(self.layout, out[0], final=True)
+        if cluster_axes is not None:
+            st["cluster_meat"] = np.asarray(out[1])
+            st["n_clusters"] = int(out[2])
+        return st
+
+
+def final_pass(objective: PanelObjective, params: np.ndarray, cluster_axes=None) -> dict:
+    """Run :meth:`PanelObjective.final` (kept as a function for symmetry with run_setup)."""
+    return objective.final(params, cluster_axes)

@@ -1,0 +1,384 @@
+"""Response families: per-cell log-likelihood and its derivatives in the linear predictor.
+
+This module is pure numpy/scipy (no dask). Every family works on flat or gridded arrays of
+equal shape: ``y`` (the response), ``eta`` (the linear predictor, offset included) and, where
+the family needs them, auxiliary arrays (``trials`` for the binomial, ``event`` for the
+exponential duration model).
+
+For each cell the family gives
+
+* ``f``: the part of the log-likelihood that depends on the parameters,
+* ``g = df/deta`` and ``h = d2f/deta2`` (observed),
+* for families with an extra parameter ``theta`` (NB2's ``log alpha``): ``f_t = df/dtheta``,
+  ``f_et = d2f/(deta dtheta)`` and ``f_tt = d2f/dtheta2``,
+
+and, separately, ``constant``: the part of the full log-likelihood that depends on neither
+(``-log y!`` for Poisson, ``log C(M, y)`` for the binomial), so that ``f + constant`` is the
+log-likelihood that R and Stata report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+from scipy import special
+
+__all__ = [
+    "Derivatives",
+    "DomainRule",
+    "Family",
+    "Gaussian",
+    "Poisson",
+    "Binomial",
+    "NegativeBinomial",
+    "Exponential",
+]
+
+Array = np.ndarray
+
+
+@dataclass
+class Derivatives:
+    """Per-cell log-likelihood pieces; ``None`` where not requested or not defined."""
+
+    f: Array
+    g: Array
+    h: Array
+    f_t: Array | None = None
+    f_et: Array | None = None
+    f_tt: Array | None = None
+
+
+@dataclass(frozen=True)
+class DomainRule:
+    """A condition the data must meet at every used cell.
+
+    ``bad(y, aux)`` returns a boolean array marking the cells that break the rule; ``role`` is
+    the input it concerns (``"y"``, ``"trials"``, ``"event"``) and ``problem`` how to say it.
+    """
+
+    role: str
+    problem: str
+    bad: object = field(compare=False)
+
+
+def _xlogy(x: Array, y: Array) -> Array:
+    return special.xlogy(x, y)
+
+
+class Family:
+    """Base class of the response families.
+
+    Subclasses set ``name`` and implement :meth:`derivatives`, :meth:`mean`,
+    :meth:`constant`, :meth:`unit_deviance` and :meth:`start`.
+    """
+
+    name: ClassVar[str] = ""
+    #: auxiliary inputs (panel variables) the family reads, by role
+    aux_roles: ClassVar[tuple[str, ...]] = ()
+    #: value used for ``y`` at masked cells, so that f, g, h stay finite there
+    safe_y: ClassVar[float] = 0.0
+    #: whether the fitted mean is ``exp(eta)`` (log link): offsets/exposure make sense
+    log_link: ClassVar[bool] = True
+
+    # ----------------------------------------------------------------- parameters
+    @property
+    def extra_names(self) -> tuple[str, ...]:
+        """Names of the extra parameters estimated with beta (e.g. ``("log_alpha",)``)."""
+        return ()
+
+    @property
+    def n_extra(self) -> int:
+        return len(self.extra_names)
+
+    def aux_sources(self) -> dict[str, object]:
+        """Map of auxiliary role to the variable name or number the user gave."""
+        return {}
+
+    # ----------------------------------------------------------------- per-cell maths
+    def derivatives(self, y: Array, eta: Array, aux: dict[str, Array], theta: Array) -> Derivatives:
+        raise NotImplementedError
+
+    def inverse_link(self, eta: Array) -> Array:
+        """The mean function at ``eta``: ``eta`` (Gaussian), ``exp(eta)`` (log links: the
+        Poisson/NB2 mean, the exponential model's hazard rate), ``expit(eta)`` (the binomial
+        success probability)."""
+        return np.exp(eta)
+
+    def constant(self, y: Array, aux: dict[str, Array]) -> Array:
+        """Per-cell log-likelihood terms that depend on no parameter."""
+        return np.zeros_like(y, dtype=np.float64)
+
+    def unit_deviance(self, y: Array, eta: Array, aux: dict[str, Array], theta: Array) -> Array:
+        """Per-cell deviance ``2 (f_saturated - f)``."""
+        raise NotImplementedError
+
+    def saturated(self, y: Array, aux: dict[str, Array]) -> Array | None:
+        """Per-cell ``f`` of the saturated model, or ``None`` if it depends on ``theta``."""
+        raise NotImplementedError
+
+    def separated(self, y: Array, eta: Array, aux: dict[str, Array]) -> Array | None:
+        """Cells whose fitted mean sits on the boundary (a sign of separation), if defined."""
+        return None
+
+    def domain_rules(self) -> tuple[DomainRule, ...]:
+        return ()
+
+    def start(self, sums: dict[str, float]) -> tuple[float, Array]:
+        """Starting intercept and extra parameters from a few weighted sums.
+
+        ``sums`` has ``sw`` (sum of weights), ``swy`` (sum of w*y), ``swy2``, ``swoff``
+        (sum of w*exp(offset)) and, for the binomial, ``swm`` (sum of w*trials).
+        """
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class Gaussian(Family):
+    """Normal response with identity link.
+
+    The per-cell ``f`` is ``-(y - eta)^2 / 2`` (sigma fixed at 1 during the fit); the reported
+    log-likelihood is the concentrated one, ``-n/2 (log(2 pi SSR/n) + 1)``.
+    """
+
+    name = "gaussian"
+    log_link = False
+
+    def derivatives(self, y, eta, aux, theta):
+        r = y - eta
+        return Derivatives(f=-0.5 * r * r, g=r, h=np.full_like(r, -1.0))
+
+    def inverse_link(self, eta):
+        return eta
+
+    def unit_deviance(self, y, eta, aux, theta):
+        r = y - eta
+        return r * r
+
+    def saturated(self, y, aux):
+        return np.zeros_like(y, dtype=np.float64)
+
+    def start(self, sums):
+        return sums["swy"] / sums["sw"], np.zeros(0)
+
+
+class Poisson(Family):
+    """Poisson counts with log link; ``offset`` / ``exposure`` enter eta.
+
+    Non-integer responses are allowed (pseudo-Poisson / PPML); negative ones are not.
+    """
+
+    name = "poisson"
+
+    def derivatives(self, y, eta, aux, theta):
+        mu = np.exp(eta)
+        return Derivatives(f=y * eta - mu, g=y - mu, h=-mu)
+
+    def constant(self, y, aux):
+        return -special.gammaln(y + 1.0)
+
+    def unit_deviance(self, y, eta, aux, theta):
+        mu = np.exp(eta)
+        return 2.0 * (_xlogy(y, y) - y * eta - (y - mu))
+
+    def saturated(self, y, aux):
+        return _xlogy(y, y) - y
+
+    def domain_rules(self):
+        return (DomainRule("y", "is negative (counts must be >= 0)", lambda y, aux: y < 0),)
+
+    def start(self, sums):
+        return float(np.log(max(sums["swy"], 1e-300) / sums["swoff"])), np.zeros(0)
+
+
+class Exponential(Family):
+    """Exponential duration model with right censoring.
+
+    ``y`` is the observed time ``T > 0``; ``event`` is 1 where the event was seen and 0 where the
+    spell was censored. The hazard is ``exp(eta)``, so coefficients are log-hazard effects, and
+    the log-likelihood is ``sum(d eta - exp(eta) T)`` (R ``survreg``'s convention).
+    """
+
+    name = "exponential"
+    aux_roles = ("event",)
+    safe_y = 1.0
+
+    def __init__(self, event: str | float = 1.0):
+        self.event = event
+
+    def aux_sources(self):
+        return {"event": self.event}
+
+    def derivatives(self, y, eta, aux, theta):
+        d = aux["event"]
+        mut = np.exp(eta) * y
+        return Derivatives(f=d * eta - mut, g=d - mut, h=-mut)
+
+    def unit_deviance(self, y, eta, aux, theta):
+        d = aux["event"]
+        mut = np.exp(eta) * y
+        return 2.0 * (_xlogy(d, d) - d * np.log(mut) - (d - mut))
+
+    def saturated(self, y, aux):
+        d = aux["event"]
+        return -d * (np.log(y) + 1.0)
+
+    def domain_rules(self):
+        return (
+            DomainRule("y", "is not positive (durations must be > 0)", lambda y, aux: ~(y > 0)),
+            DomainRule(
+                "event",
+                "is not 0 or 1 (the event indicator is 1 for an observed event, 0 if censored)",
+                lambda y, aux: (aux["event"] != 0) & (aux["event"] != 1),
+            ),
+        )
+
+    def start(self, sums):
+        # the MLE of a constant hazard: events / total time
+        return float(np.log(max(sums["swd"], 1e-300) / sums["swyoff"])), np.zeros(0)
+
+    def __repr__(self):
+        return f"Exponential(event={self.event!r})"
+
+
+class Binomial(Family):
+    """Binomial logit: ``y`` successes out of ``trials`` (a variable name or a number)."""
+
+    name = "binomial"
+    aux_roles = ("trials",)
+    log_link = False
+
+    def __init__(self, trials: str | float = 1.0):
+        self.trials = trials
+
+    def aux_sources(self):
+        return {"trials": self.trials}
+
+    def derivatives(self, y, eta, aux, theta):
+        m = aux["trials"]
+        p = special.expit(eta)
+        mp = m * p
+        return Derivatives(f=y * eta - m * np.logaddexp(0.0, eta), g=y - mp, h=-mp * (1.0 - p))
+
+    def inverse_link(self, eta):
+        return special.expit(eta)
+
+    def constant(self, y, aux):
+        m = aux["trials"]
+        return special.gammaln(m + 1.0) - special.gammaln(y + 1.0) - special.gammaln(m - y + 1.0)
+
+    def unit_deviance(self, y, eta, aux, theta):
+        m = aux["trials"]
+        mu = m * special.expit(eta)
+        return 2.0 * (_xlogy(y, y / mu) + _xlogy(m - y, (m - y) / (m - mu)))
+
+    def saturated(self, y, aux):
+        m = aux["trials"]
+        return _xlogy(y, y) + _xlogy(m - y, m - y) - _xlogy(m, m)
+
+    def separated(self, y, eta, aux):
+        # fitted probability within 1e-10 of 0 or 1
+        return np.abs(eta) > 23.0
+
+    def domain_rules(self):
+        return (
+            DomainRule("y", "is negative", lambda y, aux: y < 0),
+            DomainRule("y", "is not a whole number of successes", lambda y, aux: y != np.round(y)),
+            DomainRule("y", "exceeds the number of trials", lambda y, aux: y > aux["trials"]),
+            DomainRule(
+                "trials",
+                "is not a positive whole number",
+                lambda y, aux: ~(aux["trials"] >= 1) | (aux["trials"] != np.round(aux["trials"])),
+            ),
+        )
+
+    def start(self, sums):
+        p = np.clip(sums["swy"] / sums["swm"], 1e-6, 1 - 1e-6)
+        return float(np.log(p / (1 - p))), np.zeros(0)
+
+    def __repr__(self):
+        return f"Binomial(trials={self.trials!r})"
+
+
+class NegativeBinomial(Family):
+    """Negative binomial NB2 with log link: ``Var(y) = mu + alpha mu^2``.
+
+    ``alpha=None`` estimates the dispersion jointly with beta, parameterised as
+    ``theta = log alpha``; a number fixes it.
+    """
+
+    name = "negative_binomial"
+
+    def __init__(self, alpha: float | None = None):
+        if alpha is not None and not (np.isfinite(alpha) and alpha > 0):
+            raise ValueError(
+                f"NegativeBinomial(alpha={alpha!r}): alpha must be a positive number, "
+                "or None to estimate it"
+            )
+        self.alpha = alpha
+
+    @property
+    def extra_names(self):
+        return ("log_alpha",) if self.alpha is None else ()
+
+    def _r(self, theta: Array) -> float:
+        return 1.0 / self.alpha if self.alpha is not None else float(np.exp(-theta[0]))
+
+    def derivatives(self, y, eta, aux, theta):
+        r = self._r(theta)
+        mu = np.exp(eta)
+        rmu = r + mu
+        log_rmu = np.log(rmu)
+        lg = special.gammaln(y + r) - special.gammaln(r)
+        f = lg + r * (np.log(r) - log_rmu) + y * (eta - log_rmu)
+        g = r * (y - mu) / rmu
+        h = -mu * r * (r + y) / (rmu * rmu)
+        d = Derivatives(f=f, g=g, h=h)
+        if self.alpha is None:
+            # derivatives in r, then chain rule with dr/dtheta = -r
+            f_r = special.digamma(y + r) - special.digamma(r) + np.log(r) - log_rmu + (mu - y) / rmu
+            f_rr = (
+                special.polygamma(1, y + r)
+                - special.polygamma(1, r)
+                + 1.0 / r
+                - 1.0 / rmu
+                - (mu - y) / (rmu * rmu)
+            )
+            d.f_t = -r * f_r
+            d.f_tt = r * f_r + r * r * f_rr
+            d.f_et = -r * mu * (y - mu) / (rmu * rmu)
+        return d
+
+    def constant(self, y, aux):
+        return -special.gammaln(y + 1.0)
+
+    def unit_deviance(self, y, eta, aux, theta):
+        r = self._r(theta)
+        mu = np.exp(eta)
+        return 2.0 * (_xlogy(y, y) - y * eta - (y + r) * (np.log(y + r) - np.log(mu + r)))
+
+    def saturated(self, y, aux):
+        if self.alpha is None:
+            return None
+        r = 1.0 / self.alpha
+        lg = special.gammaln(y + r) - special.gammaln(r)
+        return lg + r * (np.log(r) - np.log(r + y)) + _xlogy(y, y) - y * np.log(r + y)
+
+    def domain_rules(self):
+        return (DomainRule("y", "is negative (counts must be >= 0)", lambda y, aux: y < 0),)
+
+    def start(self, sums):
+        b0 = float(np.log(max(sums["swy"], 1e-300) / sums["swoff"]))
+        if self.alpha is not None:
+            return b0, np.zeros(0)
+        m = sums["swy"] / sums["sw"]
+        var = sums["swy2"] / sums["sw"] - m * m
+        alpha0 = float(np.clip((var - m) / max(m * m, 1e-12), 0.05, 10.0))
+        return b0, np.array([np.log(alpha0)])
+
+    def __repr__(self):
+        return f"NegativeBinomial(alpha={self.alpha!r})"

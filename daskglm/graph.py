@@ -1,0 +1,162 @@
+"""Dask graph building: map the numpy kernels over the chunks and tree-sum the results.
+
+This is the only module of the engine that imports dask. Each pass over the panel is declared
+the way dask's ``reduction`` and flox declare theirs:
+
+* **chunk**: a kernel of :mod:`daskglm.kernels` turns one chunk of every input into a small
+  packed vector (``blockwise`` lines the chunks of all inputs up along the panel axes);
+* **combine**: the vectors are summed in a tree (``split_every``);
+* **finalize**: the client unpacks the summed vector (``finalize_eval``).
+
+One pass is one call to ``dask.compute``; :class:`PassCounter` counts them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from functools import partial
+
+import dask
+import dask.array as da
+import numpy as np
+
+from .kernels import cluster_chunk, eval_chunk, eval_packer, setup_chunk, setup_packer
+from .layout import Layout
+
+__all__ = [
+    "PassCounter",
+    "align_arrays",
+    "full_chunks",
+    "setup_graph",
+    "eval_graph",
+    "cluster_graph",
+    "predict_graph",
+    "lazy_zeros",
+    "run",
+]
+
+#: target number of cells per chunk of the full grid when the data come without chunks
+DEFAULT_CHUNK_CELLS = 2**19
+
+
+@dataclass
+class PassCounter:
+    """Counts the passes over the data (calls to ``dask.compute``) and their time."""
+
+    passes: int = 0
+    seconds: float = 0.0
+    log: list = field(default_factory=list)
+
+    def record(self, what: str, seconds: float) -> None:
+        self.passes += 1
+        self.seconds += seconds
+        self.log.append((what, seconds))
+
+
+def full_chunks(shape: tuple[int, ...], chunks=None, cells: int = DEFAULT_CHUNK_CELLS) -> tuple:
+    """Chunks of the full grid: the user's ``chunks`` (any form dask accepts) or, by default,
+    about ``cells`` cells per chunk."""
+    if chunks is None:
+        return da.core.normalize_chunks("auto", shape, limit=cells * 8, dtype=np.float64)
+    return da.core.normalize_chunks(chunks, shape, dtype=np.float64)
+
+
+def lazy_zeros(shape: tuple[int, ...]) -> da.Array:
+    """A lazy full-grid array of zeros (a shape template for predictions on new data)."""
+    return da.zeros(shape, chunks=full_chunks(shape))
+
+
+def align_arrays(values: list, axes: list[tuple[int, ...]], features: list[bool], chunks) -> list:
+    """Turn every input into a dask array chunked like ``y`` along the panel axes.
+
+    ``values`` are numpy or dask arrays (or 0-d), each spanning the panel axes ``axes[k]``
+    (in panel order) plus a trailing feature axis where ``features[k]``; ``chunks`` are the
+    chunks of the full grid. Feature axes are kept in one chunk.
+    """
+    out = []
+    for v, ax, feat in zip(values, axes, features, strict=True):
+        want = tuple(chunks[a] for a in ax) + ((v.shape[-1],) if feat else ())
+        if isinstance(v, da.Array):
+            out.append(v if v.chunks == want else v.rechunk(want))
+        else:
+            out.append(da.from_array(np.asarray(v), chunks=want if want else ()))
+    return out
+
+
+def _map_chunks(func, layout: Layout, arrays: list, length: int, keep: tuple[int, ...] = ()) -> da.Array:
+    """``blockwise`` of ``func`` over the aligned chunks; output axes = panel axes + stat."""
+    index = [f"d{k}" for k in range(layout.ndim)]
+    args = []
+    for k, (arr, spec) in enumerate(zip(arrays, layout.args, strict=True)):
+        ind = tuple(index[a] for a in spec.axes)
+        if spec.n_features is not None:
+            ind += (f"feature{k}",)
+        args += [arr, ind]
+    return da.blockwise(
+        func,
+        tuple(index) + ("stat",),
+        *args,
+        new_axes={"stat": length},
+        adjust_chunks={index[d]: 1 for d in range(layout.ndim) if d not in keep},
+        dtype=np.float64,
+        concatenate=True,
+        meta=np.empty((0,) * (layout.ndim + 1)),
+    )
+
+
+def _tree_sum(blocks: da.Array, ndim: int, keep: tuple[int, ...] = ()) -> da.Array:
+    axes = tuple(d for d in range(ndim) if d not in keep)
+    return blocks.sum(axis=axes, split_every=8) if axes else blocks
+
+
+def setup_graph(layout: Layout, arrays: list) -> da.Array:
+    """The setup pass: validation counts, sums, constants and the Gram matrix."""
+    n = setup_packer(layout).length
+    return _tree_sum(_map_chunks(partial(setup_chunk, layout), layout, arrays, n), layout.ndim)
+
+
+def eval_graph(layout: Layout, arrays: list, params: np.ndarray, *, hessian=True, final=False) -> da.Array:
+    """LL, gradient and (optionally) Hessian at ``params`` as one tree-summed vector."""
+    n = eval_packer(layout, hessian=hessian, final=final).length
+    func = partial(eval_chunk, layout, np.asarray(params, dtype=np.float64), hessian, final)
+    return _tree_sum(_map_chunks(func, layout, arrays, n), layout.ndim)
+
+
+def cluster_graph(layout: Layout, arrays: list, params: np.ndarray, keep: tuple[int, ...]):
+    """Cluster-robust meat ``sum_c s_c s_c'`` and the number of non-empty clusters.
+
+    The per-cluster scores are a reduction that keeps the cluster axes ``keep``; they stay on
+    the cluster, only the P x P meat comes back.
+    """
+    P = layout.n_params
+    func = partial(cluster_chunk, layout, np.asarray(params, dtype=np.float64), tuple(keep))
+    scores = _tree_sum(_map_chunks(func, layout, arrays, P + 1, keep), layout.ndim, keep)
+    # after the sum the remaining axes are the cluster axes, then the stat axis
+    s = scores[..., :P]
+    nk = len(keep)
+    meat = da.tensordot(s, s, axes=(list(range(nk)), list(range(nk))))
+    n_clusters = (scores[..., P] > 0).sum()
+    return meat, n_clusters
+
+
+def predict_graph(func, layout: Layout, arrays: list) -> da.Array:
+    """Map a per-chunk prediction kernel over the full grid (output: the panel's shape)."""
+    index = [f"d{k}" for k in range(layout.ndim)]
+    args = []
+    for k, (arr, spec) in enumerate(zip(arrays, layout.args, strict=True)):
+        ind = tuple(index[a] for a in spec.axes)
+        if spec.n_features is not None:
+            ind += (f"feature{k}",)
+        args += [arr, ind]
+    return da.blockwise(func, tuple(index), *args, dtype=np.float64, concatenate=True,
+                        meta=np.empty((0,) * layout.ndim))
+
+
+def run(counter: PassCounter | None, what: str, *graphs):
+    """Compute ``graphs`` together, as one pass over the data, on the active scheduler."""
+    t0 = time.perf_counter()
+    out = dask.compute(*graphs)
+    if counter is not None:
+        counter.record(what, time.perf_counter() - t0)
+    return out

@@ -1,0 +1,430 @@
+"""Per-chunk numpy kernels: one chunk of the panel in, small packed statistics out.
+
+A *chunk* is a hyper-rectangle of the full grid: the matching chunk of ``y`` and the matching
+slices of every other input (covariates, offsets, weights, trials, event). From it the kernels
+compute, in numpy only,
+
+* eta, then the family's per-cell ``f``, ``g``, ``h`` (and NB2's log-alpha terms);
+* the chunk's contribution to the log-likelihood, gradient ``X'wg`` and Hessian ``X'diag(wh)X``,
+  reducing ``wg``/``wh`` onto the dims of each block (or pair of blocks) first and only then
+  contracting with the small covariate arrays, so the N x P design is never formed;
+* for the setup pass: counts for validation, weighted sums for starting values, the Gram matrix
+  (collinearity), the log-likelihood constants.
+
+Every sum is linear over cells, so the sum of the chunks' vectors is the panel's statistic.
+Nothing here imports dask: the graph builder in :mod:`daskglm.graph` maps these functions over
+the chunks and tree-sums the results.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import opt_einsum as oe
+
+from .layout import ArgSpec, Layout, StatPacker
+
+__all__ = [
+    "ChunkData",
+    "BlockContractor",
+    "setup_packer",
+    "eval_packer",
+    "setup_chunk",
+    "eval_chunk",
+    "cluster_chunk",
+    "finalize_eval",
+    "predict_chunk",
+]
+
+_LETTERS = "abcdefghijklmnopqrstuvwx"
+
+
+def _expand(arr: np.ndarray, spec: ArgSpec, shape: tuple[int, ...]) -> np.ndarray:
+    """View a chunk of an input with the chunk's full number of axes (size 1 where absent)."""
+    arr = np.asarray(arr)
+    m = len(shape)
+    target = [1] * m
+    for k, ax in enumerate(spec.axes):
+        target[ax] = arr.shape[k]
+    if spec.n_features is not None:
+        target.append(arr.shape[-1])
+    return arr.reshape(target)
+
+
+def _compact(arr: np.ndarray, axes: tuple[int, ...], trailing: int = 0) -> np.ndarray:
+    """Drop the size-1 placeholder axes of an expanded array, keeping ``axes`` (+ trailing)."""
+    shape = [arr.shape[d] for d in axes] + list(arr.shape[arr.ndim - trailing :])
+    return arr.reshape(shape)
+
+
+class BlockContractor:
+    """Gradient- and Hessian-type contractions of cell arrays with the blocks of one chunk.
+
+    Parameters
+    ----------
+    X : list of ndarray
+        One array per block, with the chunk's axes (size 1 off the block's axes) plus a last
+        axis of the block's columns; float64 and finite.
+    block_axes : list of tuple of int
+        The panel axes each block varies along.
+    ndim : int
+        Number of panel axes.
+    """
+
+    def __init__(self, X: list[np.ndarray], block_axes: list[tuple[int, ...]], ndim: int):
+        self.X = X
+        self.axes = [tuple(a) for a in block_axes]
+        self.ndim = ndim
+        self.all = frozenset(range(ndim))
+        self.sizes = [x.shape[-1] for x in X]
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(int)
+        self.n = int(self.offsets[-1])
+        full = [k for k, a in enumerate(self.axes) if frozenset(a) == self.all]
+        self.full = full[0] if full else None
+        self.flat = [x.reshape(-1, x.shape[-1]) for x in X]
+
+    # ---------------------------------------------------------------- reductions
+    def _reduce(self, cache: dict, keep: frozenset) -> np.ndarray:
+        """Sum a cell array over the axes not in ``keep`` (keepdims), reusing partial sums."""
+        if keep in cache:
+            return cache[keep]
+        src_key = min((k for k in cache if keep <= k), key=lambda k: cache[k].size)
+        src = cache[src_key]
+        drop = tuple(d for d in sorted(src_key - keep) if src.shape[d] != 1)
+        out = src.sum(axis=drop, keepdims=True) if drop else src
+        cache[keep] = out
+        return out
+
+    def reducer(self, arr: np.ndarray) -> dict:
+        """A cache of partial sums of one cell array (trailing axes, if any, are kept)."""
+        return {self.all: arr}
+
+    # ---------------------------------------------------------------- contractions
+    def vector(self, v: np.ndarray) -> np.ndarray:
+        """``X' v`` for a cell array ``v``: the gradient-type contraction."""
+        cache = self.reducer(v)
+        out = np.empty(self.n)
+        for k, axes in enumerate(self.axes):
+            r = self._reduce(cache, frozenset(axes))
+            out[self.offsets[k] : self.offsets[k + 1]] = self.flat[k].T @ r.reshape(-1)
+        return out
+
+    def matrix(self, c: np.ndarray) -> np.ndarray:
+        """``X' diag(c) X`` for a cell array ``c``: the Hessian-type contraction."""
+        nb = len(self.X)
+        H = np.empty((self.n, self.n))
+        cache_c = self.reducer(c)
+        F = self.full
+        if F is not None:
+            Z = c[..., None] * self.X[F]
+            cache_z = self.reducer(Z)
+        for a in range(nb):
+            for b in range(a, nb):
+                if F is not None and a == F and b == F:
+                    block = self.flat[F].T @ Z.reshape(-1, Z.shape[-1])
+                elif F is not None and F in (a, b):
+                    other = b if a == F else a
+                    R = self._reduce(cache_z, frozenset(self.axes[other]))
+                    block = R.reshape(-1, R.shape[-1]).T @ self.flat[other]
+                    if a != F:
+                        block = block.T
+                else:
+                    block = self._pair(cache_c, a, b)
+                sa = slice(self.offsets[a], self.offsets[a + 1])
+                sb = slice(self.offsets[b], self.offsets[b + 1])
+                H[sa, sb] = block
+                H[sb, sa] = block.T
+        return H
+
+    def _pair(self, cache: dict, a: int, b: int) -> np.ndarray:
+        """``sum_{S_a u S_b} [sum_rest c] X_a X_b'`` for two blocks, neither the full grid."""
+        union = tuple(sorted(set(self.axes[a]) | set(self.axes[b])))
+        r = _compact(self._reduce(cache, frozenset(union)), union)
+        xa = _compact(self.X[a], self.axes[a], 1)
+        xb = _compact(self.X[b], self.axes[b], 1)
+        sub = "".join(_LETTERS[d] for d in union)
+        sa = "".join(_LETTERS[d] for d in self.axes[a])
+        sb = "".join(_LETTERS[d] for d in self.axes[b])
+        return oe.contract(f"{sub},{sa}y,{sb}z->yz", r, xa, xb)
+
+    def cluster_vector(self, v: np.ndarray, keep: tuple[int, ...]) -> np.ndarray:
+        """Per-cluster ``X' v``: sums over every axis except ``keep``; shape ``keep + (P,)``."""
+        cache = self.reducer(v)
+        pieces = []
+        for k, axes in enumerate(self.axes):
+            union = tuple(sorted(set(axes) | set(keep)))
+            r = _compact(self._reduce(cache, frozenset(union)), union)
+            xa = _compact(self.X[k], axes, 1)
+            sub = "".join(_LETTERS[d] for d in union)
+            sa = "".join(_LETTERS[d] for d in axes)
+            sk = "".join(_LETTERS[d] for d in keep)
+            pieces.append(oe.contract(f"{sub},{sa}y->{sk}y", r, xa))
+        return np.concatenate(pieces, axis=-1)
+
+
+class ChunkData:
+    """One chunk's inputs, masked, sanitised and broadcast, ready for the family maths.
+
+    Attributes
+    ----------
+    used : ndarray of bool
+        Cells that enter the likelihood (finite ``y``, non-zero weight and, with
+        ``missing="drop"``, finite inputs).
+    candidate : ndarray of bool
+        Cells with finite ``y`` and non-zero weight (before dropping non-finite inputs).
+    w : ndarray
+        The per-cell weight, 0 at unused cells.
+    y : ndarray
+        The response, with a harmless value at unused cells.
+    offset : ndarray or float
+        Sum of offsets and log exposures (0 at unused cells).
+    aux : dict
+        The family's auxiliary arrays (``trials``, ``event``), harmless at unused cells.
+    """
+
+    def __init__(self, layout: Layout, arrays: tuple[np.ndarray, ...], predict: bool = False):
+        self.layout = layout
+        self.predict = predict
+        fam = layout.family
+        (iy,) = layout.role("y")
+        y = np.asarray(arrays[iy], dtype=np.float64)
+        self.shape = y.shape
+        self.local = [_expand(a, s, self.shape) for a, s in zip(arrays, layout.args, strict=True)]
+        cand = np.isfinite(y) if not predict else np.ones(y.shape, dtype=bool)
+        iw = [] if predict else layout.role("weights")
+        if iw:
+            wraw = self.local[iw[0]].astype(np.float64, copy=False)
+            cand &= wraw != 0
+        self.candidate = cand
+        used = cand
+        if layout.missing == "drop":
+            used = cand.copy()
+            for k, spec in enumerate(layout.args):
+                if spec.role != "y":
+                    used &= self.finite(k)
+        self.used = used
+        if iw:
+            self.w = np.where(used, wraw, 0.0)
+        else:
+            self.w = used.astype(np.float64)
+        self.y = np.where(used, y, fam.safe_y)
+        off = 0.0
+        for k in layout.role("offset"):
+            off = off + self.local[k].astype(np.float64, copy=False)
+        for k in layout.role("exposure"):
+            off = off + np.log(self.local[k].astype(np.float64, copy=False))
+        self.offset = np.where(used, off, 0.0) if np.ndim(off) and not predict else off
+        safe_aux = {"trials": 1.0, "event": 0.0}
+        self.aux = {}
+        for role in () if predict else fam.aux_roles:
+            (k,) = layout.role(role)
+            self.aux[role] = np.where(used, self.local[k].astype(np.float64, copy=False), safe_aux[role])
+        self._contractor = None
+
+    def finite(self, k: int) -> np.ndarray:
+        """Whether argument ``k`` is finite at each cell (all features), broadcastable."""
+        a = self.local[k]
+        ok = np.isfinite(a)
+        if self.layout.args[k].n_features is not None:
+            ok = ok.all(axis=-1)
+        return ok
+
+    @property
+    def contractor(self) -> BlockContractor:
+        if self._contractor is None:
+            X = [self._block_matrix(b) for b in self.layout.blocks]
+            axes = [b.axes for b in self.layout.blocks]
+            self._contractor = BlockContractor(X, axes, len(self.shape))
+        return self._contractor
+
+    def _block_matrix(self, block) -> np.ndarray:
+        m = len(self.shape)
+        if block.intercept:
+            return np.ones((1,) * m + (1,))
+        bshape = [self.shape[d] if d in block.axes else 1 for d in range(m)]
+        X = np.empty(bshape + [block.size])
+        col = 0
+        for k in block.sources:
+            spec = self.layout.args[k]
+            a = self.local[k]
+            if spec.n_features is None:
+                a = a[..., None]
+            X[..., col : col + spec.width] = a
+            col += spec.width
+        small = len(block.axes) < m
+        if self.predict:
+            return X
+        if small or any(self.layout.args[k].sanitize for k in block.sources):
+            X[~np.isfinite(X)] = 0.0
+        return X
+
+    def eta(self, beta: np.ndarray) -> np.ndarray:
+        """Linear predictor at every cell (0 at unused cells)."""
+        c = self.contractor
+        eta = np.zeros(self.shape) + self.offset
+        for k, x in enumerate(c.X):
+            part = c.flat[k] @ beta[c.offsets[k] : c.offsets[k + 1]]
+            eta = eta + part.reshape(x.shape[:-1])
+        return eta if self.predict else np.where(self.used, eta, 0.0)
+
+
+# -------------------------------------------------------------------------- setup pass
+def setup_packer(layout: Layout) -> StatPacker:
+    """Fields of the setup pass: counts, sums, constants and the Gram matrix."""
+    p = StatPacker()
+    for name in ("n_candidate", "n_used", "sw", "swy", "swy2", "swoff", "swyoff", "swd", "swm"):
+        p.add(name)
+    p.add("ll_const").add("ll_sat").add("neg_weights")
+    p.add("bad_used", (len(layout.args),)).add("bad_any", (len(layout.args),))
+    p.add("nonpos_exposure", (len(layout.args),))
+    p.add("domain", (max(1, len(layout.family.domain_rules())),))
+    p.add("gram", (layout.n_beta, layout.n_beta))
+    return p
+
+
+def setup_chunk(layout: Layout, *arrays: np.ndarray) -> np.ndarray:
+    """The setup pass over one chunk (see :func:`setup_packer` for the fields)."""
+    with np.errstate(all="ignore"):
+        d = ChunkData(layout, arrays)
+        fam, w, used, cand = layout.family, d.w, d.used, d.candidate
+        nargs = len(layout.args)
+        bad_used, bad_any, nonpos = np.zeros(nargs), np.zeros(nargs), np.zeros(nargs)
+        for k, spec in enumerate(layout.args):
+            if spec.role == "y":
+                continue
+            nonfinite = ~d.finite(k)
+            bad_used[k] = np.count_nonzero(np.broadcast_to(nonfinite, d.shape) & cand)
+            bad_any[k] = np.count_nonzero(nonfinite)
+            if spec.role == "exposure":
+                nonpos[k] = np.count_nonzero(np.broadcast_to(~(d.local[k] > 0), d.shape) & used)
+        out = {"bad_used": bad_used, "bad_any": bad_any, "nonpos_exposure": nonpos}
+        out["n_candidate"] = np.count_nonzero(cand)
+        out["n_used"] = np.count_nonzero(used)
+        iw = layout.role("weights")
+        if iw:
+            out["neg_weights"] = np.count_nonzero((w < 0) & used)
+        rules = fam.domain_rules()
+        out["domain"] = np.array(
+            [np.count_nonzero(np.broadcast_to(r.bad(d.y, d.aux), d.shape) & used) for r in rules] or [0]
+        )
+        y = d.y
+        expoff = np.broadcast_to(np.exp(d.offset), d.shape)
+        out["sw"] = w.sum()
+        out["swy"] = (w * y).sum()
+        out["swy2"] = (w * y * y).sum()
+        out["swoff"] = (w * expoff).sum()
+        out["swyoff"] = (w * y * expoff).sum()
+        if "event" in d.aux:
+            out["swd"] = (w * d.aux["event"]).sum()
+        if "trials" in d.aux:
+            out["swm"] = (w * d.aux["trials"]).sum()
+        out["ll_const"] = (w * fam.constant(y, d.aux)).sum()
+        sat = fam.saturated(y, d.aux)
+        out["ll_sat"] = np.nan if sat is None else (w * sat).sum()
+        out["gram"] = d.contractor.matrix(w)
+        vec = setup_packer(layout).pack(out)
+    return vec.reshape((1,) * len(d.shape) + (-1,))
+
+
+# -------------------------------------------------------------------------- evaluation pass
+def eval_packer(layout: Layout, *, hessian: bool = True, final: bool = False) -> StatPacker:
+    """Fields of an evaluation pass at given parameters.
+
+    ``ll``, ``grad`` always; ``hess`` unless ``hessian=False``; with ``final=True`` also the
+    deviance, the HC0 meat ``sum w s s'`` of the per-cell scores and the separation count.
+    """
+    P = layout.n_params
+    p = StatPacker().add("ll").add("grad", (P,))
+    if hessian:
+        p.add("hess", (P, P))
+    p.add("dev")
+    if final:
+        p.add("meat", (P, P)).add("n_separated")
+    return p
+
+
+def eval_chunk(
+    layout: Layout, params: np.ndarray, hessian: bool, final: bool, *arrays: np.ndarray
+) -> np.ndarray:
+    """Log-likelihood, gradient and (optionally) Hessian of one chunk at ``params``."""
+    with np.errstate(all="ignore"):
+        d = ChunkData(layout, arrays)
+        fam = layout.family
+        nb = layout.n_beta
+        beta, theta = params[:nb], params[nb:]
+        eta = d.eta(beta)
+        der = fam.derivatives(d.y, eta, d.aux, theta)
+        w = d.w
+        c = d.contractor
+        out: dict[str, object] = {"ll": (w * der.f).sum()}
+        wg = w * der.g
+        grad = [c.vector(wg)]
+        extra = fam.n_extra > 0
+        if extra:
+            grad.append([(w * der.f_t).sum()])
+        out["grad"] = np.concatenate(grad)
+        if hessian:
+            out["hess"] = _quadratic(c, w * der.h, w * der.f_et if extra else None,
+                                     (w * der.f_tt).sum() if extra else None, nb, layout.n_params)
+        if final or extra:  # NB2's saturated likelihood moves with alpha: track it each pass
+            out["dev"] = (w * fam.unit_deviance(d.y, eta, d.aux, theta)).sum()
+        if final:
+            gt = (w * der.g * der.f_t) if extra else None
+            out["meat"] = _quadratic(c, wg * der.g, gt, (w * der.f_t**2).sum() if extra else None,
+                                     nb, layout.n_params)
+            sep = fam.separated(d.y, eta, d.aux)
+            out["n_separated"] = 0 if sep is None else np.count_nonzero(sep & d.used)
+        vec = eval_packer(layout, hessian=hessian, final=final).pack(out)
+    return vec.reshape((1,) * len(d.shape) + (-1,))
+
+
+def _quadratic(c: BlockContractor, bb: np.ndarray, bt, tt, nb: int, P: int) -> np.ndarray:
+    """Assemble a (beta, theta) matrix from its beta-beta, beta-theta and theta-theta parts."""
+    M = np.zeros((P, P))
+    M[:nb, :nb] = c.matrix(bb)
+    if bt is not None:
+        v = c.vector(bt)
+        M[:nb, nb] = v
+        M[nb, :nb] = v
+        M[nb, nb] = tt
+    return M
+
+
+def finalize_eval(layout: Layout, vec: np.ndarray, *, hessian: bool = True, final: bool = False) -> dict:
+    """Unpack the tree-summed vector of an evaluation pass."""
+    return eval_packer(layout, hessian=hessian, final=final).unpack(vec)
+
+
+# -------------------------------------------------------------------------- cluster scores
+def cluster_chunk(layout: Layout, params: np.ndarray, keep: tuple[int, ...], *arrays) -> np.ndarray:
+    """Per-cluster score sums of one chunk, clusters being the cells of the ``keep`` axes.
+
+    Returns an array with the chunk's extent along ``keep`` (size 1 elsewhere) and a last axis
+    of length ``P + 1``: the summed scores ``sum w g x`` (and ``sum w f_t`` for NB2) of each
+    cluster, then its number of used cells.
+    """
+    with np.errstate(all="ignore"):
+        d = ChunkData(layout, arrays)
+        fam = layout.family
+        nb = layout.n_beta
+        beta, theta = params[:nb], params[nb:]
+        eta = d.eta(beta)
+        der = fam.derivatives(d.y, eta, d.aux, theta)
+        c = d.contractor
+        parts = [c.cluster_vector(d.w * der.g, keep)]
+        kept = frozenset(keep)
+        if fam.n_extra:
+            parts.append(_compact(c._reduce(c.reducer(d.w * der.f_t), kept), keep)[..., None])
+        parts.append(_compact(c._reduce(c.reducer(d.used.astype(np.float64)), kept), keep)[..., None])
+        scores = np.concatenate(parts, axis=-1)
+    shape = [d.shape[ax] if ax in kept else 1 for ax in range(len(d.shape))]
+    return scores.reshape(shape + [scores.shape[-1]])
+
+
+# -------------------------------------------------------------------------- predictions
+def predict_chunk(layout: Layout, params: np.ndarray, which: str, *arrays) -> np.ndarray:
+    """eta (``which="linear"``) or its inverse link (``"mean"``) at every cell of the chunk;
+    NaN where an input is missing. The ``y`` argument only gives the chunk's shape."""
+    with np.errstate(all="ignore"):
+        d = ChunkData(layout, arrays, predict=True)
+        eta = d.eta(params[: layout.n_beta])
+        return eta if which == "linear" else layout.family.inverse_link(eta)
