@@ -19,7 +19,6 @@ the chunks and tree-sums the results.
 from __future__ import annotations
 
 import numpy as np
-import opt_einsum as oe
 
 from .layout import ArgSpec, Layout, StatPacker
 
@@ -35,9 +34,6 @@ __all__ = [
     "predict_chunk",
 ]
 
-_LETTERS = "abcdefghijklmnopqrstuvwx"
-
-
 def _expand(arr: np.ndarray, spec: ArgSpec, shape: tuple[int, ...]) -> np.ndarray:
     """View a chunk of an input with the chunk's full number of axes (size 1 where absent)."""
     arr = np.asarray(arr)
@@ -50,20 +46,23 @@ def _expand(arr: np.ndarray, spec: ArgSpec, shape: tuple[int, ...]) -> np.ndarra
     return arr.reshape(target)
 
 
-def _compact(arr: np.ndarray, axes: tuple[int, ...], trailing: int = 0) -> np.ndarray:
-    """Drop the size-1 placeholder axes of an expanded array, keeping ``axes`` (+ trailing)."""
-    shape = [arr.shape[d] for d in axes] + list(arr.shape[arr.ndim - trailing :])
-    return arr.reshape(shape)
+def _compact(arr: np.ndarray, axes: tuple[int, ...], lead: int = 0) -> np.ndarray:
+    """Drop the size-1 placeholder axes of an expanded array, keeping ``lead`` leading axes
+    and ``axes`` (positions in ``arr``)."""
+    return arr.reshape(list(arr.shape[:lead]) + [arr.shape[d] for d in axes])
 
 
 class BlockContractor:
     """Gradient- and Hessian-type contractions of cell arrays with the blocks of one chunk.
 
+    Block arrays are stored *feature first*: shape ``(p_b,) + expanded chunk shape`` (size 1
+    off the block's axes), so every column is a contiguous grid and the elementwise products,
+    reductions and BLAS calls run over long contiguous rows.
+
     Parameters
     ----------
     X : list of ndarray
-        One array per block, with the chunk's axes (size 1 off the block's axes) plus a last
-        axis of the block's columns; float64 and finite.
+        One array per block as above, float64 and finite.
     block_axes : list of tuple of int
         The panel axes each block varies along.
     ndim : int
@@ -72,30 +71,33 @@ class BlockContractor:
 
     def __init__(self, X: list[np.ndarray], block_axes: list[tuple[int, ...]], ndim: int):
         self.X = X
-        self.axes = [tuple(a) for a in block_axes]
+        self.axes = [frozenset(a) for a in block_axes]
         self.ndim = ndim
         self.all = frozenset(range(ndim))
-        self.sizes = [x.shape[-1] for x in X]
+        self.sizes = [x.shape[0] for x in X]
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(int)
         self.n = int(self.offsets[-1])
-        full = [k for k, a in enumerate(self.axes) if frozenset(a) == self.all]
+        self.flat = [x.reshape(x.shape[0], -1) for x in X]
+        full = [k for k, a in enumerate(self.axes) if a == self.all]
         self.full = full[0] if full else None
-        self.flat = [x.reshape(-1, x.shape[-1]) for x in X]
 
     # ---------------------------------------------------------------- reductions
-    def _reduce(self, cache: dict, keep: frozenset) -> np.ndarray:
-        """Sum a cell array over the axes not in ``keep`` (keepdims), reusing partial sums."""
-        if keep in cache:
-            return cache[keep]
+    @staticmethod
+    def _reduce(cache: dict, keep: frozenset, lead: int = 0) -> np.ndarray:
+        """Sum a cached array over the panel axes not in ``keep`` (keepdims), starting from
+        the smallest partial sum already in ``cache``; ``lead`` leading axes are kept."""
+        hit = cache.get(keep)
+        if hit is not None:
+            return hit
         src_key = min((k for k in cache if keep <= k), key=lambda k: cache[k].size)
         src = cache[src_key]
-        drop = tuple(d for d in sorted(src_key - keep) if src.shape[d] != 1)
+        drop = tuple(d + lead for d in sorted(src_key - keep) if src.shape[d + lead] != 1)
         out = src.sum(axis=drop, keepdims=True) if drop else src
         cache[keep] = out
         return out
 
     def reducer(self, arr: np.ndarray) -> dict:
-        """A cache of partial sums of one cell array (trailing axes, if any, are kept)."""
+        """A cache of partial sums of one cell array over the chunk's axes."""
         return {self.all: arr}
 
     # ---------------------------------------------------------------- contractions
@@ -104,60 +106,58 @@ class BlockContractor:
         cache = self.reducer(v)
         out = np.empty(self.n)
         for k, axes in enumerate(self.axes):
-            r = self._reduce(cache, frozenset(axes))
-            out[self.offsets[k] : self.offsets[k + 1]] = self.flat[k].T @ r.reshape(-1)
+            r = self._reduce(cache, axes)
+            out[self.offsets[k] : self.offsets[k + 1]] = self.flat[k] @ r.reshape(-1)
         return out
 
     def matrix(self, c: np.ndarray) -> np.ndarray:
-        """``X' diag(c) X`` for a cell array ``c``: the Hessian-type contraction."""
+        """``X' diag(c) X`` for a cell array ``c``: the Hessian-type contraction.
+
+        For a pair of blocks (a, b) with union of axes U: reduce ``c`` onto U, multiply by
+        ``X_a`` (``p_a`` grids over U), reduce that onto ``b``'s axes and finish with one GEMM.
+        Products ``c X_a`` over the same U are shared between pairs, and so are their partial
+        sums (e.g. the full-grid block's product reduced onto (i, j), then onto (i)).
+        """
         nb = len(self.X)
         H = np.empty((self.n, self.n))
         cache_c = self.reducer(c)
-        F = self.full
-        if F is not None:
-            Z = c[..., None] * self.X[F]
-            cache_z = self.reducer(Z)
-        for a in range(nb):
-            for b in range(a, nb):
-                if F is not None and a == F and b == F:
-                    block = self.flat[F].T @ Z.reshape(-1, Z.shape[-1])
-                elif F is not None and F in (a, b):
-                    other = b if a == F else a
-                    R = self._reduce(cache_z, frozenset(self.axes[other]))
-                    block = R.reshape(-1, R.shape[-1]).T @ self.flat[other]
-                    if a != F:
-                        block = block.T
-                else:
-                    block = self._pair(cache_c, a, b)
+        products: dict[tuple[int, frozenset], dict] = {}
+        for a0 in range(nb):
+            for b0 in range(a0, nb):
+                a, b = self._order_pair(a0, b0)
+                union = self.axes[a] | self.axes[b]
+                key = (a, union)
+                if key not in products:
+                    r = self._reduce(cache_c, union)
+                    products[key] = {union: self.X[a] * r[None]}
+                R = self._reduce(products[key], self.axes[b], lead=1)
+                block = R.reshape(R.shape[0], -1) @ self.flat[b].T  # (p_a, p_b)
                 sa = slice(self.offsets[a], self.offsets[a + 1])
                 sb = slice(self.offsets[b], self.offsets[b + 1])
                 H[sa, sb] = block
                 H[sb, sa] = block.T
         return H
 
-    def _pair(self, cache: dict, a: int, b: int) -> np.ndarray:
-        """``sum_{S_a u S_b} [sum_rest c] X_a X_b'`` for two blocks, neither the full grid."""
-        union = tuple(sorted(set(self.axes[a]) | set(self.axes[b])))
-        r = _compact(self._reduce(cache, frozenset(union)), union)
-        xa = _compact(self.X[a], self.axes[a], 1)
-        xb = _compact(self.X[b], self.axes[b], 1)
-        sub = "".join(_LETTERS[d] for d in union)
-        sa = "".join(_LETTERS[d] for d in self.axes[a])
-        sb = "".join(_LETTERS[d] for d in self.axes[b])
-        return oe.contract(f"{sub},{sa}y,{sb}z->yz", r, xa, xb)
+    def _order_pair(self, a: int, b: int) -> tuple[int, int]:
+        """Which block of a pair to multiply by ``c``: the full-grid block (its product is
+        shared by every pair), else the one with fewer columns."""
+        if self.full in (a, b):
+            return (self.full, b if a == self.full else a)
+        return (a, b) if self.sizes[a] <= self.sizes[b] else (b, a)
 
     def cluster_vector(self, v: np.ndarray, keep: tuple[int, ...]) -> np.ndarray:
-        """Per-cluster ``X' v``: sums over every axis except ``keep``; shape ``keep + (P,)``."""
+        """Per-cluster ``X' v``: sums over every axis except ``keep``.
+
+        Returns an array over the ``keep`` axes (compact) with a last axis of length P.
+        """
         cache = self.reducer(v)
+        kept = frozenset(keep)
         pieces = []
         for k, axes in enumerate(self.axes):
-            union = tuple(sorted(set(axes) | set(keep)))
-            r = _compact(self._reduce(cache, frozenset(union)), union)
-            xa = _compact(self.X[k], axes, 1)
-            sub = "".join(_LETTERS[d] for d in union)
-            sa = "".join(_LETTERS[d] for d in axes)
-            sk = "".join(_LETTERS[d] for d in keep)
-            pieces.append(oe.contract(f"{sub},{sa}y->{sk}y", r, xa))
+            r = self._reduce(cache, axes | kept)
+            prod = {axes | kept: self.X[k] * r[None]}
+            R = self._reduce(prod, kept, lead=1)  # (p_k,) + expanded, sizes off keep are 1
+            pieces.append(np.moveaxis(_compact(R, tuple(d + 1 for d in keep), lead=1), 0, -1))
         return np.concatenate(pieces, axis=-1)
 
 
@@ -202,23 +202,31 @@ class ChunkData:
                 if spec.role != "y":
                     used &= self.finite(k)
         self.used = used
+        self.all_used = bool(used.all())
+        #: no weights and no masked cell: weighting is the identity (skipped in the hot path)
+        self.unit_weights = not iw and self.all_used
         if iw:
             self.w = np.where(used, wraw, 0.0)
         else:
             self.w = used.astype(np.float64)
-        self.y = np.where(used, y, fam.safe_y)
+        self.y = y if self.all_used else np.where(used, y, fam.safe_y)
         off = 0.0
         for k in layout.role("offset"):
             off = off + self.local[k].astype(np.float64, copy=False)
         for k in layout.role("exposure"):
             off = off + np.log(self.local[k].astype(np.float64, copy=False))
-        self.offset = np.where(used, off, 0.0) if np.ndim(off) and not predict else off
+        masked_off = np.ndim(off) and not predict and not self.all_used
+        self.offset = np.where(used, off, 0.0) if masked_off else off
         safe_aux = {"trials": 1.0, "event": 0.0}
         self.aux = {}
         for role in () if predict else fam.aux_roles:
             (k,) = layout.role(role)
             self.aux[role] = np.where(used, self.local[k].astype(np.float64, copy=False), safe_aux[role])
         self._contractor = None
+
+    def weighted(self, a: np.ndarray) -> np.ndarray:
+        """``w * a`` (``a`` itself when all weights are 1)."""
+        return a if self.unit_weights else self.w * a
 
     def finite(self, k: int) -> np.ndarray:
         """Whether argument ``k`` is finite at each cell (all features), broadcastable."""
@@ -237,23 +245,24 @@ class ChunkData:
         return self._contractor
 
     def _block_matrix(self, block) -> np.ndarray:
+        """The block's columns, feature first: ``(p_b,) + expanded chunk shape``, float64."""
         m = len(self.shape)
         if block.intercept:
-            return np.ones((1,) * m + (1,))
+            return np.ones((1,) + (1,) * m)
         bshape = [self.shape[d] if d in block.axes else 1 for d in range(m)]
-        X = np.empty(bshape + [block.size])
+        X = np.empty([block.size] + bshape)
         col = 0
         for k in block.sources:
             spec = self.layout.args[k]
             a = self.local[k]
             if spec.n_features is None:
-                a = a[..., None]
-            X[..., col : col + spec.width] = a
+                X[col] = a
+            else:
+                X[col : col + spec.width] = np.moveaxis(a, -1, 0)
             col += spec.width
-        small = len(block.axes) < m
         if self.predict:
             return X
-        if small or any(self.layout.args[k].sanitize for k in block.sources):
+        if len(block.axes) < m or any(self.layout.args[k].sanitize for k in block.sources):
             X[~np.isfinite(X)] = 0.0
         return X
 
@@ -262,9 +271,9 @@ class ChunkData:
         c = self.contractor
         eta = np.zeros(self.shape) + self.offset
         for k, x in enumerate(c.X):
-            part = c.flat[k] @ beta[c.offsets[k] : c.offsets[k + 1]]
-            eta = eta + part.reshape(x.shape[:-1])
-        return eta if self.predict else np.where(self.used, eta, 0.0)
+            part = beta[c.offsets[k] : c.offsets[k + 1]] @ c.flat[k]
+            eta += part.reshape(x.shape[1:])
+        return eta if self.predict or self.all_used else np.where(self.used, eta, 0.0)
 
 
 # -------------------------------------------------------------------------- setup pass
@@ -345,7 +354,16 @@ def eval_packer(layout: Layout, *, hessian: bool = True, final: bool = False) ->
 def eval_chunk(
     layout: Layout, params: np.ndarray, hessian: bool, final: bool, *arrays: np.ndarray
 ) -> np.ndarray:
-    """Log-likelihood, gradient and (optionally) Hessian of one chunk at ``params``."""
+    """Log-likelihood, gradient and (optionally) Hessian of one chunk at ``params``.
+
+    Large chunks are processed in cache-sized slabs (the statistics are sums over cells).
+    """
+    shape = np.shape(arrays[layout.role("y")[0]])
+    vec = sum(_eval_slab(layout, params, hessian, final, *a) for a in _slabs(layout, arrays, shape))
+    return vec.reshape((1,) * len(shape) + (-1,))
+
+
+def _eval_slab(layout: Layout, params, hessian: bool, final: bool, *arrays) -> np.ndarray:
     with np.errstate(all="ignore"):
         d = ChunkData(layout, arrays)
         fam = layout.family
@@ -353,28 +371,51 @@ def eval_chunk(
         beta, theta = params[:nb], params[nb:]
         eta = d.eta(beta)
         der = fam.derivatives(d.y, eta, d.aux, theta)
-        w = d.w
         c = d.contractor
-        out: dict[str, object] = {"ll": (w * der.f).sum()}
-        wg = w * der.g
+        out: dict[str, object] = {"ll": d.weighted(der.f).sum()}
+        wg = d.weighted(der.g)
         grad = [c.vector(wg)]
         extra = fam.n_extra > 0
         if extra:
-            grad.append([(w * der.f_t).sum()])
+            grad.append([d.weighted(der.f_t).sum()])
         out["grad"] = np.concatenate(grad)
         if hessian:
-            out["hess"] = _quadratic(c, w * der.h, w * der.f_et if extra else None,
-                                     (w * der.f_tt).sum() if extra else None, nb, layout.n_params)
+            out["hess"] = _quadratic(c, d.weighted(der.h), d.weighted(der.f_et) if extra else None,
+                                     d.weighted(der.f_tt).sum() if extra else None, nb, layout.n_params)
         if final or extra:  # NB2's saturated likelihood moves with alpha: track it each pass
-            out["dev"] = (w * fam.unit_deviance(d.y, eta, d.aux, theta)).sum()
+            out["dev"] = d.weighted(fam.unit_deviance(d.y, eta, d.aux, theta)).sum()
         if final:
-            gt = (w * der.g * der.f_t) if extra else None
-            out["meat"] = _quadratic(c, wg * der.g, gt, (w * der.f_t**2).sum() if extra else None,
+            gt = d.weighted(der.g * der.f_t) if extra else None
+            out["meat"] = _quadratic(c, wg * der.g, gt, d.weighted(der.f_t**2).sum() if extra else None,
                                      nb, layout.n_params)
             sep = fam.separated(d.y, eta, d.aux)
             out["n_separated"] = 0 if sep is None else np.count_nonzero(sep & d.used)
-        vec = eval_packer(layout, hessian=hessian, final=final).pack(out)
-    return vec.reshape((1,) * len(d.shape) + (-1,))
+        return eval_packer(layout, hessian=hessian, final=final).pack(out)
+
+
+#: cells per slab inside a chunk: temporaries stay small enough for the CPU caches
+SLAB_CELLS = 65536
+
+
+def _slabs(layout: Layout, arrays: tuple, shape: tuple[int, ...], cells: int = SLAB_CELLS):
+    """Split a chunk's arguments into slabs of about ``cells`` cells along one axis."""
+    m = len(shape)
+    ax = next((a for a in range(m) if int(np.prod(shape[a + 1 :])) <= cells), m - 1)
+    inner = max(int(np.prod(shape[ax + 1 :])), 1)
+    step = max(cells // inner, 1)
+    if m == 0 or step >= shape[ax]:
+        yield arrays
+        return
+    for start in range(0, shape[ax], step):
+        sl = slice(start, start + step)
+        out = []
+        for a, spec in zip(arrays, layout.args, strict=True):
+            if ax in spec.axes:
+                idx = [slice(None)] * np.ndim(a)
+                idx[spec.axes.index(ax)] = sl
+                a = a[tuple(idx)]
+            out.append(a)
+        yield tuple(out)
 
 
 def _quadratic(c: BlockContractor, bb: np.ndarray, bt, tt, nb: int, P: int) -> np.ndarray:
