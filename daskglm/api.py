@@ -118,13 +118,25 @@ def fit(
     known = set(spec.config.__dataclass_fields__) - {"tol", "max_iter"}
     unknown = set(solver_options) - known
     if unknown:
-        raise TypeError(f"unexpected argument(s) {sorted(unknown)} for solver {spec.name!r}; "
-                        f"its options are {sorted(known)}")
+        raise TypeError(
+            f"unexpected argument(s) {sorted(unknown)} for solver {spec.name!r}; "
+            f"its options are {sorted(known)}"
+        )
     config = spec.config(tol=tol, max_iter=int(max_iter), **solver_options)
 
-    panel = build_panel(data, y, x, fam, offset=offset, exposure=exposure, weights=weights,
-                        intercept=intercept, missing=missing, chunks=chunks,
-                        storage_options=storage_options)
+    panel = build_panel(
+        data,
+        y,
+        x,
+        fam,
+        offset=offset,
+        exposure=exposure,
+        weights=weights,
+        intercept=intercept,
+        missing=missing,
+        chunks=chunks,
+        storage_options=storage_options,
+    )
     cluster_axes = _cluster_axes(cluster, panel.layout.dims) if cov == "cluster" else None
     counter = graph.PassCounter()
     setup = run_setup(panel, counter)
@@ -134,28 +146,55 @@ def fit(
     objective = PanelObjective(panel, setup, counter)
     x0 = default_start(setup) if start_params is None else np.asarray(start_params, float)
     if x0.shape != (objective.n_params,):
-        raise ValueError(f"start_params has {x0.size} values; the model has {objective.n_params}: "
-                         f"{setup.layout.param_names}")
+        raise ValueError(
+            f"start_params has {x0.size} values; the model has {objective.n_params}: "
+            f"{setup.layout.param_names}"
+        )
     result = spec.run(objective, x0, config, callback)
     final = objective.final(result.params, cluster_axes)
     V = None
     if cov is not None:
         nb = setup.layout.n_beta
         scale = final["dev"] / (setup.sum_weights - nb) if fam.name == "gaussian" else 1.0
-        V = covariance(final["hess"], cov, scale=scale, meat=final["meat"],
-                       cluster_meat=final.get("cluster_meat"), n_clusters=final.get("n_clusters"),
-                       nobs=setup.sum_weights, k=setup.layout.n_params)
-    spec_ = FitSpec(y=y, x=tuple(x) if isinstance(x, list | tuple) else ((x,) if x is not None else ()),
-                    offset=offset, exposure=exposure, weights=weights, intercept=intercept,
-                    solver=spec.name, tol=tol, max_iter=int(max_iter))
-    res = GLMResults(panel=panel, setup=setup, spec=spec_, solver_result=result, final=final, cov=V,
-                     cov_type=cov, cluster=(cluster,) if isinstance(cluster, str) else cluster,
-                     counter=counter)
+        V = covariance(
+            final["hess"],
+            cov,
+            scale=scale,
+            meat=final["meat"],
+            cluster_meat=final.get("cluster_meat"),
+            n_clusters=final.get("n_clusters"),
+            nobs=setup.sum_weights,
+            k=setup.layout.n_params,
+        )
+    spec_ = FitSpec(
+        y=y,
+        x=tuple(x) if isinstance(x, list | tuple) else ((x,) if x is not None else ()),
+        offset=offset,
+        exposure=exposure,
+        weights=weights,
+        intercept=intercept,
+        solver=spec.name,
+        tol=tol,
+        max_iter=int(max_iter),
+    )
+    res = GLMResults(
+        panel=panel,
+        setup=setup,
+        spec=spec_,
+        solver_result=result,
+        final=final,
+        cov=V,
+        cov_type=cov,
+        cluster=(cluster,) if isinstance(cluster, str) else cluster,
+        counter=counter,
+    )
     if res.n_separated and fam.name == "binomial":
         warnings.warn(
             f"complete or quasi-complete separation: {res.n_separated} used cells have fitted "
             "probabilities of 0 or 1; some coefficients are not identified (they diverge)",
-            SeparationWarning, stacklevel=2)
+            SeparationWarning,
+            stacklevel=2,
+        )
     return res
 
 

@@ -27,16 +27,22 @@ def _demo(args: argparse.Namespace) -> int:
         ds = simulate_panel(sizes, "poisson", exposure=True, seed=args.seed, chunks={"i": 50, "j": 50})
         t0 = time.perf_counter()
         ds.to_zarr(path, mode="w")
-        print(f"simulated a {args.i} x {args.j} x {args.k} Poisson panel into {path} "
-              f"({time.perf_counter() - t0:.1f}s)")
-        with LocalCluster(n_workers=args.workers, threads_per_worker=1, dashboard_address=":0") as cluster, \
-                Client(cluster) as client:
+        print(
+            f"simulated a {args.i} x {args.j} x {args.k} Poisson panel into {path} "
+            f"({time.perf_counter() - t0:.1f}s)"
+        )
+        with (
+            LocalCluster(n_workers=args.workers, threads_per_worker=1, dashboard_address=":0") as cluster,
+            Client(cluster) as client,
+        ):
             print(f"local dask cluster: {len(cluster.workers)} workers, dashboard {client.dashboard_link}")
             x = [v for v in ds.data_vars if v.startswith("x_")]
             t0 = time.perf_counter()
             res = dg.fit(path, "y", x, "poisson", exposure="exposure")
-            print(f"fitted {len(res.params)} coefficients in {time.perf_counter() - t0:.1f}s "
-                  f"({res.n_iter} Newton iterations, {res.passes} passes over the data)\n")
+            print(
+                f"fitted {len(res.params)} coefficients in {time.perf_counter() - t0:.1f}s "
+                f"({res.n_iter} Newton iterations, {res.passes} passes over the data)\n"
+            )
             print(res.summary())
             truth = json.loads(ds.attrs["true_params"])
             worst = max(abs(res.params[k] - v) / res.bse[k] for k, v in truth.items())

@@ -316,8 +316,7 @@ class NegativeBinomial(Family):
     def __init__(self, alpha: float | None = None):
         if alpha is not None and not (np.isfinite(alpha) and alpha > 0):
             raise ValueError(
-                f"NegativeBinomial(alpha={alpha!r}): alpha must be a positive number, "
-                "or None to estimate it"
+                f"NegativeBinomial(alpha={alpha!r}): alpha must be a positive number, or None to estimate it"
             )
         self.alpha = alpha
 

@@ -149,8 +149,9 @@ def predict_graph(func, layout: Layout, arrays: list) -> da.Array:
         if spec.n_features is not None:
             ind += (f"feature{k}",)
         args += [arr, ind]
-    return da.blockwise(func, tuple(index), *args, dtype=np.float64, concatenate=True,
-                        meta=np.empty((0,) * layout.ndim))
+    return da.blockwise(
+        func, tuple(index), *args, dtype=np.float64, concatenate=True, meta=np.empty((0,) * layout.ndim)
+    )
 
 
 def run(counter: PassCounter | None, what: str, *graphs):

@@ -34,6 +34,7 @@ __all__ = [
     "predict_chunk",
 ]
 
+
 def _expand(arr: np.ndarray, spec: ArgSpec, shape: tuple[int, ...]) -> np.ndarray:
     """View a chunk of an input with the chunk's full number of axes (size 1 where absent)."""
     arr = np.asarray(arr)
@@ -380,14 +381,21 @@ def _eval_slab(layout: Layout, params, hessian: bool, final: bool, *arrays) -> n
             grad.append([d.weighted(der.f_t).sum()])
         out["grad"] = np.concatenate(grad)
         if hessian:
-            out["hess"] = _quadratic(c, d.weighted(der.h), d.weighted(der.f_et) if extra else None,
-                                     d.weighted(der.f_tt).sum() if extra else None, nb, layout.n_params)
+            out["hess"] = _quadratic(
+                c,
+                d.weighted(der.h),
+                d.weighted(der.f_et) if extra else None,
+                d.weighted(der.f_tt).sum() if extra else None,
+                nb,
+                layout.n_params,
+            )
         if final or extra:  # NB2's saturated likelihood moves with alpha: track it each pass
             out["dev"] = d.weighted(fam.unit_deviance(d.y, eta, d.aux, theta)).sum()
         if final:
             gt = d.weighted(der.g * der.f_t) if extra else None
-            out["meat"] = _quadratic(c, wg * der.g, gt, d.weighted(der.f_t**2).sum() if extra else None,
-                                     nb, layout.n_params)
+            out["meat"] = _quadratic(
+                c, wg * der.g, gt, d.weighted(der.f_t**2).sum() if extra else None, nb, layout.n_params
+            )
             sep = fam.separated(d.y, eta, d.aux)
             out["n_separated"] = 0 if sep is None else np.count_nonzero(sep & d.used)
         return eval_packer(layout, hessian=hessian, final=final).pack(out)

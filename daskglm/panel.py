@@ -141,8 +141,11 @@ def _panel_input(
     extra = [d for d in arr.dims if d not in y.dims]
     panel_dims = ", ".join(map(repr, y.dims))
     if extra and (not allow_feature or len(extra) > 1):
-        what = "a covariate may carry at most one extra (feature) dim" if allow_feature else (
-            f"the {role} must span a subset of the panel dims")
+        what = (
+            "a covariate may carry at most one extra (feature) dim"
+            if allow_feature
+            else (f"the {role} must span a subset of the panel dims")
+        )
         _fail(
             f"{role} variable {name!r} has dim(s) {', '.join(map(repr, extra))} that are not panel "
             f"dims (y's dims: {panel_dims}); {what}. If a dim is a panel dim under another name, "
@@ -242,8 +245,13 @@ def build_panel(
     if intercept:
         blocks.append(Block(axes=(), columns=("Intercept",), sources=(), intercept=True))
     for axes, members in groups.items():
-        blocks.append(Block(axes=axes, columns=tuple(c for _, cs in members for c in cs),
-                            sources=tuple(k for k, _ in members)))
+        blocks.append(
+            Block(
+                axes=axes,
+                columns=tuple(c for _, cs in members for c in cs),
+                sources=tuple(k for k, _ in members),
+            )
+        )
     if not blocks:
         _fail("the model has no parameters: give covariates in x= or intercept=True")
 

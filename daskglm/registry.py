@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .families import Binomial, Exponential, Family, Gaussian, NegativeBinomial, Poisson
 from .solvers.newton import NewtonConfig, newton
@@ -29,8 +29,13 @@ class SolverSpec:
 
 #: solver name -> spec
 SOLVERS: dict[str, SolverSpec] = {
-    "newton": SolverSpec("newton", newton, NewtonConfig, True,
-                         "Newton-Raphson with step halving (one P x P solve per iteration)"),
+    "newton": SolverSpec(
+        "newton",
+        newton,
+        NewtonConfig,
+        True,
+        "Newton-Raphson with step halving (one P x P solve per iteration)",
+    ),
 }
 
 
@@ -42,8 +47,13 @@ def resolve_family(family: str | Family | type) -> Family:
         return family()
     if isinstance(family, str):
         key = family.lower().replace("-", "_").replace(" ", "_")
-        aliases = {"nb2": "negative_binomial", "negbin": "negative_binomial", "normal": "gaussian",
-                   "logit": "binomial", "logistic": "binomial"}
+        aliases = {
+            "nb2": "negative_binomial",
+            "negbin": "negative_binomial",
+            "normal": "gaussian",
+            "logit": "binomial",
+            "logistic": "binomial",
+        }
         key = aliases.get(key, key)
         if key in FAMILIES:
             return FAMILIES[key]()

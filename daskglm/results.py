@@ -50,9 +50,19 @@ class GLMResults:
     ``alpha_bse``.
     """
 
-    def __init__(self, *, panel: Panel, setup: SetupInfo, spec: FitSpec, solver_result,
-                 final: dict, cov: np.ndarray | None, cov_type: str | None,
-                 cluster: tuple[str, ...] | None, counter: graph.PassCounter):
+    def __init__(
+        self,
+        *,
+        panel: Panel,
+        setup: SetupInfo,
+        spec: FitSpec,
+        solver_result,
+        final: dict,
+        cov: np.ndarray | None,
+        cov_type: str | None,
+        cluster: tuple[str, ...] | None,
+        counter: graph.PassCounter,
+    ):
         self._panel = panel
         self._setup = setup
         self._spec = spec
@@ -104,8 +114,9 @@ class GLMResults:
 
     @cached_property
     def bse(self) -> pd.Series:
-        return pd.Series(np.sqrt(np.diag(self.cov_params().to_numpy())), index=self.param_names,
-                         name="std err")
+        return pd.Series(
+            np.sqrt(np.diag(self.cov_params().to_numpy())), index=self.param_names, name="std err"
+        )
 
     @cached_property
     def tvalues(self) -> pd.Series:
@@ -188,8 +199,11 @@ class GLMResults:
     def llnull(self) -> float:
         """Log-likelihood of the intercept-only model (same offsets, exposure, weights)."""
         setup, final, _ = self._null
-        return float(self._full_ll(final["ll"], final["dev"]) if self.family.name == "gaussian"
-                     else final["ll"] + setup.ll_const)
+        return float(
+            self._full_ll(final["ll"], final["dev"])
+            if self.family.name == "gaussian"
+            else final["ll"] + setup.ll_const
+        )
 
     @cached_property
     def null_deviance(self) -> float:
@@ -257,8 +271,16 @@ class GLMResults:
         coords = {d: ds.indexes[d] for d in dims if d in ds.indexes}
         template = xr.DataArray(graph.lazy_zeros(shape), dims=dims, coords=coords, name="__template__")
         s = self._spec
-        panel = build_panel(ds, template, list(s.x), self.family, offset=s.offset, exposure=s.exposure,
-                            intercept=s.intercept, with_aux=False)
+        panel = build_panel(
+            ds,
+            template,
+            list(s.x),
+            self.family,
+            offset=s.offset,
+            exposure=s.exposure,
+            intercept=s.intercept,
+            with_aux=False,
+        )
         return panel
 
     # ------------------------------------------------------------------ output
@@ -279,14 +301,23 @@ class GLMResults:
                     out[spec.name] = xr.DataArray(vals[0], dims=["statistic"])
                 else:
                     labels = [c[len(spec.name) + 1 : -1] for c in cols]
-                    out[spec.name] = xr.DataArray(vals.T, dims=["statistic", "feature"],
-                                                  coords={"feature": labels})
+                    out[spec.name] = xr.DataArray(
+                        vals.T, dims=["statistic", "feature"], coords={"feature": labels}
+                    )
         return xr.Dataset(out, coords={"statistic": list(table.columns)})
 
     def _table(self) -> pd.DataFrame:
         ci = self.conf_int()
-        return pd.DataFrame({"coef": self.params, "std err": self.bse, "z": self.tvalues,
-                             "P>|z|": self.pvalues, "[0.025": ci[0], "0.975]": ci[1]})
+        return pd.DataFrame(
+            {
+                "coef": self.params,
+                "std err": self.bse,
+                "z": self.tvalues,
+                "P>|z|": self.pvalues,
+                "[0.025": ci[0],
+                "0.975]": ci[1],
+            }
+        )
 
     def summary(self) -> str:
         """A readable table of the fit (computes the null model on first call)."""
@@ -297,12 +328,13 @@ class GLMResults:
             f"Family: {fam!r:<33}Panel dims: {dict(self._panel.sizes)}",
             f"Solver: {self.solver:<12}converged: {str(self.converged):<8}iterations: {self.n_iter:<5}"
             f"passes: {self.passes}",
-            f"Cells used: {self.nobs:<14}Sum of weights: {self.sum_weights:<12.6g}Df resid: {self.df_resid:.6g}",
+            f"Cells used: {self.nobs:<14}Sum of weights: {self.sum_weights:<12.6g}"
+            f"Df resid: {self.df_resid:.6g}",
             f"Log-likelihood: {self.llf:<18.6f}Deviance: {self.deviance:.6g}",
             f"LL-Null: {self.llnull:<25.6f}Pseudo R2 (McFadden): {self.pseudo_rsquared:.4f}",
             f"AIC: {self.aic:<29.6f}BIC: {self.bic:.6f}",
-            f"Covariance: {self.cov_type}" + (f" by {self.cluster} ({self.n_clusters} clusters)"
-                                              if self.cov_type == "cluster" else ""),
+            f"Covariance: {self.cov_type}"
+            + (f" by {self.cluster} ({self.n_clusters} clusters)" if self.cov_type == "cluster" else ""),
         ]
         if self.n_dropped:
             lines.append(f"Dropped cells (missing='drop'): {self.n_dropped} ({self.dropped_by})")
@@ -318,11 +350,15 @@ class GLMResults:
                 lr, p = self.lr_test_poisson
                 se = f" (std err {self.alpha_bse:.6g})" if self.alpha_bse is not None else ""
                 lines.append(f"alpha: {self.alpha:.6g}{se}")
-                lines.append(f"LR test of alpha=0 (vs Poisson): chibar2(01) = {lr:.4f}, Prob >= chibar2 = {p:.4g}")
+                lines.append(
+                    f"LR test of alpha=0 (vs Poisson): chibar2(01) = {lr:.4f}, Prob >= chibar2 = {p:.4g}"
+                )
             else:
                 lines.append(f"alpha fixed at {fam.alpha:g}")
         if self.n_separated:
-            lines.append(f"Warning: {self.n_separated} cells have fitted probabilities of 0 or 1 (separation)")
+            lines.append(
+                f"Warning: {self.n_separated} cells have fitted probabilities of 0 or 1 (separation)"
+            )
         if not self.converged:
             lines.append(f"Warning: not converged: {self.message}")
         lines.append("=" * 78)

@@ -104,8 +104,13 @@ def simulate_panel(
     coef_rng = np.random.default_rng(seed + 7919)
     n_cols = sum(n for _, n in blocks.values())
     scale = 0.5 / np.sqrt(max(n_cols, 1))
-    intercept = {"gaussian": 1.0, "poisson": 1.0, "negative_binomial": 1.0,
-                 "binomial": -0.5, "exponential": -1.0}[family]
+    intercept = {
+        "gaussian": 1.0,
+        "poisson": 1.0,
+        "negative_binomial": 1.0,
+        "binomial": -0.5,
+        "exponential": -1.0,
+    }[family]
     truth = {"Intercept": intercept}
     ds = xr.Dataset(coords={d: np.arange(sizes[d]) for d in dims})
     eta = da.full(shape, intercept, chunks=full)
@@ -146,8 +151,14 @@ def simulate_panel(
             out[0][rng.random(eta_b.shape) < missing_fraction] = np.nan
         return out
 
-    drawn = da.map_blocks(draw, eta, *[aux[k] for k in names], new_axis=0,
-                          chunks=((2 if family == "exponential" else 1,),) + full, dtype=np.float64)
+    drawn = da.map_blocks(
+        draw,
+        eta,
+        *[aux[k] for k in names],
+        new_axis=0,
+        chunks=((2 if family == "exponential" else 1,),) + full,
+        dtype=np.float64,
+    )
     ds["y"] = (dims, drawn[0].astype(dtype))
     if family == "exponential":
         ds["event"] = (dims, drawn[1].astype(dtype))

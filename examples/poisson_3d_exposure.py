@@ -23,14 +23,22 @@ blocks = {
     "landlocked": (("exporter",), 1),
     "trend": (("year",), 1),
 }
-ds = simulate_panel(sizes, "poisson", blocks=blocks, exposure=True, missing_fraction=0.05, seed=42,
-                    chunks={"exporter": 40, "importer": 40})
+ds = simulate_panel(
+    sizes,
+    "poisson",
+    blocks=blocks,
+    exposure=True,
+    missing_fraction=0.05,
+    seed=42,
+    chunks={"exporter": 40, "importer": 40},
+)
 with tempfile.TemporaryDirectory() as tmp:
     path = f"{tmp}/trade.zarr"
     ds.to_zarr(path, mode="w")
     x = [v for v in ds.data_vars if v not in ("y", "exposure")]
-    res = dg.fit(path, "y", x, "poisson", exposure="exposure",
-                 cov_type="cluster", cluster=("exporter", "importer"))
+    res = dg.fit(
+        path, "y", x, "poisson", exposure="exposure", cov_type="cluster", cluster=("exporter", "importer")
+    )
     print(res.summary())
     truth = json.loads(ds.attrs["true_params"])
     print("\ntrue vs estimated:")

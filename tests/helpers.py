@@ -58,7 +58,11 @@ def make_panel(
         vd = vdims + (("feature",) if nf else ())
         ds[name] = (vd, rng.normal(size=shape))
         coef = rng.uniform(-0.3, 0.3, size=nf) if nf else rng.uniform(-0.3, 0.3)
-        eta = eta + (ds[name] * xr.DataArray(coef, dims="feature")).sum("feature") if nf else eta + coef * ds[name]
+        eta = (
+            eta + (ds[name] * xr.DataArray(coef, dims="feature")).sum("feature")
+            if nf
+            else eta + coef * ds[name]
+        )
         names.append(name)
     eta = eta.transpose(*dims) + (0.5 if family != "binomial" else 0.0)
     shape = tuple(sizes.values())
@@ -113,8 +117,18 @@ def expand(ds: xr.Dataset, x: list[str], extra: list[str] = ()) -> pd.DataFrame:
     return pd.DataFrame(cols)
 
 
-def statsmodels_fit(family: str, df: pd.DataFrame, xcols: list[str], *, offset=None, exposure=None,
-                    weights=None, trials=None, event=None, alpha=None):
+def statsmodels_fit(
+    family: str,
+    df: pd.DataFrame,
+    xcols: list[str],
+    *,
+    offset=None,
+    exposure=None,
+    weights=None,
+    trials=None,
+    event=None,
+    alpha=None,
+):
     """Fit the reference model with statsmodels on the long table (rows with y observed)."""
     df = df[np.isfinite(df["y"])].copy()
     if weights is not None:
@@ -136,8 +150,9 @@ def statsmodels_fit(family: str, df: pd.DataFrame, xcols: list[str], *, offset=N
         return mod.fit(start_params=mod.fit(tol=1e-13).params, method="newton", tol=1e-13, maxiter=100)
     if family == "negative_binomial":
         mod = sm.NegativeBinomial(df["y"], X, loglike_method="nb2", offset=off, exposure=expo)
-        start = np.append(sm.GLM(df["y"], X, family=sm.families.Poisson(), offset=off,
-                                 exposure=expo).fit().params, 0.5)
+        start = np.append(
+            sm.GLM(df["y"], X, family=sm.families.Poisson(), offset=off, exposure=expo).fit().params, 0.5
+        )
         return mod.fit(start_params=start, method="newton", maxiter=200, tol=1e-14, disp=0)
     if family == "exponential":
         # the duality of the seed note: Poisson in the event indicator with offset log(time)

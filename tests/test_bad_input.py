@@ -159,8 +159,9 @@ def test_feature_dim_with_labels_of_missing_panel_dim_suggests_rename():
 
 def test_coordinate_mismatch_of_dataarray_covariate():
     ds = panel()
-    xbad = xr.DataArray(ds["x1"].values, dims=("i", "j"),
-                        coords={"i": ds["i"].values + 1, "j": ds["j"].values}, name="xbad")
+    xbad = xr.DataArray(
+        ds["x1"].values, dims=("i", "j"), coords={"i": ds["i"].values + 1, "j": ds["j"].values}, name="xbad"
+    )
     with pytest.raises(ValueError, match=r"'xbad' does not align with y along dim 'i'"):
         dg.fit(ds, "y", ["x2", xbad], family="poisson")
 

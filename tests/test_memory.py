@@ -43,15 +43,19 @@ SCRIPT = textwrap.dedent(
 def test_peak_memory_far_below_the_expanded_design(tmp_path):
     assert DESIGN_BYTES >= 2e9
     path = tmp_path / "big.zarr"
-    ds = simulate_panel(SIZES, "poisson", exposure=True, seed=3, dtype=np.float32,
-                        chunks={"i": 30, "j": 50, "k": 200})
+    ds = simulate_panel(
+        SIZES, "poisson", exposure=True, seed=3, dtype=np.float32, chunks={"i": 30, "j": 50, "k": 200}
+    )
     ds.to_zarr(path, mode="w")
-    out = subprocess.run([sys.executable, "-c", SCRIPT, str(path)], capture_output=True, text=True,
-                         timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(path)], capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"\npeak RSS {report['peak'] / 1e9:.2f} GB vs expanded design {DESIGN_BYTES / 1e9:.2f} GB; "
-          f"fit {report['seconds']:.1f}s in {report['passes']} passes")
+    print(
+        f"\npeak RSS {report['peak'] / 1e9:.2f} GB vs expanded design {DESIGN_BYTES / 1e9:.2f} GB; "
+        f"fit {report['seconds']:.1f}s in {report['passes']} passes"
+    )
     assert report["converged"]
     assert report["peak"] < DESIGN_BYTES / 3
     truth = json.loads(ds.attrs["true_params"])

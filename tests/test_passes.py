@@ -32,12 +32,14 @@ class CountingScheduler:
 def test_one_compute_per_newton_iteration(family):
     ds, x = make_panel(3, family, seed=11)
     fam = {"binomial": dg.Binomial(trials="trials"), "exponential": dg.Exponential(event="event")}.get(
-        family, family)
+        family, family
+    )
     counter = CountingScheduler()
     computes_at_row = []
     with dask.config.set(scheduler=counter):
-        res = dg.fit(ds, "y", x, fam, chunks=(3, 3, 4),
-                     callback=lambda row: computes_at_row.append(counter.calls))
+        res = dg.fit(
+            ds, "y", x, fam, chunks=(3, 3, 4), callback=lambda row: computes_at_row.append(counter.calls)
+        )
     # setup pass + one pass per accepted iteration (no halving here) + the final pass
     assert res.converged
     assert counter.calls == res.passes == res.n_iter + 2

@@ -50,16 +50,32 @@ def reference_and_fit(family: str, ndim: int, cov_type="nonrobust", cluster=None
     opts = options(ndim, family)
     ds, x = make_panel(ndim, family, seed=seed, **opts)
     chunks = tuple(3 if n > 3 else 2 for n in DIM_SETS[ndim].values())
-    res = dg.fit(ds, "y", x, dg_family(family), offset="off" if opts["offset"] else None,
-                 exposure="expo" if opts["exposure"] else None, weights="w" if opts["weights"] else None,
-                 chunks=chunks, cov_type=cov_type, cluster=cluster)
+    res = dg.fit(
+        ds,
+        "y",
+        x,
+        dg_family(family),
+        offset="off" if opts["offset"] else None,
+        exposure="expo" if opts["exposure"] else None,
+        weights="w" if opts["weights"] else None,
+        chunks=chunks,
+        cov_type=cov_type,
+        cluster=cluster,
+    )
     extra = [v for v in ("off", "expo", "w", "trials", "event") if v in ds]
     df = expand(ds, x, extra)
     xcols = [c for c in res.param_names if c != "Intercept"]
-    ref = statsmodels_fit(family, df, xcols, offset="off" if opts["offset"] else None,
-                          exposure="expo" if opts["exposure"] else None,
-                          weights="w" if opts["weights"] else None, trials="trials", event="event",
-                          alpha=NB_ALPHA)
+    ref = statsmodels_fit(
+        family,
+        df,
+        xcols,
+        offset="off" if opts["offset"] else None,
+        exposure="expo" if opts["exposure"] else None,
+        weights="w" if opts["weights"] else None,
+        trials="trials",
+        event="event",
+        alpha=NB_ALPHA,
+    )
     return ds, df, res, ref, opts
 
 
@@ -107,9 +123,15 @@ def test_null_model_matches_statsmodels(family):
     """llnull / null_deviance: the intercept-only model with the same offsets and weights."""
     ds, df, res, ref, opts = reference_and_fit(family, 2)
     null = pytest.importorskip("helpers").statsmodels_fit(
-        family, df, [], offset="off" if opts["offset"] else None,
-        exposure="expo" if opts["exposure"] else None, weights="w" if opts["weights"] else None,
-        trials="trials", alpha=NB_ALPHA)
+        family,
+        df,
+        [],
+        offset="off" if opts["offset"] else None,
+        exposure="expo" if opts["exposure"] else None,
+        weights="w" if opts["weights"] else None,
+        trials="trials",
+        alpha=NB_ALPHA,
+    )
     assert_close(res.llnull, null.llf, 1e-8, "llnull")
     assert_close(res.null_deviance, null.deviance, 1e-8, "null_deviance")
 
@@ -151,8 +173,13 @@ def test_nb2_cluster_includes_alpha():
     df = expand(ds, x)
     df["group"] = ds["y"].to_dataframe().reset_index()["i"].to_numpy()
     ref0 = statsmodels_fit("negative_binomial", df, [c for c in res.param_names if c != "Intercept"])
-    ref = ref0.model.fit(start_params=ref0.params, method="newton", disp=0, cov_type="cluster",
-                         cov_kwds={"groups": df["group"].to_numpy()})
+    ref = ref0.model.fit(
+        start_params=ref0.params,
+        method="newton",
+        disp=0,
+        cov_type="cluster",
+        cov_kwds={"groups": df["group"].to_numpy()},
+    )
     k = len(res.param_names)
     assert_close(res.bse.to_numpy(), ref.bse.to_numpy()[:k], 1e-5, "cluster bse")
     assert_close(res.alpha_bse, ref.bse["alpha"], 1e-5, "alpha cluster bse")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import linalg
 
-from .base import Evaluation, IterationLog, Objective, SolverResult, warn_not_converged
+from .base import IterationLog, Objective, SolverResult, warn_not_converged
 
 __all__ = ["NewtonConfig", "newton", "newton_direction"]
 
@@ -56,8 +56,9 @@ def newton_direction(grad: np.ndarray, hess: np.ndarray) -> tuple[np.ndarray, bo
         return V @ ((V.T @ grad) / lam), True
 
 
-def newton(objective: Objective, start: np.ndarray, config: NewtonConfig = NewtonConfig(),
-           callback=None) -> SolverResult:
+def newton(
+    objective: Objective, start: np.ndarray, config: NewtonConfig = NewtonConfig(), callback=None
+) -> SolverResult:
     """Maximise the objective by Newton-Raphson from ``start``."""
     log = IterationLog(objective, callback)
     x = np.asarray(start, dtype=np.float64).copy()
