@@ -2,7 +2,7 @@
 
 :class:`PanelObjective` turns "evaluate the log-likelihood at these parameters" into one pass
 over the panel (one ``dask.compute``); :func:`run_setup` is the validating first pass and
-:func:`final_pass` the last one, at the estimates, for standard errors and diagnostics.
+:meth:`PanelObjective.final` the last one, at the estimates, for standard errors and diagnostics.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from .kernels import finalize_eval, setup_packer
 from .panel import Panel
 from .solvers.base import Evaluation
 
-__all__ = ["PanelObjective", "run_setup", "final_pass", "start_params"]
+__all__ = ["PanelObjective", "run_setup", "start_params"]
 
 
 def run_setup(panel: Panel, counter: graph.PassCounter) -> SetupInfo:
@@ -81,8 +81,3 @@ class PanelObjective:
             st["cluster_meat"] = np.asarray(out[1])
             st["n_clusters"] = int(out[2])
         return st
-
-
-def final_pass(objective: PanelObjective, params: np.ndarray, cluster_axes=None) -> dict:
-    """Run :meth:`PanelObjective.final` (kept as a function for symmetry with run_setup)."""
-    return objective.final(params, cluster_axes)

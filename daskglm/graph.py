@@ -84,19 +84,24 @@ def align_arrays(values: list, axes: list[tuple[int, ...]], features: list[bool]
     return out
 
 
-def _map_chunks(func, layout: Layout, arrays: list, length: int, keep: tuple[int, ...] = ()) -> da.Array:
-    """``blockwise`` of ``func`` over the aligned chunks; output axes = panel axes + stat."""
-    index = [f"d{k}" for k in range(layout.ndim)]
+def _blockwise_args(layout: Layout, arrays: list) -> list:
+    """``blockwise``'s (array, index) pairs: panel axes ``d0, d1, ...``; feature axes private."""
     args = []
     for k, (arr, spec) in enumerate(zip(arrays, layout.args, strict=True)):
-        ind = tuple(index[a] for a in spec.axes)
+        ind = tuple(f"d{a}" for a in spec.axes)
         if spec.n_features is not None:
             ind += (f"feature{k}",)
         args += [arr, ind]
+    return args
+
+
+def _map_chunks(func, layout: Layout, arrays: list, length: int, keep: tuple[int, ...] = ()) -> da.Array:
+    """``blockwise`` of ``func`` over the aligned chunks; output axes = panel axes + stat."""
+    index = [f"d{k}" for k in range(layout.ndim)]
     return da.blockwise(
         func,
         tuple(index) + ("stat",),
-        *args,
+        *_blockwise_args(layout, arrays),
         new_axes={"stat": length},
         adjust_chunks={index[d]: 1 for d in range(layout.ndim) if d not in keep},
         dtype=np.float64,
@@ -142,15 +147,14 @@ def cluster_graph(layout: Layout, arrays: list, params: np.ndarray, keep: tuple[
 
 def predict_graph(func, layout: Layout, arrays: list) -> da.Array:
     """Map a per-chunk prediction kernel over the full grid (output: the panel's shape)."""
-    index = [f"d{k}" for k in range(layout.ndim)]
-    args = []
-    for k, (arr, spec) in enumerate(zip(arrays, layout.args, strict=True)):
-        ind = tuple(index[a] for a in spec.axes)
-        if spec.n_features is not None:
-            ind += (f"feature{k}",)
-        args += [arr, ind]
+    index = tuple(f"d{k}" for k in range(layout.ndim))
     return da.blockwise(
-        func, tuple(index), *args, dtype=np.float64, concatenate=True, meta=np.empty((0,) * layout.ndim)
+        func,
+        index,
+        *_blockwise_args(layout, arrays),
+        dtype=np.float64,
+        concatenate=True,
+        meta=np.empty((0,) * layout.ndim),
     )
 
 
