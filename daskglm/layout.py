@@ -105,9 +105,6 @@ class Layout:
         """Indices of the arguments with ``role``."""
         return [i for i, a in enumerate(self.args) if a.role == role]
 
-    def with_blocks(self, blocks: tuple[Block, ...]) -> Layout:
-        return Layout(self.dims, self.args, blocks, self.family, self.missing)
-
     def with_family(self, family: Family) -> Layout:
         return Layout(self.dims, self.args, self.blocks, family, self.missing)
 
