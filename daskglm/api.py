@@ -188,10 +188,16 @@ def fit(
         cluster=(cluster,) if isinstance(cluster, str) else cluster,
         counter=counter,
     )
-    if res.n_separated and fam.name == "binomial":
+    if res.n_separated:
+        what = (
+            "fitted probabilities of 0 or 1"
+            if fam.name == "binomial"
+            else "a zero response (or a censored spell) with a fitted mean below 1e-10"
+        )
         warnings.warn(
-            f"complete or quasi-complete separation: {res.n_separated} used cells have fitted "
-            "probabilities of 0 or 1; some coefficients are not identified (they diverge)",
+            f"complete or quasi-complete separation: {res.n_separated} used cells have {what}; "
+            "the maximum-likelihood estimate does not exist and some coefficients diverge. "
+            "Drop or merge the covariates (or levels) that predict those cells perfectly",
             SeparationWarning,
             stacklevel=2,
         )
@@ -199,4 +205,4 @@ def fit(
 
 
 class SeparationWarning(UserWarning):
-    """Fitted probabilities of exactly 0 or 1: the MLE does not exist (or is on the boundary)."""
+    """Fitted probabilities of 0 or 1, or fitted means of 0 at zero counts: the MLE does not exist."""

@@ -38,6 +38,10 @@ __all__ = [
 
 Array = np.ndarray
 
+#: |eta| beyond which a fitted mean (or probability) is taken to have run off to the boundary:
+#: exp(-23) ~ 1e-10.
+BOUNDARY_ETA = 23.0
+
 
 @dataclass
 class Derivatives:
@@ -188,6 +192,10 @@ class Poisson(Family):
     def saturated(self, y, aux):
         return _xlogy(y, y) - y
 
+    def separated(self, y, eta, aux):
+        # a zero count whose fitted mean has run off to 0 (eta -> -inf): the MLE does not exist
+        return (y == 0) & (eta < -BOUNDARY_ETA)
+
     def domain_rules(self):
         return (DomainRule("y", "is negative (counts must be >= 0)", lambda y, aux: y < 0),)
 
@@ -226,6 +234,10 @@ class Exponential(Family):
     def saturated(self, y, aux):
         d = aux["event"]
         return -d * (np.log(y) + 1.0)
+
+    def separated(self, y, eta, aux):
+        # a censored spell whose fitted cumulative hazard has run off to 0
+        return (aux["event"] == 0) & (eta + np.log(y) < -BOUNDARY_ETA)
 
     def domain_rules(self):
         return (
@@ -282,7 +294,7 @@ class Binomial(Family):
 
     def separated(self, y, eta, aux):
         # fitted probability within 1e-10 of 0 or 1
-        return np.abs(eta) > 23.0
+        return np.abs(eta) > BOUNDARY_ETA
 
     def domain_rules(self):
         return (
@@ -366,6 +378,9 @@ class NegativeBinomial(Family):
         r = 1.0 / self.alpha
         lg = special.gammaln(y + r) - special.gammaln(r)
         return lg + r * (np.log(r) - np.log(r + y)) + _xlogy(y, y) - y * np.log(r + y)
+
+    def separated(self, y, eta, aux):
+        return (y == 0) & (eta < -BOUNDARY_ETA)
 
     def domain_rules(self):
         return (DomainRule("y", "is negative (counts must be >= 0)", lambda y, aux: y < 0),)

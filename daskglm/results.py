@@ -356,9 +356,7 @@ class GLMResults:
             else:
                 lines.append(f"alpha fixed at {fam.alpha:g}")
         if self.n_separated:
-            lines.append(
-                f"Warning: {self.n_separated} cells have fitted probabilities of 0 or 1 (separation)"
-            )
+            lines.append(f"Warning: {self.n_separated} cells have fitted means on the boundary (separation)")
         if not self.converged:
             lines.append(f"Warning: not converged: {self.message}")
         lines.append("=" * 78)
