@@ -49,8 +49,8 @@ def fit(
     solver: str = "newton",
     cov_type: str | None = "nonrobust",
     cluster: str | Sequence[str] | None = None,
-    tol: float = 1e-8,
-    max_iter: int = 100,
+    tol: float | None = None,
+    max_iter: int | None = None,
     missing: str = "raise",
     chunks=None,
     start_params: Sequence[float] | None = None,
@@ -79,13 +79,23 @@ def fit(
     intercept : bool
         Add a constant named ``"Intercept"``.
     solver : str
-        A name of :data:`daskglm.registry.SOLVERS` (``"newton"``).
+        A name of :data:`daskglm.registry.SOLVERS`: ``"newton"`` (default), or the
+        gradient-only ``"lbfgs"``, ``"gd"`` and ``"adam"``, which never solve with the
+        Hessian inside their iterations (``gd`` and ``adam`` call no matrix solve, inverse or
+        factorisation at all there).
     cov_type : {"nonrobust", "robust", "HC0", "HC1", "cluster"} or None
-        Covariance of the estimates; ``None`` skips standard errors.
+        Covariance of the estimates, computed once at the end from the Hessian (also after a
+        gradient-only fit); ``None`` skips standard errors and that Hessian.
     cluster : str or tuple of str
         With ``cov_type="cluster"``: the panel dims whose cells are the clusters.
-    tol, max_iter : float, int
-        Convergence tolerance and iteration limit (a fit that hits the limit warns).
+    tol : float, optional
+        Convergence tolerance. Newton stops when its decrement (the deviance still to gain) is
+        below ``tol`` (default 1e-8), then takes the final step; the gradient solvers when a
+        diagonal estimate of it and the relative change of the log-likelihood both are
+        (default 1e-12, which puts them within about 1e-6 standard errors of Newton).
+    max_iter : int, optional
+        Iteration limit (a fit that hits it warns); defaults to the solver's own: 100 for
+        ``"newton"``, 1000 for ``"lbfgs"``, 2000 for ``"gd"``, 10000 for ``"adam"``.
     missing : {"raise", "drop"}
         What to do with NaN/inf inputs at cells where ``y`` is observed.
     chunks : optional
@@ -98,7 +108,9 @@ def fit(
     storage_options : dict, optional
         Passed to fsspec when ``data`` is a URL.
     **solver_options
-        Fields of the solver's config class (e.g. ``max_halvings`` for Newton).
+        Fields of the solver's config class: ``max_halvings`` for Newton; ``step_size``,
+        ``armijo``, ``max_backtracks`` for ``gd``; ``learning_rate``, ``beta1``, ``beta2``,
+        ``epsilon``, ``decay`` for ``adam``; ``memory``, ``max_line_search`` for ``lbfgs``.
 
     Returns
     -------
@@ -111,9 +123,9 @@ def fit(
         raise ValueError("cov_type='cluster' needs cluster=, the panel dim(s) defining the clusters")
     if cluster is not None and cov != "cluster":
         raise ValueError(f"cluster={cluster!r} is given but cov_type={cov_type!r}; use cov_type='cluster'")
-    if not (tol > 0):
+    if tol is not None and not (tol > 0):
         raise ValueError(f"tol={tol!r} must be > 0")
-    if int(max_iter) < 1:
+    if max_iter is not None and int(max_iter) < 1:
         raise ValueError(f"max_iter={max_iter!r} must be >= 1")
     known = set(spec.config.__dataclass_fields__) - {"tol", "max_iter"}
     unknown = set(solver_options) - known
@@ -122,7 +134,11 @@ def fit(
             f"unexpected argument(s) {sorted(unknown)} for solver {spec.name!r}; "
             f"its options are {sorted(known)}"
         )
-    config = spec.config(tol=tol, max_iter=int(max_iter), **solver_options)
+    if max_iter is not None:
+        solver_options["max_iter"] = int(max_iter)
+    if tol is not None:
+        solver_options["tol"] = float(tol)
+    config = spec.config(**solver_options)
 
     panel = build_panel(
         data,
@@ -151,7 +167,7 @@ def fit(
             f"{setup.layout.param_names}"
         )
     result = spec.run(objective, x0, config, callback)
-    final = objective.final(result.params, cluster_axes)
+    final = objective.final(result.params, cluster_axes, inference=cov is not None)
     V = None
     if cov is not None:
         nb = setup.layout.n_beta
@@ -174,8 +190,8 @@ def fit(
         weights=weights,
         intercept=intercept,
         solver=spec.name,
-        tol=tol,
-        max_iter=int(max_iter),
+        tol=config.tol,
+        max_iter=config.max_iter,
     )
     res = GLMResults(
         panel=panel,

@@ -45,6 +45,14 @@ class PanelObjective:
         self.setup = setup
         self.counter = counter
         self.n_params = self.layout.n_params
+        self.n_beta = self.layout.n_beta
+        icpt = [
+            sl.start
+            for b, sl in zip(self.layout.blocks, self.layout.block_slices, strict=True)
+            if b.intercept
+        ]
+        #: position of the intercept in the parameter vector (None without one)
+        self.intercept_index: int | None = icpt[0] if icpt else None
 
     @property
     def passes(self) -> int:
@@ -66,17 +74,20 @@ class PanelObjective:
             return max(e.deviance / self.setup.sum_weights, 1e-300)
         return 1.0
 
-    def final(self, params: np.ndarray, cluster_axes: tuple[int, ...] | None = None) -> dict:
+    def final(
+        self, params: np.ndarray, cluster_axes: tuple[int, ...] | None = None, *, inference: bool = True
+    ) -> dict:
         """Everything needed for inference at ``params``, in one pass.
 
-        Returns the unpacked final statistics (``ll``, ``grad``, ``hess``, ``dev``, ``meat``,
-        ``n_separated``) and, with ``cluster_axes``, ``cluster_meat`` and ``n_clusters``.
+        Returns the unpacked final statistics (``ll``, ``grad``, ``dev``, ``n_separated`` and,
+        with ``inference``, ``hess`` and ``meat``) and, with ``cluster_axes``, ``cluster_meat``
+        and ``n_clusters``. ``inference=False`` skips the P x P matrices (``cov_type=None``).
         """
-        graphs = [graph.eval_graph(self.layout, self.panel.arrays, params, final=True)]
+        graphs = [graph.eval_graph(self.layout, self.panel.arrays, params, hessian=inference, final=True)]
         if cluster_axes is not None:
             graphs += list(graph.cluster_graph(self.layout, self.panel.arrays, params, cluster_axes))
         out = graph.run(self.counter, "final", *graphs)
-        st = finalize_eval(self.layout, out[0], final=True)
+        st = finalize_eval(self.layout, out[0], hessian=inference, final=True)
         if cluster_axes is not None:
             st["cluster_meat"] = np.asarray(out[1])
             st["n_clusters"] = int(out[2])

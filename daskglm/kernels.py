@@ -340,15 +340,18 @@ def eval_packer(layout: Layout, *, hessian: bool = True, final: bool = False) ->
     """Fields of an evaluation pass at given parameters.
 
     ``ll``, ``grad`` always; ``hess`` unless ``hessian=False``; with ``final=True`` also the
-    deviance, the HC0 meat ``sum w s s'`` of the per-cell scores and the separation count.
+    deviance, the separation count and (with the Hessian) the HC0 meat ``sum w s s'`` of the
+    per-cell scores.
     """
     P = layout.n_params
     p = StatPacker().add("ll").add("grad", (P,))
     if hessian:
         p.add("hess", (P, P))
     p.add("dev")
+    if final and hessian:
+        p.add("meat", (P, P))
     if final:
-        p.add("meat", (P, P)).add("n_separated")
+        p.add("n_separated")
     return p
 
 
@@ -391,11 +394,12 @@ def _eval_slab(layout: Layout, params, hessian: bool, final: bool, *arrays) -> n
             )
         if final or extra:  # NB2's saturated likelihood moves with alpha: track it each pass
             out["dev"] = d.weighted(fam.unit_deviance(d.y, eta, d.aux, theta)).sum()
-        if final:
+        if final and hessian:
             gt = d.weighted(der.g * der.f_t) if extra else None
             out["meat"] = _quadratic(
                 c, wg * der.g, gt, d.weighted(der.f_t**2).sum() if extra else None, nb, layout.n_params
             )
+        if final:
             sep = fam.separated(d.y, eta, d.aux)
             out["n_separated"] = 0 if sep is None else np.count_nonzero(sep & d.used)
         return eval_packer(layout, hessian=hessian, final=final).pack(out)

@@ -6,6 +6,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .families import Binomial, Exponential, Family, Gaussian, NegativeBinomial, Poisson
+from .solvers.gradient import (
+    AdamConfig,
+    GradientDescentConfig,
+    LBFGSConfig,
+    adam,
+    gradient_descent,
+    lbfgs,
+)
 from .solvers.newton import NewtonConfig, newton
 
 __all__ = ["FAMILIES", "SOLVERS", "SolverSpec", "resolve_family", "resolve_solver"]
@@ -18,7 +26,11 @@ FAMILIES: dict[str, type[Family]] = {
 
 @dataclass(frozen=True)
 class SolverSpec:
-    """A solver: its function, its config class, and whether it needs the Hessian each pass."""
+    """A solver: its function, its config class, and whether it needs the Hessian each pass.
+
+    ``run(objective, start, config, callback) -> SolverResult``; ``config`` is a frozen
+    dataclass with at least ``tol`` and ``max_iter`` (whose default is the solver's own).
+    """
 
     name: str
     run: Callable
@@ -35,6 +47,27 @@ SOLVERS: dict[str, SolverSpec] = {
         NewtonConfig,
         True,
         "Newton-Raphson with step halving (one P x P solve per iteration)",
+    ),
+    "lbfgs": SolverSpec(
+        "lbfgs",
+        lbfgs,
+        LBFGSConfig,
+        False,
+        "scipy's L-BFGS-B on the client, diagonally preconditioned (LL and gradient per pass)",
+    ),
+    "gd": SolverSpec(
+        "gd",
+        gradient_descent,
+        GradientDescentConfig,
+        False,
+        "preconditioned gradient ascent, Armijo line search or a fixed step (inverse-free)",
+    ),
+    "adam": SolverSpec(
+        "adam",
+        adam,
+        AdamConfig,
+        False,
+        "Adam on standardised coefficients with a decaying rate (inverse-free)",
     ),
 }
 

@@ -92,6 +92,9 @@ class GLMResults:
         self.df_resid = self.sum_weights - nb
         self.n_separated = int(final.get("n_separated", 0))
         self.n_clusters = final.get("n_clusters")
+        # the solvers see the kernel log-likelihood; report the full one, as llf does
+        h = self.history
+        h["ll"] = [self._full_ll(ll, dev) for ll, dev in zip(h["ll"], h["deviance"], strict=True)]
 
     # ------------------------------------------------------------------ estimates
     @property
@@ -188,7 +191,11 @@ class GLMResults:
         """Fit a derived model by Newton (extra passes); returns setup, final stats, converged."""
         setup = run_setup(panel, self._counter)
         obj = PanelObjective(panel, setup, self._counter)
-        res = newton(obj, start_params(setup), NewtonConfig(tol=self._spec.tol, max_iter=self._spec.max_iter))
+        res = newton(
+            obj,
+            start_params(setup),
+            NewtonConfig(tol=self._spec.tol) if self._spec.solver == "newton" else NewtonConfig(),
+        )
         return setup, obj.final(res.params), res.converged
 
     @cached_property
