@@ -3,24 +3,46 @@
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import numpy as np
+import xarray as xr
 
 from . import graph
+from .checkpoint import Checkpoint, model_fingerprint
 from .engine import PanelObjective, run_setup
 from .engine import start_params as default_start
 from .families import Family
 from .inference import covariance, normalize_cov_type
 from .panel import build_panel
+from .progress import Progress
 from .registry import resolve_family, resolve_solver
 from .results import FitSpec, GLMResults
+from .scheduling import compute_target, persist_decision
 
 __all__ = ["fit"]
 
 log = logging.getLogger("daskglm")
+
+
+def _checkpoint(path, y, x, fam: Family, solver: str, setup) -> Checkpoint | None:
+    if path is None:
+        return None
+    layout = setup.layout
+    description = {
+        "y": y,
+        "x": list(x) if isinstance(x, list | tuple) else x,
+        "family": repr(fam),
+        "solver": solver,
+        "dims": list(layout.dims),
+        "params": list(layout.param_names),
+        "n_used": int(setup.n_used),
+        "sums": {k: float(v) for k, v in sorted(setup.sums.items())},
+    }
+    return Checkpoint(os.fspath(path), model_fingerprint(description), description)
 
 
 def _cluster_axes(cluster, dims: tuple[str, ...]) -> tuple[int, ...]:
@@ -56,6 +78,11 @@ def fit(
     start_params: Sequence[float] | None = None,
     callback: Callable[[dict], None] | None = None,
     storage_options: dict | None = None,
+    client=None,
+    persist: str | bool = "auto",
+    security=None,
+    progress: bool | None = None,
+    checkpoint: str | os.PathLike | None = None,
     **solver_options,
 ) -> GLMResults:
     """Fit a generalized linear model to a panel without forming its design matrix.
@@ -106,7 +133,25 @@ def fit(
     callback : callable, optional
         Called with each iteration's diagnostics row.
     storage_options : dict, optional
-        Passed to fsspec when ``data`` is a URL.
+        Passed to fsspec when ``data`` is a URL (the workers open the store themselves).
+    client : None, "local", str or distributed.Client
+        Where the passes run: ``None`` the active ``distributed`` client, else the scheduler in
+        dask's config (``DASK_SCHEDULER_ADDRESS``), else local threads; ``"local"`` a
+        ``LocalCluster`` sized to the machine, closed afterwards; ``"tcp://..."`` /
+        ``"tls://..."`` a running scheduler; a ``Client`` as is. See :mod:`daskglm.scheduling`.
+    persist : {"auto", True, False}
+        Keep the full-grid arrays in the workers' memory between passes. ``"auto"`` does when
+        a cluster runs the fit, the data come from a store and fit in half the workers' memory
+        limit; otherwise every pass streams chunks from the store. ``res.persisted`` and
+        ``res.persist_reason`` record the choice.
+    security : distributed.security.Security, optional
+        TLS certificates for a ``tls://`` address (else dask's configuration is used).
+    progress : bool, optional
+        Per-iteration progress line (iteration, LL, step, gradient norm, passes, elapsed);
+        ``None`` shows it when stderr is a terminal, ``False`` silences it.
+    checkpoint : str or path, optional
+        File to write the solver state to after every iteration (atomically). If it exists,
+        the fit resumes from it; a checkpoint of another model or other data is refused.
     **solver_options
         Fields of the solver's config class: ``max_halvings`` for Newton; ``step_size``,
         ``armijo``, ``max_backtracks`` for ``gd``; ``learning_rate``, ``beta1``, ``beta2``,
@@ -140,6 +185,10 @@ def fit(
         solver_options["tol"] = float(tol)
     config = spec.config(**solver_options)
 
+    if checkpoint is not None and start_params is not None:
+        raise ValueError(
+            "give either checkpoint= (which resumes from its saved state) or start_params=, not both"
+        )
     panel = build_panel(
         data,
         y,
@@ -154,20 +203,46 @@ def fit(
         storage_options=storage_options,
     )
     cluster_axes = _cluster_axes(cluster, panel.layout.dims) if cov == "cluster" else None
-    counter = graph.PassCounter()
-    setup = run_setup(panel, counter)
-    panel = replace(panel, layout=setup.layout)
-    if setup.n_dropped:
-        log.info("missing='drop': left out %d cells (%s)", setup.n_dropped, setup.dropped_by)
-    objective = PanelObjective(panel, setup, counter)
-    x0 = default_start(setup) if start_params is None else np.asarray(start_params, float)
-    if x0.shape != (objective.n_params,):
-        raise ValueError(
-            f"start_params has {x0.size} values; the model has {objective.n_params}: "
-            f"{setup.layout.param_names}"
-        )
-    result = spec.run(objective, x0, config, callback)
-    final = objective.final(result.params, cluster_axes, inference=cov is not None)
+    from_store = not isinstance(data, xr.Dataset) or any(
+        v.chunks is not None for v in data.data_vars.values()
+    )
+    with compute_target(client, security) as target:
+        nbytes = sum(int(a.nbytes) for a in panel.arrays)
+        persisted, persist_reason = persist_decision(persist, nbytes, target, from_store)
+        log.info("daskglm: %s", persist_reason)
+        work_panel = replace(panel, arrays=graph.persist_arrays(panel.arrays)) if persisted else panel
+        counter = graph.PassCounter()
+        setup = run_setup(work_panel, counter)
+        panel = replace(panel, layout=setup.layout)
+        work_panel = replace(work_panel, layout=setup.layout)
+        if setup.n_dropped:
+            log.info("missing='drop': left out %d cells (%s)", setup.n_dropped, setup.dropped_by)
+        objective = PanelObjective(work_panel, setup, counter)
+        ckpt = _checkpoint(checkpoint, y, x, fam, spec.name, setup)
+        resumed_from = None
+        x0 = default_start(setup) if start_params is None else np.asarray(start_params, float)
+        if ckpt is not None and (state := ckpt.load()) is not None:
+            x0, resumed_from = state["params"], int(state["iteration"])
+            log.info("daskglm: resuming from %s (iteration %d)", ckpt.path, resumed_from)
+        if x0.shape != (objective.n_params,):
+            raise ValueError(
+                f"start_params has {x0.size} values; the model has {objective.n_params}: "
+                f"{setup.layout.param_names}"
+            )
+        bar = Progress(spec.name, config.max_iter, progress)
+        offset_it = resumed_from or 0
+
+        def on_iteration(row: dict, params: np.ndarray) -> None:
+            bar.update(row)
+            if ckpt is not None and row["iteration"] > 0:
+                ckpt.save(offset_it + row["iteration"], params, row["ll"])
+
+        objective.on_iteration = on_iteration
+        try:
+            result = spec.run(objective, x0, config, callback)
+        finally:
+            bar.close()
+        final = objective.final(result.params, cluster_axes, inference=cov is not None)
     V = None
     if cov is not None:
         nb = setup.layout.n_beta
@@ -204,6 +279,9 @@ def fit(
         cluster=(cluster,) if isinstance(cluster, str) else cluster,
         counter=counter,
     )
+    res.compute_target = target.description
+    res.persisted, res.persist_reason = persisted, persist_reason
+    res.resumed_from = resumed_from
     if res.n_separated:
         what = (
             "fitted probabilities of 0 or 1"

@@ -158,6 +158,11 @@ def predict_graph(func, layout: Layout, arrays: list) -> da.Array:
     )
 
 
+def persist_arrays(arrays: list) -> list:
+    """Keep the (aligned, chunked) input arrays in the memory of the active scheduler's workers."""
+    return list(dask.persist(*arrays))
+
+
 def run(counter: PassCounter | None, what: str, *graphs):
     """Compute ``graphs`` together, as one pass over the data, on the active scheduler."""
     t0 = time.perf_counter()

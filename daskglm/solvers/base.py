@@ -79,6 +79,9 @@ class IterationLog:
         }
         row.update(extra)
         self.rows.append(row)
+        hook = getattr(self.objective, "on_iteration", None)
+        if hook is not None:  # checkpoints, progress display, logging
+            hook(row, e.params)
         if self.callback is not None:
             self.callback(row)
         return row
