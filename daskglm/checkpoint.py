@@ -5,6 +5,11 @@ solver, panel dims and sizes, and the data's summary sums from the setup pass), 
 and the parameter vector. ``fit(..., checkpoint=path)`` writes it after every iteration (to a
 temporary file in the same folder, then ``os.replace``, so a crash never leaves half a file)
 and, when the file exists, resumes from it, refusing a checkpoint of a different model.
+
+Newton-Raphson's whole state is its parameter vector, so a resumed Newton fit retraces the
+undisturbed one exactly. The gradient solvers restart their internal state (line-search step,
+Adam's moments, L-BFGS's memory, the preconditioner) at the saved parameters: they reach the
+same optimum to within their tolerance, along a slightly different path.
 """
 
 from __future__ import annotations
