@@ -1,8 +1,13 @@
-"""Command line: ``daskglm demo`` simulates a 3-D panel and fits it on a local dask cluster."""
+"""Command line: ``daskglm demo | simulate | info | fit``.
+
+``demo`` simulates a 3-D panel and fits it on a local dask cluster; ``simulate`` writes a panel
+to zarr chunk by chunk; ``info`` describes a store; ``fit`` fits one and writes the results.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -50,6 +55,180 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_sizes(text: str, what: str) -> dict[str, int]:
+    out = {}
+    for part in filter(None, text.split(",")):
+        name, sep, value = part.partition("=")
+        if not sep or not name.strip() or not value.strip().isdigit() or int(value) < 1:
+            raise ValueError(f"{what}: {part!r} is not NAME=POSITIVE_INTEGER (e.g. i=200,j=200,k=50)")
+        out[name.strip()] = int(value)
+    if not out:
+        raise ValueError(f"{what} is empty; give e.g. i=200,j=200,k=50")
+    return out
+
+
+def _parse_block(text: str, dims: dict[str, int]) -> tuple[str, tuple[tuple[str, ...], int]]:
+    name, sep, rest = text.partition("=")
+    bdims, _, n = rest.partition(":")
+    names = tuple(d for d in bdims.split(",") if d)
+    if not sep or not name or not names or (n and not n.isdigit()):
+        raise ValueError(f"--block {text!r} is not NAME=DIM[,DIM...][:N] (e.g. x_ij=i,j:2)")
+    unknown = [d for d in names if d not in dims]
+    if unknown:
+        raise ValueError(f"--block {text!r}: {unknown[0]!r} is not one of the --dims {list(dims)}")
+    return name, (names, int(n) if n else 1)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from daskglm.simulate import simulate_panel
+
+    sizes = _parse_sizes(args.dims, "--dims")
+    chunks = _parse_sizes(args.chunks, "--chunks") if args.chunks else None
+    if chunks and (bad := [d for d in chunks if d not in sizes]):
+        raise ValueError(f"--chunks names {bad[0]!r}, which is not one of the --dims {list(sizes)}")
+    blocks = dict(_parse_block(b, sizes) for b in args.block) if args.block else None
+    ds = simulate_panel(
+        sizes,
+        args.family,
+        blocks=blocks,
+        chunks=chunks,
+        seed=args.seed,
+        alpha=args.alpha,
+        missing_fraction=args.missing,
+        exposure=args.exposure,
+        dtype=np.dtype(args.dtype),
+    )
+    t0 = time.perf_counter()
+    with _scheduler(args.scheduler):
+        ds.to_zarr(args.out, mode="w" if args.overwrite else "w-")
+    cells = int(np.prod(list(sizes.values())))
+    print(
+        f"wrote {args.out}: {args.family} panel {' x '.join(f'{d}={n}' for d, n in sizes.items())} "
+        f"({cells:.3g} cells, {ds.nbytes / 1e9:.2f} GB uncompressed) in {time.perf_counter() - t0:.1f}s"
+    )
+    print("true parameters (also in the store's attrs['true_params']):")
+    for k, v in json.loads(ds.attrs["true_params"]).items():
+        print(f"  {k:20s} {v: .6f}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    import xarray as xr
+
+    ds = xr.open_zarr(args.store)
+    y = args.y if args.y else ("y" if "y" in ds else max(ds.data_vars, key=lambda v: ds[v].ndim))
+    if y not in ds:
+        raise KeyError(f"--y {y!r} is not a variable of {args.store} (it has {sorted(ds.data_vars)})")
+    dims = ds[y].dims
+    print(f"store: {args.store}")
+    print(f"panel dims (those of {y!r}): " + ", ".join(f"{d}={ds.sizes[d]}" for d in dims))
+    chunks = ds[y].chunks
+    if chunks:
+        print("chunks of y: " + ", ".join(f"{d}={c[0]}" for d, c in zip(dims, chunks, strict=True)))
+    print(f"{'variable':24s} {'dims':22s} {'dtype':8s} {'chunks':18s} block")
+    for name in sorted(ds.data_vars, key=lambda v: (-len(ds[v].dims), v)):
+        v = ds[name]
+        panel = tuple(d for d in v.dims if d in dims)
+        extra = [d for d in v.dims if d not in dims]
+        block = (
+            "response" if name == y else "(" + ", ".join(panel) + ")" + (f" x {extra[0]}" if extra else "")
+        )
+        ck = "x".join(str(c[0]) for c in v.chunks) if v.chunks else "-"
+        print(f"{name:24s} {str(v.dims):22s} {str(v.dtype):8s} {ck:18s} {block}")
+    if "true_params" in ds.attrs:
+        print("true parameters: " + ds.attrs["true_params"])
+    return 0
+
+
+def _family(args: argparse.Namespace):
+    import daskglm as dg
+
+    name = args.family.lower()
+    if name in ("binomial", "logit"):
+        return dg.Binomial(trials=args.trials if args.trials else 1.0)
+    if name in ("negative_binomial", "nb2", "negbin"):
+        return dg.NegativeBinomial(alpha=args.alpha)
+    if name == "exponential":
+        return dg.Exponential(event=args.event if args.event else 1.0)
+    return name
+
+
+def _fit(args: argparse.Namespace) -> int:
+    import xarray as xr
+
+    import daskglm as dg
+
+    if args.x:
+        x = [v for part in args.x for v in part.split(",") if v]
+    else:
+        ds = xr.open_zarr(args.store)
+        roles = {args.y, args.exposure, args.offset, args.weights, args.trials, args.event}
+        x = [v for v in ds.data_vars if v not in roles]
+    res = dg.fit(
+        args.store,
+        args.y,
+        x,
+        _family(args),
+        exposure=args.exposure,
+        offset=args.offset,
+        weights=args.weights,
+        intercept=not args.no_intercept,
+        solver=args.solver,
+        cov_type=args.cov_type,
+        cluster=tuple(args.cluster.split(",")) if args.cluster else None,
+        tol=args.tol,
+        max_iter=args.max_iter,
+        client=args.scheduler,
+        progress=not args.no_progress and None,
+        checkpoint=args.checkpoint,
+    )
+    print(res.summary())
+    print(f"computed on {res.compute_target}; {res.persist_reason}; {res.passes} passes over the data")
+    if args.out:
+        cov = res.cov_params()
+        out = {
+            "params": res.params.to_dict(),
+            "bse": res.bse.to_dict(),
+            "cov_params": {"names": list(cov.index), "matrix": cov.to_numpy().tolist()},
+            "alpha": getattr(res, "alpha", None),
+            "alpha_bse": getattr(res, "alpha_bse", None),
+            "diagnostics": {
+                "family": res.family.name,
+                "solver": res.solver,
+                "converged": res.converged,
+                "n_iter": res.n_iter,
+                "message": res.message,
+                "llf": res.llf,
+                "deviance": res.deviance,
+                "aic": res.aic,
+                "bic": res.bic,
+                "nobs": res.nobs,
+                "df_resid": res.df_resid,
+                "scale": res.scale,
+                "passes": res.passes,
+                "cov_type": res.cov_type,
+                "history": res.history.reset_index().to_dict(orient="records"),
+            },
+        }
+        with open(args.out, "w") as f:
+            json.dump(out, f, indent=1, default=float)
+        print(f"wrote {args.out}")
+    return 0
+
+
+@contextlib.contextmanager
+def _scheduler(address):
+    if not address:
+        yield
+        return
+    from daskglm.scheduling import compute_target
+
+    with compute_target(address):
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="daskglm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -59,17 +238,71 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--k", type=int, default=20, help="length of dim k (default 20)")
     demo.add_argument("--workers", type=int, default=2, help="local workers (default 2)")
     demo.add_argument("--seed", type=int, default=0)
+
+    sim = sub.add_parser("simulate", help="write a simulated panel to a zarr store, chunk by chunk")
+    sim.add_argument("out", help="the zarr store to write (e.g. panel.zarr)")
+    sim.add_argument("--dims", required=True, help="dims and lengths, e.g. i=200,j=200,k=50")
+    sim.add_argument(
+        "--family", default="poisson", help="gaussian|poisson|binomial|negative_binomial|exponential"
+    )
+    sim.add_argument(
+        "--block",
+        action="append",
+        help="covariate block NAME=DIM[,DIM...][:N], repeatable (default: every dim subset, 4 each)",
+    )
+    sim.add_argument("--chunks", default=None, help="chunk lengths, e.g. i=50,j=50 (default ~1M cells)")
+    sim.add_argument("--exposure", action="store_true", help="add an exposure over the first two dims")
+    sim.add_argument("--alpha", type=float, default=0.5, help="NB2 dispersion (default 0.5)")
+    sim.add_argument("--missing", type=float, default=0.0, help="share of cells with y missing")
+    sim.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    sim.add_argument("--scheduler", default=None, help="write on this dask scheduler ('local' or an address)")
+
+    info = sub.add_parser("info", help="dims, sizes, chunks and variables of a store, with their blocks")
+    info.add_argument("store")
+    info.add_argument("--y", default=None, help="the response (default 'y', else the widest variable)")
+
+    fit = sub.add_parser("fit", help="fit a GLM to a zarr store and print the summary")
+    fit.add_argument("store")
+    fit.add_argument("--y", required=True, help="the response variable")
+    fit.add_argument(
+        "--x", action="append", help="covariates, comma-separated or repeated (default: all others)"
+    )
+    fit.add_argument("--family", default="gaussian")
+    fit.add_argument("--exposure", default=None)
+    fit.add_argument("--offset", default=None)
+    fit.add_argument("--weights", default=None)
+    fit.add_argument("--trials", default=None, help="binomial: the trials variable")
+    fit.add_argument("--event", default=None, help="exponential: the event indicator variable")
+    fit.add_argument("--alpha", type=float, default=None, help="NB2: fix alpha (default: estimate it)")
+    fit.add_argument("--no-intercept", action="store_true")
+    fit.add_argument("--solver", default="newton", help="newton|lbfgs|gd|adam")
+    fit.add_argument("--cov-type", default="nonrobust", help="nonrobust|robust|HC0|HC1|cluster")
+    fit.add_argument("--cluster", default=None, help="cluster dims, e.g. i,j (with --cov-type cluster)")
+    fit.add_argument("--tol", type=float, default=None)
+    fit.add_argument("--max-iter", type=int, default=None)
+    fit.add_argument("--scheduler", default=None, help="'local' or a scheduler address (tcp://, tls://)")
+    fit.add_argument("--checkpoint", default=None, help="checkpoint file (resumed if it exists)")
+    fit.add_argument("--no-progress", action="store_true")
+    fit.add_argument("--out", default=None, help="write params, SEs, covariance, diagnostics as JSON")
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+    warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification", category=UserWarning)
     try:
         args = parser.parse_args(argv)
         for name in ("i", "j", "k", "workers"):
             if getattr(args, name, 1) < 1:
                 parser.error(f"--{name} must be >= 1")
-        return {"demo": _demo}[args.command](args)
+        commands = {"demo": _demo, "simulate": _simulate, "info": _info, "fit": _fit}
+        return commands[args.command](args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, KeyError, FileNotFoundError) as err:
-        print(f"daskglm: error: {err}", file=sys.stderr)
+    except (ValueError, TypeError, KeyError, OSError, ConnectionError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"daskglm: error: {msg}", file=sys.stderr)
         return 2
 
 
