@@ -52,7 +52,7 @@ def _connect(address: str, security):
 
     try:
         return Client(address, security=security, timeout="20s", set_as_default=False)
-    except OSError as err:
+    except (OSError, TypeError, ValueError) as err:  # TypeError: tls:// without an SSL context
         raise ConnectionError(
             f"client={address!r}: cannot reach a dask scheduler there ({err}). Start one with "
             "`dask scheduler` (see cluster/README.md), check the address and port, and for "
