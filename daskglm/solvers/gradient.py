@@ -156,8 +156,11 @@ def _check_common(cfg) -> None:
     _require("max_iter", cfg.max_iter, int(cfg.max_iter) >= 1, ">= 1")
 
 
-def _start(objective: Objective, start: np.ndarray) -> tuple[np.ndarray, Evaluation, Preconditioner]:
-    """Evaluate the start with its Hessian (one pass) and fix the preconditioner."""
+def _begin(objective: Objective, start: np.ndarray, config, callback):
+    """Evaluate the start with its Hessian (one pass), fix the preconditioner, log row 0.
+
+    Returns ``(x, evaluation, preconditioner, stopping rule, iteration log)``.
+    """
     x = np.asarray(start, dtype=np.float64).copy()
     e = objective(x, hessian=True)
     if not (np.isfinite(e.ll) and np.all(np.isfinite(e.grad)) and np.all(np.isfinite(e.hess))):
@@ -166,7 +169,9 @@ def _start(objective: Objective, start: np.ndarray) -> tuple[np.ndarray, Evaluat
             "check the data's scale or pass start_params"
         )
     pre = Preconditioner.from_hessian(e.hess, objective.intercept_index, objective.n_beta)
-    return x, e, pre
+    log = IterationLog(objective, callback)
+    log.add(0, e, 0.0, decrement=pre.decrement(e.grad) / objective.dispersion(e))
+    return x, e, pre, GradientStop(config.tol, pre), log
 
 
 def gradient_descent(
@@ -176,10 +181,7 @@ def gradient_descent(
     callback=None,
 ) -> SolverResult:
     """Maximise the objective by preconditioned gradient ascent from ``start``."""
-    x, e, pre = _start(objective, start)
-    stop = GradientStop(config.tol, pre)
-    log = IterationLog(objective, callback)
-    log.add(0, e, 0.0, decrement=stop.pre.decrement(e.grad) / objective.dispersion(e))
+    x, e, pre, stop, log = _begin(objective, start, config, callback)
     fixed = config.step_size is not None
     t = float(config.step_size) if fixed else 1.0
     converged, it = False, 0
@@ -216,7 +218,7 @@ def gradient_descent(
         log.add(it, e, t, decrement=dec, rel_change=rel)
         if done:
             converged = True
-            message = f"decrement {dec:.3g} and relative LL change {rel:.3g} <= tol={config.tol:g}"
+            message = stop.message(dec, rel)
             break
         if not fixed:
             # Barzilai-Borwein: the step that fits the curvature seen along the last move
@@ -233,10 +235,7 @@ def adam(
     objective: Objective, start: np.ndarray, config: AdamConfig = AdamConfig(), callback=None
 ) -> SolverResult:
     """Maximise the objective by Adam from ``start`` (see :class:`AdamConfig`)."""
-    x, e, pre = _start(objective, start)
-    stop = GradientStop(config.tol, pre)
-    log = IterationLog(objective, callback)
-    log.add(0, e, 0.0, decrement=stop.pre.decrement(e.grad) / objective.dispersion(e))
+    x, e, pre, stop, log = _begin(objective, start, config, callback)
     # standardised coordinates u = S theta: unit curvature-weighted variance per covariate
     nb = objective.n_beta
     ref = pre.D[pre.intercept] if pre.intercept is not None else float(np.median(pre.D[:nb]))
@@ -273,7 +272,7 @@ def adam(
         log.add(it, e, used_lr, decrement=dec, rel_change=rel)
         if done:
             converged = True
-            message = f"decrement {dec:.3g} and relative LL change {rel:.3g} <= tol={config.tol:g}"
+            message = stop.message(dec, rel)
             break
         if lr < 1e-14:
             message = f"the learning rate decayed below 1e-14 at iteration {it}"
@@ -293,11 +292,8 @@ def lbfgs(
     each function-and-gradient call is one pass. The shared stopping rule ends the run (scipy's
     own tolerances are switched off).
     """
-    x0, e0, pre = _start(objective, start)
-    stop = GradientStop(config.tol, pre)
-    log = IterationLog(objective, callback)
+    x0, e0, pre, stop, log = _begin(objective, start, config, callback)
     phi0 = objective.dispersion(e0)
-    log.add(0, e0, 0.0, decrement=pre.decrement(e0.grad) / phi0)
     root = np.sqrt(pre.D)
     cache: dict[bytes, Evaluation] = {e0.params.tobytes(): e0}
 
@@ -328,7 +324,7 @@ def lbfgs(
         state.update(prev=e, z=z.copy())
         if done:
             state["done"] = True
-            state["message"] = f"decrement {dec:.3g} and relative LL change {rel:.3g} <= tol={config.tol:g}"
+            state["message"] = stop.message(dec, rel)
             raise StopIteration
 
     res = optimize.minimize(

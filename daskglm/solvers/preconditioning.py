@@ -101,3 +101,7 @@ class GradientStop:
         dec = self.pre.decrement(grad) / phi
         rel = abs(ll - ll_prev) / phi / (abs(ll) / phi + 1.0)
         return bool(dec <= self.tol and rel <= self.tol), dec, rel
+
+    def message(self, dec: float, rel: float) -> str:
+        """How convergence was met, for the result."""
+        return f"decrement {dec:.3g} and relative LL change {rel:.3g} <= tol={self.tol:g}"
