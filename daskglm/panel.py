@@ -39,9 +39,26 @@ def open_data(data, storage_options: dict | None = None) -> xr.Dataset:
             return xr.open_zarr(os.fspath(data), storage_options=storage_options)
         except FileNotFoundError as err:
             raise FileNotFoundError(f"no zarr store at {os.fspath(data)!r}: {err}") from err
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise _store_error(os.fspath(data), storage_options, err) from err
+        except Exception as err:  # e.g. aiohttp.ClientResponseError (HTTP 403) or botocore errors
+            if type(err).__module__.split(".")[0] in ("aiohttp", "botocore", "gcsfs", "adlfs", "fsspec"):
+                raise _store_error(os.fspath(data), storage_options, err) from err
+            raise
     raise TypeError(
         f"data must be an xarray.Dataset or the path/URL of a zarr store, not {type(data).__name__}"
     )
+
+
+def _store_error(where: str, storage_options: dict | None, err: Exception) -> OSError:
+    """An error that says which store could not be opened and how to pass credentials."""
+    hint = (
+        "check the path, and pass the filesystem's credentials or options as "
+        "storage_options={...} (e.g. {'anon': True} or {'headers': {...}})"
+        if not storage_options
+        else f"check the path and storage_options (keys given: {sorted(storage_options)})"
+    )
+    return OSError(f"could not open the zarr store {where!r}: {type(err).__name__}: {err}; {hint}")
 
 
 @dataclass

@@ -6,15 +6,19 @@ SIGKILL in the middle of a fit (the fit finishes with the undisturbed estimates)
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import dask
 import numpy as np
+import psutil
 import pytest
 from distributed import Client
 from helpers import make_panel
@@ -179,3 +183,68 @@ def test_bad_client_argument(panel_store):
         dg.fit(path, "y", x, "poisson", exposure="expo", client=42)
     with pytest.raises(ValueError, match="persist='sometimes'"):
         dg.fit(path, "y", x, "poisson", exposure="expo", persist="sometimes")
+
+
+class _TokenStoreHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder, but only to requests that carry the token header; notes who read chunks."""
+
+    token = "s3cret"
+    readers: set[int] = set()
+
+    def log_message(self, *args):  # keep the test output quiet
+        pass
+
+    def do_GET(self):
+        if self.headers.get("X-Store-Token") != self.token:
+            self.send_error(403, "missing X-Store-Token")
+            return
+        parts = self.path.strip("/").split("/")
+        data_var = len(parts) > 2 and (parts[1] in ("y", "expo") or parts[1].startswith("x"))
+        if data_var and "c" in parts[2:]:  # a chunk of a data variable (not metadata, not coords)
+            port, server_port = self.client_address[1], self.server.server_address[1]
+            for conn in psutil.net_connections(kind="tcp"):
+                # the reader's end of this connection (one local port may serve several remotes)
+                ours = conn.raddr and conn.raddr.port == server_port and conn.laddr.port == port
+                if ours and conn.pid:
+                    self.readers.add(conn.pid)
+        super().do_GET()
+
+    def do_HEAD(self):
+        if self.headers.get("X-Store-Token") != self.token:
+            self.send_error(403, "missing X-Store-Token")
+            return
+        super().do_HEAD()
+
+
+def test_fsspec_url_with_storage_options_is_read_by_the_workers(cluster, panel_store):
+    """An http:// store that needs a header (given in storage_options), read by the workers."""
+    path, x, ref = panel_store
+    root = os.path.dirname(path)
+    handler = functools.partial(_TokenStoreHandler, directory=root)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/{os.path.basename(path)}"
+    try:
+        with Client(cluster, set_as_default=False) as c:
+            worker_pids = set(c.run(os.getpid).values())
+            _TokenStoreHandler.readers.clear()
+            res = dg.fit(
+                url,
+                "y",
+                x,
+                "poisson",
+                exposure="expo",
+                client=c,
+                persist=False,
+                storage_options={"headers": {"X-Store-Token": "s3cret"}},
+            )
+            readers = set(_TokenStoreHandler.readers)
+            with pytest.raises(OSError, match=r"could not open the zarr store 'http.*403.*storage_options="):
+                dg.fit(url, "y", x, "poisson", exposure="expo", client=c)
+    finally:
+        server.shutdown()
+    np.testing.assert_allclose(res.params, ref.params, rtol=1e-10)
+    assert readers, "no chunk of a data variable was requested"
+    assert readers <= worker_pids, f"chunks read by {readers - worker_pids}, not only the workers"
+    assert os.getpid() not in readers
