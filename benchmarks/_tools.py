@@ -108,7 +108,8 @@ def run_daskglm_cluster(spec: dict) -> dict:
             full = client.persist(full)
         floor = _floor(full)
         restarted = client.run(lambda: __import__("os").getpid()) != pids
-    setting = f"LocalCluster {n_workers}x1 thread, {limit} each, {'persisted' if res.persisted else 'streamed'}"
+    where = "persisted" if res.persisted else "streamed"
+    setting = f"LocalCluster {n_workers}x1 thread, {limit} each, {where}"
     return _daskglm_result(res, seconds, floor, {"setting": setting, "workers_restarted": restarted})
 
 

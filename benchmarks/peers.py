@@ -8,7 +8,7 @@ Each panel is simulated once with the project's simulator and written to a zarr 
 peers get the same data in long format (``X.npy``, ``y.npy``, ``trials.npy``: one row per cell,
 the covariates broadcast to the full grid, written slab by slab). Every fit runs in a process
 of its own (``benchmarks/_tools.py``); this script samples the resident memory of that process
-and all its children (daskglm's worker processes) every 20 ms and keeps the peak of the sum.
+and all its children (daskglm's worker processes) every 50 ms and keeps the peak of the sum.
 Seconds are the fit alone (imports and data loading excluded, for every tool); the peak memory
 includes the loaded data, as a user would see it.
 
@@ -157,9 +157,11 @@ def run_tool(spec: dict, work: Path, timeout: float) -> dict:
         proc = subprocess.Popen([sys.executable, str(HERE / "_tools.py"), str(spec_path)], stderr=err)
         root = psutil.Process(proc.pid)
         peak, t0, status = 0, time.perf_counter(), "ok"
+        tree, listed = [root], 0.0
         while proc.poll() is None:
             try:
-                tree = [root, *root.children(recursive=True)]
+                if time.perf_counter() - listed > 0.5:  # the process tree changes rarely
+                    tree, listed = [root, *root.children(recursive=True)], time.perf_counter()
                 rss = 0
                 for p in tree:
                     try:
@@ -177,7 +179,7 @@ def run_tool(spec: dict, work: Path, timeout: float) -> dict:
                         pass
                 status = f"killed after {timeout:.0f}s (time budget)"
                 break
-            time.sleep(0.02)
+            time.sleep(0.05)
         proc.wait()
     wall = time.perf_counter() - t0
     row = {"peak_gb": peak / GB, "wall_seconds": wall, "status": status}
@@ -211,6 +213,11 @@ def main() -> None:
     ap.add_argument("--time-budget", type=float, default=900.0, help="seconds a single fit may take")
     ap.add_argument("--workdir", default=None, help="where stores and long files go (default: a temp dir)")
     ap.add_argument("--out", default=str(HERE), help="folder for RESULTS.md, results.json, peers.png")
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other scenarios' rows of an existing results.json (rerun only --scenarios)",
+    )
     args = ap.parse_args()
     wanted = {int(s) for s in args.scenarios.split(",")}
     tmp = tempfile.TemporaryDirectory(prefix="daskglm-bench-") if args.workdir is None else None
@@ -229,9 +236,11 @@ def main() -> None:
             base = {"family": sc.family, "store": store, "x": x}
             ref = None
             long_files = None
-            for tool_key in sc.tools + [t for (f, t) in UNSUPPORTED if f == sc.family and sc.number in (2, 3)]:
+            unsupported = [t for (f, t) in UNSUPPORTED if f == sc.family and sc.number in (2, 3)]
+            for tool_key in sc.tools + unsupported:
                 tool, _, workers = tool_key.partition(":")
-                row = {"scenario": sc.number, "title": sc.title, "cells": cells, "shape": shape, "tool": tool_key}
+                row = {"scenario": sc.number, "title": sc.title, "cells": cells, "shape": shape}
+                row["tool"] = tool_key
                 if (sc.family, tool) in UNSUPPORTED:
                     rows.append({**row, "status": "not run: " + UNSUPPORTED[(sc.family, tool)]})
                     continue
@@ -291,6 +300,12 @@ def main() -> None:
         "minutes": (time.perf_counter() - started) / 60,
     }
     out_dir = Path(args.out)
+    if args.merge and (out_dir / "results.json").exists():
+        before = json.loads((out_dir / "results.json").read_text())
+        kept = [r for r in before["rows"] if r["scenario"] not in wanted]
+        rows = sorted(kept + rows, key=lambda r: r["scenario"])  # stable: sizes stay in order
+        meta["minutes"] += before["meta"]["minutes"]
+        meta["command"] += f" (scenarios {args.scenarios} rerun with --merge)"
     (out_dir / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
     write_results(rows, meta, out_dir / "RESULTS.md")
     write_plot(rows, out_dir / "peers.png")

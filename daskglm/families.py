@@ -68,6 +68,33 @@ class DomainRule:
     bad: object = field(compare=False)
 
 
+#: largest count for which :func:`shifted_special` tabulates instead of evaluating per cell
+TABLE_MAX_COUNT = 100_000
+
+
+def shifted_special(fn, y: Array, r: float) -> Array:
+    """``fn(y + r) - fn(r)`` at every cell, for counts ``y`` and a scalar ``r``.
+
+    NB2's likelihood and its alpha-derivatives need ``gammaln``, ``digamma`` and ``trigamma`` of
+    ``y + r`` at every cell, and ``r`` is one number per pass. When ``y`` holds whole numbers no
+    larger than :data:`TABLE_MAX_COUNT` (counts almost always do), ``fn`` is evaluated once per
+    distinct value ``0 .. max(y)`` and gathered: the same numbers, without a special-function
+    call per cell. Otherwise ``fn`` is evaluated per cell.
+    """
+    y = np.asarray(y)
+    top = float(np.max(y)) if y.size else 0.0
+    if 0 <= top <= TABLE_MAX_COUNT and float(np.min(y)) >= 0:
+        yi = y.astype(np.intp)
+        if np.array_equal(yi, y):
+            table = fn(np.arange(int(top) + 1, dtype=np.float64) + r) - fn(r)
+            return table[yi]
+    return fn(y + r) - fn(r)
+
+
+def _trigamma(x):
+    return special.polygamma(1, x)
+
+
 def _xlogy(x: Array, y: Array) -> Array:
     return special.xlogy(x, y)
 
@@ -344,21 +371,15 @@ class NegativeBinomial(Family):
         mu = np.exp(eta)
         rmu = r + mu
         log_rmu = np.log(rmu)
-        lg = special.gammaln(y + r) - special.gammaln(r)
+        lg = shifted_special(special.gammaln, y, r)
         f = lg + r * (np.log(r) - log_rmu) + y * (eta - log_rmu)
         g = r * (y - mu) / rmu
         h = -mu * r * (r + y) / (rmu * rmu)
         d = Derivatives(f=f, g=g, h=h)
         if self.alpha is None:
             # derivatives in r, then chain rule with dr/dtheta = -r
-            f_r = special.digamma(y + r) - special.digamma(r) + np.log(r) - log_rmu + (mu - y) / rmu
-            f_rr = (
-                special.polygamma(1, y + r)
-                - special.polygamma(1, r)
-                + 1.0 / r
-                - 1.0 / rmu
-                - (mu - y) / (rmu * rmu)
-            )
+            f_r = shifted_special(special.digamma, y, r) + np.log(r) - log_rmu + (mu - y) / rmu
+            f_rr = shifted_special(_trigamma, y, r) + 1.0 / r - 1.0 / rmu - (mu - y) / (rmu * rmu)
             d.f_t = -r * f_r
             d.f_tt = r * f_r + r * r * f_rr
             d.f_et = -r * mu * (y - mu) / (rmu * rmu)
@@ -376,7 +397,7 @@ class NegativeBinomial(Family):
         if self.alpha is None:
             return None
         r = 1.0 / self.alpha
-        lg = special.gammaln(y + r) - special.gammaln(r)
+        lg = shifted_special(special.gammaln, y, r)
         return lg + r * (np.log(r) - np.log(r + y)) + _xlogy(y, y) - y * np.log(r + y)
 
     def separated(self, y, eta, aux):

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import stats
+from scipy import special, stats
 
 import daskglm as dg
+from daskglm.families import shifted_special
 from daskglm.registry import FAMILIES
 
 
@@ -93,3 +94,18 @@ def test_unit_deviance_is_twice_the_gap_to_the_saturated_model(family):
         sat = dg.NegativeBinomial(alpha=0.6).saturated(y, aux)
     f = family.derivatives(y, eta, aux, theta).f
     np.testing.assert_allclose(family.unit_deviance(y, eta, aux, theta), 2 * (sat - f), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("fn", [special.gammaln, special.digamma, lambda x: special.polygamma(1, x)])
+@pytest.mark.parametrize(
+    "y",
+    [
+        np.array([0.0, 1.0, 3.0, 0.0, 17.0, 250.0]),  # counts: tabulated
+        np.array([0.0, 1.5, 2.25]),  # not whole numbers: evaluated per cell
+        np.array([0.0, 3.0, 2.0e6]),  # beyond the table's range: per cell
+    ],
+)
+def test_nb2_shifted_special_functions_match_scipy(fn, y):
+    r = 1.7
+    got = shifted_special(fn, y.reshape(-1, 1), r)
+    np.testing.assert_allclose(got.ravel(), fn(y + r) - fn(r), rtol=1e-14, atol=1e-14)
