@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 import warnings
 
-import dask
 import numpy as np
 import xarray as xr
+from _tools import _floor as plain_pass_seconds  # benchmarks/ is the script's folder
 
 import daskglm as dg
 from daskglm.simulate import simulate_panel
@@ -26,13 +25,8 @@ warnings.simplefilter("ignore")
 
 
 def floor_seconds(ds: xr.Dataset, repeat: int) -> float:
-    full = [ds[v].data for v in ds.data_vars if ds[v].ndim == 3]
-    best = np.inf
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        dask.compute(*[a.astype("float64").sum() for a in full])
-        best = min(best, time.perf_counter() - t0)
-    return best
+    """One plain dask pass over every full-grid array (best of ``repeat``): see ``_tools``."""
+    return plain_pass_seconds([ds[v].data for v in ds.data_vars if ds[v].ndim == 3], repeat)
 
 
 def fit_seconds_per_iteration(data, x, repeat: int) -> tuple[float, int]:
