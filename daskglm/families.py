@@ -72,23 +72,28 @@ class DomainRule:
 TABLE_MAX_COUNT = 100_000
 
 
-def shifted_special(fn, y: Array, r: float) -> Array:
+def count_index(y: Array) -> np.ndarray | None:
+    """``y`` as integer indices when it holds whole numbers in ``0 .. TABLE_MAX_COUNT``, else None."""
+    y = np.asarray(y)
+    if y.size == 0 or not (0 <= float(np.min(y)) and float(np.max(y)) <= TABLE_MAX_COUNT):
+        return None
+    yi = y.astype(np.intp)
+    return yi if np.array_equal(yi, y) else None
+
+
+def shifted_special(fn, y: Array, r: float, index: np.ndarray | None = None) -> Array:
     """``fn(y + r) - fn(r)`` at every cell, for counts ``y`` and a scalar ``r``.
 
     NB2's likelihood and its alpha-derivatives need ``gammaln``, ``digamma`` and ``trigamma`` of
-    ``y + r`` at every cell, and ``r`` is one number per pass. When ``y`` holds whole numbers no
-    larger than :data:`TABLE_MAX_COUNT` (counts almost always do), ``fn`` is evaluated once per
+    ``y + r`` at every cell, and ``r`` is one number per pass. When ``index`` (from
+    :func:`count_index`, computed once per array) is given, ``fn`` is evaluated once per
     distinct value ``0 .. max(y)`` and gathered: the same numbers, without a special-function
     call per cell. Otherwise ``fn`` is evaluated per cell.
     """
-    y = np.asarray(y)
-    top = float(np.max(y)) if y.size else 0.0
-    if 0 <= top <= TABLE_MAX_COUNT and float(np.min(y)) >= 0:
-        yi = y.astype(np.intp)
-        if np.array_equal(yi, y):
-            table = fn(np.arange(int(top) + 1, dtype=np.float64) + r) - fn(r)
-            return table[yi]
-    return fn(y + r) - fn(r)
+    if index is None:
+        return fn(np.asarray(y) + r) - fn(r)
+    table = fn(np.arange(int(index.max()) + 1, dtype=np.float64) + r) - fn(r)
+    return table[index]
 
 
 def _trigamma(x):
@@ -371,15 +376,16 @@ class NegativeBinomial(Family):
         mu = np.exp(eta)
         rmu = r + mu
         log_rmu = np.log(rmu)
-        lg = shifted_special(special.gammaln, y, r)
+        index = count_index(y)
+        lg = shifted_special(special.gammaln, y, r, index)
         f = lg + r * (np.log(r) - log_rmu) + y * (eta - log_rmu)
         g = r * (y - mu) / rmu
         h = -mu * r * (r + y) / (rmu * rmu)
         d = Derivatives(f=f, g=g, h=h)
         if self.alpha is None:
             # derivatives in r, then chain rule with dr/dtheta = -r
-            f_r = shifted_special(special.digamma, y, r) + np.log(r) - log_rmu + (mu - y) / rmu
-            f_rr = shifted_special(_trigamma, y, r) + 1.0 / r - 1.0 / rmu - (mu - y) / (rmu * rmu)
+            f_r = shifted_special(special.digamma, y, r, index) + np.log(r) - log_rmu + (mu - y) / rmu
+            f_rr = shifted_special(_trigamma, y, r, index) + 1.0 / r - 1.0 / rmu - (mu - y) / (rmu * rmu)
             d.f_t = -r * f_r
             d.f_tt = r * f_r + r * r * f_rr
             d.f_et = -r * mu * (y - mu) / (rmu * rmu)
@@ -397,7 +403,7 @@ class NegativeBinomial(Family):
         if self.alpha is None:
             return None
         r = 1.0 / self.alpha
-        lg = shifted_special(special.gammaln, y, r)
+        lg = shifted_special(special.gammaln, y, r, count_index(y))
         return lg + r * (np.log(r) - np.log(r + y)) + _xlogy(y, y) - y * np.log(r + y)
 
     def separated(self, y, eta, aux):

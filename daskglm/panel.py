@@ -39,15 +39,18 @@ def open_data(data, storage_options: dict | None = None) -> xr.Dataset:
             return xr.open_zarr(os.fspath(data), storage_options=storage_options)
         except FileNotFoundError as err:
             raise FileNotFoundError(f"no zarr store at {os.fspath(data)!r}: {err}") from err
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise _store_error(os.fspath(data), storage_options, err) from err
-        except Exception as err:  # e.g. aiohttp.ClientResponseError (HTTP 403) or botocore errors
-            if type(err).__module__.split(".")[0] in ("aiohttp", "botocore", "gcsfs", "adlfs", "fsspec"):
+        except Exception as err:  # also aiohttp.ClientResponseError (HTTP 403), botocore errors
+            storage_lib = type(err).__module__.split(".")[0] in _STORAGE_LIBS
+            if isinstance(err, OSError | ValueError | KeyError | TypeError) or storage_lib:
                 raise _store_error(os.fspath(data), storage_options, err) from err
             raise
     raise TypeError(
         f"data must be an xarray.Dataset or the path/URL of a zarr store, not {type(data).__name__}"
     )
+
+
+#: libraries whose exceptions mean "the filesystem refused or failed", not a bug in daskglm
+_STORAGE_LIBS = ("aiohttp", "botocore", "gcsfs", "adlfs", "fsspec")
 
 
 def _store_error(where: str, storage_options: dict | None, err: Exception) -> OSError:
