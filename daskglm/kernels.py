@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .contract import BlockContractor, partial_sum
 from .layout import ArgSpec, Layout, StatPacker
 
 __all__ = [
     "ChunkData",
-    "BlockContractor",
     "setup_packer",
     "eval_packer",
     "setup_chunk",
@@ -51,115 +51,6 @@ def _compact(arr: np.ndarray, axes: tuple[int, ...], lead: int = 0) -> np.ndarra
     """Drop the size-1 placeholder axes of an expanded array, keeping ``lead`` leading axes
     and ``axes`` (positions in ``arr``)."""
     return arr.reshape(list(arr.shape[:lead]) + [arr.shape[d] for d in axes])
-
-
-class BlockContractor:
-    """Gradient- and Hessian-type contractions of cell arrays with the blocks of one chunk.
-
-    Block arrays are stored *feature first*: shape ``(p_b,) + expanded chunk shape`` (size 1
-    off the block's axes), so every column is a contiguous grid and the elementwise products,
-    reductions and BLAS calls run over long contiguous rows.
-
-    Parameters
-    ----------
-    X : list of ndarray
-        One array per block as above, float64 and finite.
-    block_axes : list of tuple of int
-        The panel axes each block varies along.
-    ndim : int
-        Number of panel axes.
-    """
-
-    def __init__(self, X: list[np.ndarray], block_axes: list[tuple[int, ...]], ndim: int):
-        self.X = X
-        self.axes = [frozenset(a) for a in block_axes]
-        self.ndim = ndim
-        self.all = frozenset(range(ndim))
-        self.sizes = [x.shape[0] for x in X]
-        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(int)
-        self.n = int(self.offsets[-1])
-        self.flat = [x.reshape(x.shape[0], -1) for x in X]
-        full = [k for k, a in enumerate(self.axes) if a == self.all]
-        self.full = full[0] if full else None
-
-    # ---------------------------------------------------------------- reductions
-    @staticmethod
-    def _reduce(cache: dict, keep: frozenset, lead: int = 0) -> np.ndarray:
-        """Sum a cached array over the panel axes not in ``keep`` (keepdims), starting from
-        the smallest partial sum already in ``cache``; ``lead`` leading axes are kept."""
-        hit = cache.get(keep)
-        if hit is not None:
-            return hit
-        src_key = min((k for k in cache if keep <= k), key=lambda k: cache[k].size)
-        src = cache[src_key]
-        drop = tuple(d + lead for d in sorted(src_key - keep) if src.shape[d + lead] != 1)
-        out = src.sum(axis=drop, keepdims=True) if drop else src
-        cache[keep] = out
-        return out
-
-    def reducer(self, arr: np.ndarray) -> dict:
-        """A cache of partial sums of one cell array over the chunk's axes."""
-        return {self.all: arr}
-
-    # ---------------------------------------------------------------- contractions
-    def vector(self, v: np.ndarray) -> np.ndarray:
-        """``X' v`` for a cell array ``v``: the gradient-type contraction."""
-        cache = self.reducer(v)
-        out = np.empty(self.n)
-        for k, axes in enumerate(self.axes):
-            r = self._reduce(cache, axes)
-            out[self.offsets[k] : self.offsets[k + 1]] = self.flat[k] @ r.reshape(-1)
-        return out
-
-    def matrix(self, c: np.ndarray) -> np.ndarray:
-        """``X' diag(c) X`` for a cell array ``c``: the Hessian-type contraction.
-
-        For a pair of blocks (a, b) with union of axes U: reduce ``c`` onto U, multiply by
-        ``X_a`` (``p_a`` grids over U), reduce that onto ``b``'s axes and finish with one GEMM.
-        Products ``c X_a`` over the same U are shared between pairs, and so are their partial
-        sums (e.g. the full-grid block's product reduced onto (i, j), then onto (i)).
-        """
-        nb = len(self.X)
-        H = np.empty((self.n, self.n))
-        cache_c = self.reducer(c)
-        products: dict[tuple[int, frozenset], dict] = {}
-        for a0 in range(nb):
-            for b0 in range(a0, nb):
-                a, b = self._order_pair(a0, b0)
-                union = self.axes[a] | self.axes[b]
-                key = (a, union)
-                if key not in products:
-                    r = self._reduce(cache_c, union)
-                    products[key] = {union: self.X[a] * r[None]}
-                R = self._reduce(products[key], self.axes[b], lead=1)
-                block = R.reshape(R.shape[0], -1) @ self.flat[b].T  # (p_a, p_b)
-                sa = slice(self.offsets[a], self.offsets[a + 1])
-                sb = slice(self.offsets[b], self.offsets[b + 1])
-                H[sa, sb] = block
-                H[sb, sa] = block.T
-        return H
-
-    def _order_pair(self, a: int, b: int) -> tuple[int, int]:
-        """Which block of a pair to multiply by ``c``: the full-grid block (its product is
-        shared by every pair), else the one with fewer columns."""
-        if self.full in (a, b):
-            return (self.full, b if a == self.full else a)
-        return (a, b) if self.sizes[a] <= self.sizes[b] else (b, a)
-
-    def cluster_vector(self, v: np.ndarray, keep: tuple[int, ...]) -> np.ndarray:
-        """Per-cluster ``X' v``: sums over every axis except ``keep``.
-
-        Returns an array over the ``keep`` axes (compact) with a last axis of length P.
-        """
-        cache = self.reducer(v)
-        kept = frozenset(keep)
-        pieces = []
-        for k, axes in enumerate(self.axes):
-            r = self._reduce(cache, axes | kept)
-            prod = {axes | kept: self.X[k] * r[None]}
-            R = self._reduce(prod, kept, lead=1)  # (p_k,) + expanded, sizes off keep are 1
-            pieces.append(np.moveaxis(_compact(R, tuple(d + 1 for d in keep), lead=1), 0, -1))
-        return np.concatenate(pieces, axis=-1)
 
 
 class ChunkData:
@@ -269,11 +160,7 @@ class ChunkData:
 
     def eta(self, beta: np.ndarray) -> np.ndarray:
         """Linear predictor at every cell (0 at unused cells)."""
-        c = self.contractor
-        eta = np.zeros(self.shape) + self.offset
-        for k, x in enumerate(c.X):
-            part = beta[c.offsets[k] : c.offsets[k + 1]] @ c.flat[k]
-            eta += part.reshape(x.shape[1:])
+        eta = self.contractor.linear(beta, self.offset, self.shape)
         return eta if self.predict or self.all_used else np.where(self.used, eta, 0.0)
 
 
@@ -466,8 +353,8 @@ def cluster_chunk(layout: Layout, params: np.ndarray, keep: tuple[int, ...], *ar
         parts = [c.cluster_vector(d.w * der.g, keep)]
         kept = frozenset(keep)
         if fam.n_extra:
-            parts.append(_compact(c._reduce(c.reducer(d.w * der.f_t), kept), keep)[..., None])
-        parts.append(_compact(c._reduce(c.reducer(d.used.astype(np.float64)), kept), keep)[..., None])
+            parts.append(_compact(partial_sum(c.reducer(d.w * der.f_t), kept), keep)[..., None])
+        parts.append(_compact(partial_sum(c.reducer(d.used.astype(np.float64)), kept), keep)[..., None])
         scores = np.concatenate(parts, axis=-1)
     shape = [d.shape[ax] if ax in kept else 1 for ax in range(len(d.shape))]
     return scores.reshape(shape + [scores.shape[-1]])

@@ -1,0 +1,296 @@
+"""Contractions of cell arrays with the covariate blocks of one chunk (numpy only).
+
+The design matrix of a chunk is never formed. Each block holds its columns on its own grid
+(``(p_b,) +`` the chunk's shape with size 1 off the block's axes); the contractions reduce a
+cell array onto the axes a block (or a pair of blocks) spans first, and only then multiply
+by the small block arrays:
+
+* :meth:`BlockContractor.vector`: ``X' v`` (gradients);
+* :meth:`BlockContractor.matrix`: ``X' diag(c) X`` (Hessians, Gram and meat matrices);
+* :meth:`BlockContractor.cluster_vector`: ``X' v`` per cluster (cluster-robust scores);
+* :meth:`BlockContractor.linear`: ``X beta`` (the linear predictor).
+
+Sums over grid axes go through BLAS (a product with a vector of ones) rather than
+``ndarray.sum``, which is two to three times slower over short or strided axes; products of
+two blocks that each have axes of their own are batched GEMMs over their shared axes.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from math import prod
+
+import numpy as np
+
+__all__ = ["BlockContractor", "sum_axes", "partial_sum"]
+
+#: a pair of blocks with axes of their own goes through a batched GEMM when each of the
+#: matrices ``c_U[s]`` it multiplies has at least this many cells; below that the per-matrix
+#: overhead costs more than the elementwise route
+MIN_BATCHED_CELLS = 64
+
+#: long inner products ``P @ X.T`` are split into pieces of about this many cells (OpenBLAS
+#: is slow on very skinny GEMMs; a batch of shorter ones is two to four times faster)
+INNER_PIECE = 8192
+
+
+@lru_cache(maxsize=256)
+def _ones(n: int) -> np.ndarray:
+    out = np.ones(n)
+    out.flags.writeable = False
+    return out
+
+
+def sum_axes(src: np.ndarray, drop: tuple[int, ...]) -> np.ndarray:
+    """``src.sum(axis=drop, keepdims=True)`` by products with vectors of ones (BLAS).
+
+    Adjacent summed axes are merged into one, and so are adjacent kept ones, so each run of
+    summed axes costs one matrix-vector product over a view of ``src``.
+    """
+    drop_set = set(drop)
+    out_shape = tuple(1 if d in drop_set else s for d, s in enumerate(src.shape))
+    groups: list[list] = []  # [size, summed?] runs of axes, size-1 axes skipped
+    for d, s in enumerate(src.shape):
+        if s == 1:
+            continue
+        summed = d in drop_set
+        if groups and groups[-1][1] == summed:
+            groups[-1][0] *= s
+        else:
+            groups.append([s, summed])
+    if not any(g[1] for g in groups):
+        return src.reshape(out_shape)
+    arr = np.ascontiguousarray(src).reshape([g[0] for g in groups])
+    for pos in reversed(range(len(groups))):
+        size, summed = groups[pos]
+        if not summed:
+            continue
+        before, after = prod(arr.shape[:pos]), prod(arr.shape[pos + 1 :])
+        if after == 1:
+            red = arr.reshape(before, size) @ _ones(size)
+        else:
+            red = np.matmul(_ones(size), arr.reshape(before, size, after))
+        arr = red.reshape(arr.shape[:pos] + arr.shape[pos + 1 :])
+    return arr.reshape(out_shape)
+
+
+def partial_sum(cache: dict, keep: frozenset, lead: int = 0) -> np.ndarray:
+    """Sum a cached cell array over the panel axes not in ``keep`` (keepdims).
+
+    ``cache`` maps sets of panel axes to partial sums already made (initially the full-grid
+    array under the set of all axes); the new sum starts from the smallest one that still
+    has every axis of ``keep`` and is cached in turn. ``lead`` leading (feature) axes are
+    kept.
+    """
+    hit = cache.get(keep)
+    if hit is not None:
+        return hit
+    src_key = min((k for k in cache if keep <= k), key=lambda k: cache[k].size)
+    src = cache[src_key]
+    drop = tuple(d + lead for d in sorted(src_key - keep) if src.shape[d + lead] != 1)
+    out = sum_axes(src, drop) if drop else src
+    cache[keep] = out
+    return out
+
+
+def _rank(order: list[int]) -> tuple[int, ...]:
+    """The permutation that takes axes in sorted order to ``order``."""
+    ranked = sorted(order)
+    return tuple(ranked.index(d) for d in order)
+
+
+def _inner(P: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """``P @ X.T`` for two wide matrices ``(p, n)`` and ``(q, n)``, as a batch of shorter
+    GEMMs when ``n`` is long."""
+    n = P.shape[1]
+    pieces = n // INNER_PIECE
+    if pieces <= 1:
+        return P @ X.T
+    cut = pieces * (n // pieces)
+    head = np.matmul(
+        P[:, :cut].reshape(P.shape[0], pieces, -1).transpose(1, 0, 2),
+        X[:, :cut].reshape(X.shape[0], pieces, -1).transpose(1, 2, 0),
+    ).sum(axis=0)
+    return head + P[:, cut:] @ X[:, cut:].T if cut < n else head
+
+
+class BlockContractor:
+    """Gradient- and Hessian-type contractions of cell arrays with the blocks of one chunk.
+
+    Block arrays are stored *feature first*: shape ``(p_b,) + expanded chunk shape`` (size 1
+    off the block's axes), so every column is a contiguous grid and the products, sums and
+    BLAS calls run over long contiguous rows.
+
+    Parameters
+    ----------
+    X : list of ndarray
+        One array per block as above, float64 and finite.
+    block_axes : list of tuple of int
+        The panel axes each block varies along.
+    ndim : int
+        Number of panel axes.
+    """
+
+    def __init__(self, X: list[np.ndarray], block_axes: list[tuple[int, ...]], ndim: int):
+        self.X = X
+        self.axes = [frozenset(a) for a in block_axes]
+        self.ndim = ndim
+        self.all = frozenset(range(ndim))
+        self.sizes = [x.shape[0] for x in X]
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(int)
+        self.n = int(self.offsets[-1])
+        self.flat = [x.reshape(x.shape[0], -1) for x in X]
+        full = [k for k, a in enumerate(self.axes) if a == self.all]
+        self.full = full[0] if full else None
+        self.pairs = self._plan()
+
+    def reducer(self, arr: np.ndarray) -> dict:
+        """A cache of partial sums of one cell array over the chunk's axes."""
+        return {self.all: arr}
+
+    # ---------------------------------------------------------------- linear predictor
+    def linear(self, beta: np.ndarray, base, shape: tuple[int, ...]) -> np.ndarray:
+        """``X beta + base`` at every cell of a chunk of ``shape`` (``base``: a scalar or an
+        array broadcasting to the chunk, such as the offset).
+
+        Each block's part lives on its own grid; the parts of blocks whose axes are a subset
+        of another block's are added on that smaller grid first, so only a few broadcasts
+        run over the full grid.
+        """
+        parts: dict[frozenset, np.ndarray] = {}  # grids we own, so adds are in place
+        for k in sorted(range(len(self.X)), key=lambda k: -len(self.axes[k])):
+            part = (beta[self.offsets[k] : self.offsets[k + 1]] @ self.flat[k]).reshape(self.X[k].shape[1:])
+            homes = [a for a in parts if self.axes[k] <= a and a != self.all]
+            if homes:
+                parts[min(homes, key=lambda a: parts[a].size)] += part
+            else:
+                parts[self.axes[k]] = part
+        grids = sorted(parts.values(), key=lambda g: -g.size)
+        if np.ndim(base) or base:
+            grids.append(np.asarray(base, dtype=np.float64))
+        eta = grids[0] if self.full is not None else np.zeros(shape) + grids[0]
+        for g in grids[1:]:
+            eta += g
+        return eta
+
+    # ---------------------------------------------------------------- contractions
+    def vector(self, v: np.ndarray) -> np.ndarray:
+        """``X' v`` for a cell array ``v``: the gradient-type contraction."""
+        cache = self.reducer(v)
+        out = np.empty(self.n)
+        for k in sorted(range(len(self.X)), key=lambda k: -len(self.axes[k])):
+            r = partial_sum(cache, self.axes[k])
+            out[self.offsets[k] : self.offsets[k + 1]] = self.flat[k] @ r.reshape(-1)
+        return out
+
+    def matrix(self, c: np.ndarray) -> np.ndarray:
+        """``X' diag(c) X`` for a cell array ``c``: the Hessian-type contraction.
+
+        For a pair of blocks (a, b) with axes A and B, union U and shared axes S = A & B,
+        ``c`` is first reduced onto U (cached partial sums). Then either
+
+        * both blocks have axes of their own (A - B and B - A non-empty): one batched GEMM
+          over S, ``X_a[s] @ c_U[s] @ X_b[s]'`` with ``c_U[s]`` an (A - B) x (B - A) matrix
+          (e.g. (i, j) with (i, k): one ``(p x J) @ (J x K)`` product per i); or
+        * one block's axes contain the other's: multiply ``c_U`` by the larger block's
+          columns, reduce that onto the smaller block's axes and finish with one GEMM.
+          These products and their partial sums are shared between pairs (the full-grid
+          block's product reduced onto (i, j), then onto (i)).
+
+        Pairs run from the largest grids to the smallest, so every partial sum starts from
+        the smallest one already made.
+        """
+        H = np.empty((self.n, self.n))
+        cache_c = self.reducer(c)
+        products: dict[tuple[int, frozenset], dict] = {}
+        for a, b, batched in self.pairs:
+            union = self.axes[a] | self.axes[b]
+            cu = partial_sum(cache_c, union)
+            if batched:
+                block = self._batched_block(a, b, cu)
+            else:
+                key = (a, union)
+                if key not in products:
+                    products[key] = {union: self.X[a] * cu[None]}
+                R = partial_sum(products[key], self.axes[b], lead=1)
+                block = _inner(R.reshape(R.shape[0], -1), self.flat[b])  # (p_a, p_b)
+            sa = slice(self.offsets[a], self.offsets[a + 1])
+            sb = slice(self.offsets[b], self.offsets[b + 1])
+            H[sa, sb] = block
+            H[sb, sa] = block.T
+        return H
+
+    def _plan(self) -> list[tuple[int, int, bool]]:
+        """The pairs of blocks ``(a, b, batched)``: ``a`` is the block multiplied by ``c``
+        (or the left factor of the batched GEMM), largest grids first."""
+        out = []
+        nb = len(self.X)
+        for a0 in range(nb):
+            for b0 in range(a0, nb):
+                a, b = self._order_pair(a0, b0)
+                out.append((a, b, self._batched(a, b)))
+
+        def size(pair):
+            a, b, batched = pair
+            union = self.axes[a] | self.axes[b]
+            return (-len(union), -len(union if batched else self.axes[b]))
+
+        return sorted(out, key=size)
+
+    def _order_pair(self, a: int, b: int) -> tuple[int, int]:
+        """Which block of a pair to multiply by ``c``: the one whose axes contain the
+        other's (the full-grid block's product is shared by every pair), else the one with
+        fewer columns."""
+        if self.axes[b] > self.axes[a]:
+            return b, a
+        if self.axes[a] > self.axes[b]:
+            return a, b
+        return (a, b) if self.sizes[a] <= self.sizes[b] else (b, a)
+
+    def _extent(self, k: int, axes) -> int:
+        """Number of cells of block ``k``'s grid along ``axes`` (a subset of its axes)."""
+        return prod(self.X[k].shape[1 + d] for d in axes)
+
+    def _batched(self, a: int, b: int) -> bool:
+        own_a, own_b = self.axes[a] - self.axes[b], self.axes[b] - self.axes[a]
+        if not (own_a and own_b):
+            return False
+        return self._extent(a, own_a) * self._extent(b, own_b) >= MIN_BATCHED_CELLS
+
+    def _batched_block(self, a: int, b: int, cu: np.ndarray) -> np.ndarray:
+        """``sum_s X_a[s] @ c_U[s] @ X_b[s]'`` over the shared axes s, as a batched GEMM."""
+        shared = sorted(self.axes[a] & self.axes[b])
+        own_a = sorted(self.axes[a] - self.axes[b])
+        own_b = sorted(self.axes[b] - self.axes[a])
+        ns, na, nb = self._extent(a, shared), self._extent(a, own_a), self._extent(b, own_b)
+        order = shared + own_a + own_b
+        compact = cu.reshape([cu.shape[d] for d in sorted(order)])
+        cu = compact.transpose(_rank(order)).reshape(ns, na, nb)  # a view when the axes allow
+        xa = self._grouped(a, shared, own_a).reshape(-1, ns, na).transpose(1, 0, 2)  # (s, p_a, na)
+        xb = self._grouped(b, shared, own_b).reshape(-1, ns, nb).transpose(1, 2, 0)  # (s, nb, p_b)
+        pa, pb = xa.shape[1], xb.shape[2]
+        if pa * nb * (na + pb) <= pb * na * (nb + pa):
+            return np.matmul(np.matmul(xa, cu), xb).sum(axis=0)
+        return np.matmul(xa, np.matmul(cu, xb)).sum(axis=0)
+
+    def _grouped(self, k: int, first: list[int], then: list[int]) -> np.ndarray:
+        """Block ``k``'s columns as ``(p_k,) + first axes + then axes`` (a small copy)."""
+        compact = self.X[k].reshape([self.sizes[k]] + [self.X[k].shape[1 + d] for d in sorted(self.axes[k])])
+        perm = (0,) + tuple(1 + r for r in _rank(first + then))
+        return np.ascontiguousarray(compact.transpose(perm))
+
+    def cluster_vector(self, v: np.ndarray, keep: tuple[int, ...]) -> np.ndarray:
+        """Per-cluster ``X' v``: sums over every axis except ``keep``.
+
+        Returns an array over the ``keep`` axes (compact) with a last axis of length P.
+        """
+        cache = self.reducer(v)
+        kept = frozenset(keep)
+        pieces = []
+        for k, axes in enumerate(self.axes):
+            r = partial_sum(cache, axes | kept)
+            prod_k = {axes | kept: self.X[k] * r[None]}
+            R = partial_sum(prod_k, kept, lead=1)  # (p_k,) + expanded, sizes off keep are 1
+            compact = R.reshape([R.shape[0]] + [R.shape[d + 1] for d in keep])
+            pieces.append(np.moveaxis(compact, 0, -1))
+        return np.concatenate(pieces, axis=-1)
