@@ -114,6 +114,12 @@ def _inner(P: np.ndarray, X: np.ndarray) -> np.ndarray:
     return head + P[:, cut:] @ X[:, cut:].T if cut < n else head
 
 
+def _maximal(sets) -> list[frozenset]:
+    """The sets not strictly inside another one of ``sets``."""
+    sets = set(sets)
+    return [s for s in sets if not any(s < t for t in sets)]
+
+
 class BlockContractor:
     """Gradient- and Hessian-type contractions of cell arrays with the blocks of one chunk.
 
@@ -121,67 +127,105 @@ class BlockContractor:
     off the block's axes), so every column is a contiguous grid and the products, sums and
     BLAS calls run over long contiguous rows.
 
+    A chunk is processed in slabs along one axis (:meth:`slab` gives the contractor of a
+    slab, with views of the blocks). Only the work on the full grid is done slab by slab:
+    what a pair of blocks needs on a smaller grid (``c`` reduced onto their axes) is
+    accumulated over the slabs and contracted once per chunk (see :class:`Accumulator`).
+
     Parameters
     ----------
     X : list of ndarray
         One array per block as above, float64 and finite.
     block_axes : list of tuple of int
         The panel axes each block varies along.
-    ndim : int
-        Number of panel axes.
+    shape : tuple of int
+        The chunk's shape.
     """
 
-    def __init__(self, X: list[np.ndarray], block_axes: list[tuple[int, ...]], ndim: int):
+    def __init__(self, X: list[np.ndarray], block_axes, shape: tuple[int, ...], _plan=None):
         self.X = X
         self.axes = [frozenset(a) for a in block_axes]
-        self.ndim = ndim
-        self.all = frozenset(range(ndim))
+        self.shape = tuple(shape)
+        self.ndim = len(shape)
+        self.all = frozenset(range(self.ndim))
         self.sizes = [x.shape[0] for x in X]
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(int)
         self.n = int(self.offsets[-1])
         self.flat = [x.reshape(x.shape[0], -1) for x in X]
         full = [k for k, a in enumerate(self.axes) if a == self.all]
         self.full = full[0] if full else None
-        self.pairs = self._plan()
+        self.pairs = self._plan() if _plan is None else _plan
+        #: the slab this contractor covers: (axis, start) in its parent chunk, or None
+        self.origin: tuple[int, int] | None = None
+
+    def slab(self, ax: int, start: int, stop: int) -> BlockContractor:
+        """The contractor of the cells ``start:stop`` along axis ``ax`` (views of the blocks)."""
+        idx = (slice(None),) * (ax + 1) + (slice(start, stop),)
+        X = [x[idx] if ax in a else x for x, a in zip(self.X, self.axes, strict=True)]
+        shape = self.shape[:ax] + (stop - start,) + self.shape[ax + 1 :]
+        out = BlockContractor(X, self.axes, shape, _plan=self.pairs)
+        out.origin = (ax, start)
+        return out
 
     def reducer(self, arr: np.ndarray) -> dict:
         """A cache of partial sums of one cell array over the chunk's axes."""
         return {self.all: arr}
 
     # ---------------------------------------------------------------- linear predictor
-    def linear(self, beta: np.ndarray, base, shape: tuple[int, ...]) -> np.ndarray:
-        """``X beta + base`` at every cell of a chunk of ``shape`` (``base``: a scalar or an
-        array broadcasting to the chunk, such as the offset).
-
-        Each block's part lives on its own grid; the parts of blocks whose axes are a subset
-        of another block's are added on that smaller grid first, so only a few broadcasts
-        run over the full grid.
-        """
-        parts: dict[frozenset, np.ndarray] = {}  # grids we own, so adds are in place
+    def linear_grids(self, beta: np.ndarray) -> list[np.ndarray]:
+        """The parts of ``X beta`` from the blocks that do not span the full grid, each on
+        the smallest grid that holds it: a block whose axes are inside another's is added on
+        that block's grid (the i block on the (i, j) grid)."""
+        parts: dict[frozenset, np.ndarray] = {}
         for k in sorted(range(len(self.X)), key=lambda k: -len(self.axes[k])):
+            if self.axes[k] == self.all:
+                continue
             part = (beta[self.offsets[k] : self.offsets[k + 1]] @ self.flat[k]).reshape(self.X[k].shape[1:])
-            homes = [a for a in parts if self.axes[k] <= a and a != self.all]
+            homes = [a for a in parts if self.axes[k] <= a]
             if homes:
                 parts[min(homes, key=lambda a: parts[a].size)] += part
             else:
                 parts[self.axes[k]] = part
-        grids = sorted(parts.values(), key=lambda g: -g.size)
+        return sorted(parts.values(), key=lambda g: -g.size)
+
+    def linear(self, beta: np.ndarray, base, grids: list[np.ndarray] | None = None) -> np.ndarray:
+        """``X beta + base`` at every cell (``base``: a scalar or an array broadcasting to the
+        chunk, such as the offset). ``grids`` are the chunk's :meth:`linear_grids` (made
+        once per chunk and sliced here when this is a slab's contractor)."""
+        if grids is None:
+            grids = self.linear_grids(beta)
+        elif self.origin is not None:
+            grids = [self._slice(g) for g in grids]
         if np.ndim(base) or base:
-            grids.append(np.asarray(base, dtype=np.float64))
-        eta = grids[0] if self.full is not None else np.zeros(shape) + grids[0]
-        for g in grids[1:]:
+            grids = grids + [np.asarray(base, dtype=np.float64)]
+        if self.full is not None:
+            k = self.full
+            eta = (beta[self.offsets[k] : self.offsets[k + 1]] @ self.flat[k]).reshape(self.shape)
+        else:
+            eta = np.zeros(self.shape)
+        for g in grids:
             eta += g
         return eta
 
+    def _slice(self, arr: np.ndarray, lead: int = 0) -> np.ndarray:
+        """The part of a chunk-level grid that this slab covers."""
+        ax, start = self.origin
+        if arr.shape[lead + ax] == 1:
+            return arr
+        idx = (slice(None),) * (lead + ax) + (slice(start, start + self.shape[ax]),)
+        return arr[idx]
+
     # ---------------------------------------------------------------- contractions
+    def accumulator(self, kind: str) -> Accumulator:
+        """An :class:`Accumulator` of ``X' v`` (``kind="vector"``) or ``X' diag(c) X``
+        (``"matrix"``) over the slabs of this chunk."""
+        return Accumulator(self, kind)
+
     def vector(self, v: np.ndarray) -> np.ndarray:
         """``X' v`` for a cell array ``v``: the gradient-type contraction."""
-        cache = self.reducer(v)
-        out = np.empty(self.n)
-        for k in sorted(range(len(self.X)), key=lambda k: -len(self.axes[k])):
-            r = partial_sum(cache, self.axes[k])
-            out[self.offsets[k] : self.offsets[k + 1]] = self.flat[k] @ r.reshape(-1)
-        return out
+        acc = self.accumulator("vector")
+        acc.add(self, v)
+        return acc.result()
 
     def matrix(self, c: np.ndarray) -> np.ndarray:
         """``X' diag(c) X`` for a cell array ``c``: the Hessian-type contraction.
@@ -200,25 +244,9 @@ class BlockContractor:
         Pairs run from the largest grids to the smallest, so every partial sum starts from
         the smallest one already made.
         """
-        H = np.empty((self.n, self.n))
-        cache_c = self.reducer(c)
-        products: dict[tuple[int, frozenset], dict] = {}
-        for a, b, batched in self.pairs:
-            union = self.axes[a] | self.axes[b]
-            cu = partial_sum(cache_c, union)
-            if batched:
-                block = self._batched_block(a, b, cu)
-            else:
-                key = (a, union)
-                if key not in products:
-                    products[key] = {union: self.X[a] * cu[None]}
-                R = partial_sum(products[key], self.axes[b], lead=1)
-                block = _inner(R.reshape(R.shape[0], -1), self.flat[b])  # (p_a, p_b)
-            sa = slice(self.offsets[a], self.offsets[a + 1])
-            sb = slice(self.offsets[b], self.offsets[b + 1])
-            H[sa, sb] = block
-            H[sb, sa] = block.T
-        return H
+        acc = self.accumulator("matrix")
+        acc.add(self, c)
+        return acc.result()
 
     def _plan(self) -> list[tuple[int, int, bool]]:
         """The pairs of blocks ``(a, b, batched)``: ``a`` is the block multiplied by ``c``
@@ -257,7 +285,7 @@ class BlockContractor:
             return False
         return self._extent(a, own_a) * self._extent(b, own_b) >= MIN_BATCHED_CELLS
 
-    def _batched_block(self, a: int, b: int, cu: np.ndarray) -> np.ndarray:
+    def batched_block(self, a: int, b: int, cu: np.ndarray) -> np.ndarray:
         """``sum_s X_a[s] @ c_U[s] @ X_b[s]'`` over the shared axes s, as a batched GEMM."""
         shared = sorted(self.axes[a] & self.axes[b])
         own_a = sorted(self.axes[a] - self.axes[b])
@@ -294,3 +322,129 @@ class BlockContractor:
             compact = R.reshape([R.shape[0]] + [R.shape[d + 1] for d in keep])
             pieces.append(np.moveaxis(compact, 0, -1))
         return np.concatenate(pieces, axis=-1)
+
+
+class Accumulator:
+    """``X' v`` or ``X' diag(c) X`` summed over the slabs of one chunk.
+
+    :meth:`add` does, for one slab, the work that needs the full grid: products with the
+    blocks that span it, batched GEMMs of pairs whose axes together span it, and the
+    reductions of the slab's array (and of its products) onto the largest smaller grids
+    that some pair needs. Those reductions are accumulated on chunk-level grids (written
+    into place when the grid spans the slab axis, added otherwise); :meth:`result` then
+    contracts every remaining pair once, from the smallest accumulated grid that has its
+    axes.
+
+    Parameters
+    ----------
+    con : BlockContractor
+        The chunk's contractor.
+    kind : {"vector", "matrix"}
+        ``X' v`` or ``X' diag(c) X``.
+    """
+
+    def __init__(self, con: BlockContractor, kind: str):
+        if kind not in ("vector", "matrix"):
+            raise ValueError(f"kind={kind!r}: use 'vector' or 'matrix'")
+        self.con, self.kind = con, kind
+        self.out = np.zeros(con.n) if kind == "vector" else np.zeros((con.n, con.n))
+        full = con.all
+        #: source -> the grids it is accumulated on; "c" is the slab's array itself, an int
+        #: ``a`` the product of block ``a`` with it
+        targets: dict[object, set] = {}
+        if kind == "vector":
+            targets["c"] = {con.axes[k] for k in range(len(con.X)) if con.axes[k] != full}
+        else:
+            for a, b, batched in con.pairs:
+                union = con.axes[a] | con.axes[b]
+                if union != full:
+                    targets.setdefault("c", set()).add(union)
+                elif not batched and con.axes[b] != full:
+                    targets.setdefault(a, set()).add(con.axes[b])
+        self.targets = {src: _maximal(sets) for src, sets in targets.items()}
+        self.sums: dict[object, dict[frozenset, np.ndarray]] = {}
+        for src, sets in self.targets.items():
+            lead = () if src == "c" else (con.sizes[src],)
+            self.sums[src] = {
+                U: np.zeros(lead + tuple(n if d in U else 1 for d, n in enumerate(con.shape))) for U in sets
+            }
+
+    def add(self, slab: BlockContractor, arr: np.ndarray) -> None:
+        """Add one slab (its contractor from :meth:`BlockContractor.slab`, or the chunk's own
+        contractor for the whole chunk) with its cell array ``arr``."""
+        con = self.con
+        cache = slab.reducer(arr)
+        if self.kind == "vector":
+            for k in range(len(con.X)):
+                if con.axes[k] == con.all:
+                    self.out[con.offsets[k] : con.offsets[k + 1]] += slab.flat[k] @ arr.reshape(-1)
+        else:
+            products: dict[int, dict] = {}
+            for a, b, batched in con.pairs:
+                if con.axes[a] | con.axes[b] != con.all:
+                    continue
+                if batched:
+                    block = slab.batched_block(a, b, arr)
+                else:
+                    if a not in products:
+                        products[a] = {con.all: slab.X[a] * arr[None]}
+                    if con.axes[b] != con.all:
+                        continue  # reduced onto b's axes below, contracted in result()
+                    block = _inner(products[a][con.all].reshape(slab.sizes[a], -1), slab.flat[b])
+                self._put(a, b, block)
+            for a, prod_cache in products.items():
+                self._accumulate(slab, a, prod_cache, lead=1)
+        if "c" in self.targets:
+            self._accumulate(slab, "c", cache, lead=0)
+
+    def _accumulate(self, slab: BlockContractor, src, cache: dict, lead: int) -> None:
+        for U in sorted(self.targets.get(src, ()), key=len, reverse=True):
+            red = partial_sum(cache, U, lead=lead)
+            acc = self.sums[src][U]
+            if slab is self.con or slab.origin is None:
+                acc += red
+                continue
+            ax, start = slab.origin
+            if ax in U:
+                idx = (slice(None),) * (lead + ax) + (slice(start, start + slab.shape[ax]),)
+                acc[idx] += red
+            else:
+                acc += red
+
+    def _put(self, a: int, b: int, block: np.ndarray) -> None:
+        con = self.con
+        sa = slice(con.offsets[a], con.offsets[a + 1])
+        sb = slice(con.offsets[b], con.offsets[b + 1])
+        self.out[sa, sb] += block
+        if a != b:
+            self.out[sb, sa] += block.T
+
+    def result(self) -> np.ndarray:
+        """The chunk's ``X' v`` or ``X' diag(c) X``, contracting what the slabs left."""
+        con = self.con
+        if self.kind == "vector":
+            cache = dict(self.sums.get("c", {}))
+            for k in sorted(range(len(con.X)), key=lambda k: -len(con.axes[k])):
+                if con.axes[k] != con.all:
+                    r = partial_sum(cache, con.axes[k])
+                    self.out[con.offsets[k] : con.offsets[k + 1]] = con.flat[k] @ r.reshape(-1)
+            return self.out
+        cache_c = dict(self.sums.get("c", {}))
+        products: dict[tuple[int, frozenset], dict] = {}
+        for a, b, batched in con.pairs:
+            union = con.axes[a] | con.axes[b]
+            if union == con.all:
+                if batched or con.axes[b] == con.all:
+                    continue  # done slab by slab
+                R = partial_sum(self.sums[a], con.axes[b], lead=1)
+            else:
+                cu = partial_sum(cache_c, union)
+                if batched:
+                    self._put(a, b, con.batched_block(a, b, cu))
+                    continue
+                key = (a, union)
+                if key not in products:
+                    products[key] = {union: con.X[a] * cu[None]}
+                R = partial_sum(products[key], con.axes[b], lead=1)
+            self._put(a, b, _inner(R.reshape(R.shape[0], -1), con.flat[b]))
+        return self.out

@@ -73,7 +73,13 @@ class ChunkData:
         The family's auxiliary arrays (``trials``, ``event``), harmless at unused cells.
     """
 
-    def __init__(self, layout: Layout, arrays: tuple[np.ndarray, ...], predict: bool = False):
+    def __init__(
+        self,
+        layout: Layout,
+        arrays: tuple[np.ndarray, ...],
+        predict: bool = False,
+        contractor: BlockContractor | None = None,
+    ):
         self.layout = layout
         self.predict = predict
         fam = layout.family
@@ -114,7 +120,7 @@ class ChunkData:
         for role in () if predict else fam.aux_roles:
             (k,) = layout.role(role)
             self.aux[role] = np.where(used, self.local[k].astype(np.float64, copy=False), safe_aux[role])
-        self._contractor = None
+        self._contractor = contractor
 
     def weighted(self, a: np.ndarray) -> np.ndarray:
         """``w * a`` (``a`` itself when all weights are 1)."""
@@ -130,38 +136,45 @@ class ChunkData:
 
     @property
     def contractor(self) -> BlockContractor:
+        """The contractor of this chunk's blocks (built on first use unless given)."""
         if self._contractor is None:
-            X = [self._block_matrix(b) for b in self.layout.blocks]
-            axes = [b.axes for b in self.layout.blocks]
-            self._contractor = BlockContractor(X, axes, len(self.shape))
+            self._contractor = build_contractor(self.layout, self.local, self.shape, self.predict)
         return self._contractor
 
-    def _block_matrix(self, block) -> np.ndarray:
-        """The block's columns, feature first: ``(p_b,) + expanded chunk shape``, float64."""
-        m = len(self.shape)
-        if block.intercept:
-            return np.ones((1,) + (1,) * m)
-        bshape = [self.shape[d] if d in block.axes else 1 for d in range(m)]
-        X = np.empty([block.size] + bshape)
-        col = 0
-        for k in block.sources:
-            spec = self.layout.args[k]
-            a = self.local[k]
-            if spec.n_features is None:
-                X[col] = a
-            else:
-                X[col : col + spec.width] = np.moveaxis(a, -1, 0)
-            col += spec.width
-        if self.predict:
-            return X
-        if len(block.axes) < m or any(self.layout.args[k].sanitize for k in block.sources):
-            X[~np.isfinite(X)] = 0.0
-        return X
-
-    def eta(self, beta: np.ndarray) -> np.ndarray:
-        """Linear predictor at every cell (0 at unused cells)."""
-        eta = self.contractor.linear(beta, self.offset, self.shape)
+    def eta(self, beta: np.ndarray, grids: list[np.ndarray] | None = None) -> np.ndarray:
+        """Linear predictor at every cell (0 at unused cells); ``grids``: the chunk's
+        :meth:`~daskglm.contract.BlockContractor.linear_grids`, when this is a slab."""
+        eta = self.contractor.linear(beta, self.offset, grids)
         return eta if self.predict or self.all_used else np.where(self.used, eta, 0.0)
+
+
+def build_contractor(layout: Layout, local: list, shape: tuple[int, ...], predict: bool = False):
+    """The :class:`~daskglm.contract.BlockContractor` of a chunk from its expanded inputs."""
+    X = [_block_matrix(layout, local, shape, b, predict) for b in layout.blocks]
+    return BlockContractor(X, [b.axes for b in layout.blocks], shape)
+
+
+def _block_matrix(layout: Layout, local: list, shape: tuple[int, ...], block, predict: bool) -> np.ndarray:
+    """The block's columns, feature first: ``(p_b,) + expanded chunk shape``, float64."""
+    m = len(shape)
+    if block.intercept:
+        return np.ones((1,) + (1,) * m)
+    bshape = [shape[d] if d in block.axes else 1 for d in range(m)]
+    X = np.empty([block.size] + bshape)
+    col = 0
+    for k in block.sources:
+        spec = layout.args[k]
+        a = local[k]
+        if spec.n_features is None:
+            X[col] = a
+        else:
+            X[col : col + spec.width] = np.moveaxis(a, -1, 0)
+        col += spec.width
+    if predict:
+        return X
+    if len(block.axes) < m or any(layout.args[k].sanitize for k in block.sources):
+        X[~np.isfinite(X)] = 0.0
+    return X
 
 
 # -------------------------------------------------------------------------- setup pass
@@ -247,49 +260,64 @@ def eval_chunk(
 ) -> np.ndarray:
     """Log-likelihood, gradient and (optionally) Hessian of one chunk at ``params``.
 
-    Large chunks are processed in cache-sized slabs (the statistics are sums over cells).
+    The chunk is processed in cache-sized slabs (the statistics are sums over cells). The
+    blocks and the parts of eta off the full grid are made once per chunk, and so are the
+    contractions on grids smaller than the full one (see
+    :class:`~daskglm.contract.Accumulator`).
     """
+    fam = layout.family
+    nb, extra = layout.n_beta, fam.n_extra > 0
+    beta, theta = params[:nb], params[nb:]
     shape = np.shape(arrays[layout.role("y")[0]])
-    vec = sum(_eval_slab(layout, params, hessian, final, *a) for a in _slabs(layout, arrays, shape))
-    return vec.reshape((1,) * len(shape) + (-1,))
-
-
-def _eval_slab(layout: Layout, params, hessian: bool, final: bool, *arrays) -> np.ndarray:
     with np.errstate(all="ignore"):
-        d = ChunkData(layout, arrays)
-        fam = layout.family
-        nb = layout.n_beta
-        beta, theta = params[:nb], params[nb:]
-        eta = d.eta(beta)
-        der = fam.derivatives(d.y, eta, d.aux, theta)
-        c = d.contractor
-        out: dict[str, object] = {"ll": d.weighted(der.f).sum()}
-        wg = d.weighted(der.g)
-        grad = [c.vector(wg)]
-        extra = fam.n_extra > 0
-        if extra:
-            grad.append([d.weighted(der.f_t).sum()])
-        out["grad"] = np.concatenate(grad)
+        local = [_expand(a, s, shape) for a, s in zip(arrays, layout.args, strict=True)]
+        con = build_contractor(layout, local, shape)
+        grids = con.linear_grids(beta)
+        acc = {"grad": con.accumulator("vector")}
         if hessian:
-            out["hess"] = _quadratic(
-                c,
-                d.weighted(der.h),
-                d.weighted(der.f_et) if extra else None,
-                d.weighted(der.f_tt).sum() if extra else None,
-                nb,
-                layout.n_params,
-            )
-        if final or extra:  # NB2's saturated likelihood moves with alpha: track it each pass
-            out["dev"] = d.weighted(fam.unit_deviance(d.y, eta, d.aux, theta)).sum()
+            acc["hess"] = con.accumulator("matrix")
+            if extra:
+                acc["hess_bt"] = con.accumulator("vector")
         if final and hessian:
-            gt = d.weighted(der.g * der.f_t) if extra else None
-            out["meat"] = _quadratic(
-                c, wg * der.g, gt, d.weighted(der.f_t**2).sum() if extra else None, nb, layout.n_params
-            )
-        if final:
-            sep = fam.separated(d.y, eta, d.aux)
-            out["n_separated"] = 0 if sep is None else np.count_nonzero(sep & d.used)
-        return eval_packer(layout, hessian=hessian, final=final).pack(out)
+            acc["meat"] = con.accumulator("matrix")
+            if extra:
+                acc["meat_bt"] = con.accumulator("vector")
+        sums = dict.fromkeys(("ll", "f_t", "f_tt", "dev", "meat_tt", "n_separated"), 0.0)
+        for (ax, start, stop), slab_arrays in _slabs(layout, arrays, shape):
+            part = con if ax is None else con.slab(ax, start, stop)
+            d = ChunkData(layout, slab_arrays, contractor=part)
+            eta = d.eta(beta, grids)
+            der = fam.derivatives(d.y, eta, d.aux, theta)
+            sums["ll"] += d.weighted(der.f).sum()
+            wg = d.weighted(der.g)
+            acc["grad"].add(part, wg)
+            if extra:
+                sums["f_t"] += d.weighted(der.f_t).sum()
+            if hessian:
+                acc["hess"].add(part, d.weighted(der.h))
+                if extra:
+                    acc["hess_bt"].add(part, d.weighted(der.f_et))
+                    sums["f_tt"] += d.weighted(der.f_tt).sum()
+            if final or extra:  # NB2's saturated likelihood moves with alpha: track it each pass
+                sums["dev"] += d.weighted(fam.unit_deviance(d.y, eta, d.aux, theta)).sum()
+            if final and hessian:
+                acc["meat"].add(part, wg * der.g)
+                if extra:
+                    acc["meat_bt"].add(part, d.weighted(der.g * der.f_t))
+                    sums["meat_tt"] += d.weighted(der.f_t**2).sum()
+            if final:
+                sep = fam.separated(d.y, eta, d.aux)
+                sums["n_separated"] += 0 if sep is None else np.count_nonzero(sep & d.used)
+        out: dict[str, object] = {"ll": sums["ll"], "dev": sums["dev"], "n_separated": sums["n_separated"]}
+        grad = acc["grad"].result()
+        out["grad"] = np.concatenate([grad, [sums["f_t"]]]) if extra else grad
+        P = layout.n_params
+        if hessian:
+            out["hess"] = _quadratic(acc["hess"], acc.get("hess_bt"), sums["f_tt"], nb, P)
+        if final and hessian:
+            out["meat"] = _quadratic(acc["meat"], acc.get("meat_bt"), sums["meat_tt"], nb, P)
+        vec = eval_packer(layout, hessian=hessian, final=final).pack(out)
+    return vec.reshape((1,) * len(shape) + (-1,))
 
 
 #: cells per slab inside a chunk: temporaries stay small enough for the CPU caches
@@ -297,13 +325,17 @@ SLAB_CELLS = 65536
 
 
 def _slabs(layout: Layout, arrays: tuple, shape: tuple[int, ...], cells: int = SLAB_CELLS):
-    """Split a chunk's arguments into slabs of about ``cells`` cells along one axis."""
+    """Split a chunk's arguments into slabs of about ``cells`` cells along one axis.
+
+    Yields ``((axis, start, stop), slab_arguments)``; ``axis`` is None when the chunk is one
+    slab.
+    """
     m = len(shape)
     ax = next((a for a in range(m) if int(np.prod(shape[a + 1 :])) <= cells), m - 1)
     inner = max(int(np.prod(shape[ax + 1 :])), 1)
     step = max(cells // inner, 1)
     if m == 0 or step >= shape[ax]:
-        yield arrays
+        yield (None, 0, 0), arrays
         return
     for start in range(0, shape[ax], step):
         sl = slice(start, start + step)
@@ -314,15 +346,16 @@ def _slabs(layout: Layout, arrays: tuple, shape: tuple[int, ...], cells: int = S
                 idx[spec.axes.index(ax)] = sl
                 a = a[tuple(idx)]
             out.append(a)
-        yield tuple(out)
+        yield (ax, start, min(start + step, shape[ax])), tuple(out)
 
 
-def _quadratic(c: BlockContractor, bb: np.ndarray, bt, tt, nb: int, P: int) -> np.ndarray:
-    """Assemble a (beta, theta) matrix from its beta-beta, beta-theta and theta-theta parts."""
+def _quadratic(bb, bt, tt: float, nb: int, P: int) -> np.ndarray:
+    """Assemble a (beta, theta) matrix from the accumulators of its beta-beta and beta-theta
+    parts and its theta-theta sum."""
     M = np.zeros((P, P))
-    M[:nb, :nb] = c.matrix(bb)
+    M[:nb, :nb] = bb.result()
     if bt is not None:
-        v = c.vector(bt)
+        v = bt.result()
         M[:nb, nb] = v
         M[nb, :nb] = v
         M[nb, nb] = tt
