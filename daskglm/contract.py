@@ -17,7 +17,7 @@ two blocks that each have axes of their own are batched GEMMs over their shared 
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import lru_cache, partial
 from math import prod
 
 import numpy as np
@@ -114,6 +114,39 @@ def _inner(P: np.ndarray, X: np.ndarray) -> np.ndarray:
     return head + P[:, cut:] @ X[:, cut:].T if cut < n else head
 
 
+class _Blocks:
+    """Block arrays in a list, some of them built on first use by ``builders[k]()``."""
+
+    def __init__(self, arrays: list, builders: dict):
+        self._arrays = list(arrays)
+        self._builders = builders
+
+    def __len__(self) -> int:
+        return len(self._arrays)
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        if self._arrays[k] is None:
+            self._arrays[k] = self._builders[k]()
+        return self._arrays[k]
+
+    def built(self, k: int) -> np.ndarray | None:
+        return self._arrays[k]
+
+
+class _Flat:
+    """Each block as a ``(p_b, cells)`` matrix, made on first use."""
+
+    def __init__(self, blocks: _Blocks):
+        self._blocks = blocks
+        self._cache: dict[int, np.ndarray] = {}
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        if k not in self._cache:
+            x = self._blocks[k]
+            self._cache[k] = x.reshape(x.shape[0], -1)
+        return self._cache[k]
+
+
 def _maximal(sets) -> list[frozenset]:
     """The sets not strictly inside another one of ``sets``."""
     sets = set(sets)
@@ -134,36 +167,60 @@ class BlockContractor:
 
     Parameters
     ----------
-    X : list of ndarray
-        One array per block as above, float64 and finite.
+    X : list of ndarray or None
+        One array per block as above, float64 and finite; ``None`` for a block that
+        ``builders`` makes on first use.
     block_axes : list of tuple of int
         The panel axes each block varies along.
     shape : tuple of int
         The chunk's shape.
+    sizes : list of int, optional
+        Columns per block (needed when some blocks are built lazily).
+    builders : dict, optional
+        ``k -> builder`` for the lazy blocks: ``builder(index)`` returns block ``k``'s array
+        for the cells ``index`` (a tuple of slices, one per panel axis). A slab's contractor
+        then builds only the slab's part of a full-grid block, while it is in cache, instead
+        of slicing a copy of the whole chunk's.
     """
 
-    def __init__(self, X: list[np.ndarray], block_axes, shape: tuple[int, ...], _plan=None):
-        self.X = X
-        self.axes = [frozenset(a) for a in block_axes]
+    def __init__(
+        self,
+        X: list,
+        block_axes,
+        shape: tuple[int, ...],
+        sizes: list[int] | None = None,
+        builders: dict | None = None,
+        _plan=None,
+        _index: tuple[slice, ...] | None = None,
+    ):
         self.shape = tuple(shape)
         self.ndim = len(shape)
+        self._builders = builders or {}
+        self._index = _index if _index is not None else tuple(slice(0, n) for n in self.shape)
+        self.X = _Blocks(X, {k: partial(b, self._index) for k, b in self._builders.items()})
+        self.axes = [frozenset(a) for a in block_axes]
         self.all = frozenset(range(self.ndim))
-        self.sizes = [x.shape[0] for x in X]
+        self.sizes = list(sizes) if sizes is not None else [x.shape[0] for x in X]
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(int)
         self.n = int(self.offsets[-1])
-        self.flat = [x.reshape(x.shape[0], -1) for x in X]
-        full = [k for k, a in enumerate(self.axes) if a == self.all]
-        self.full = full[0] if full else None
+        self.flat = _Flat(self.X)
         self.pairs = self._plan() if _plan is None else _plan
         #: the slab this contractor covers: (axis, start) in its parent chunk, or None
         self.origin: tuple[int, int] | None = None
 
     def slab(self, ax: int, start: int, stop: int) -> BlockContractor:
-        """The contractor of the cells ``start:stop`` along axis ``ax`` (views of the blocks)."""
+        """The contractor of the cells ``start:stop`` along axis ``ax``: views of the built
+        blocks, lazy builders of the slab's part of the others."""
         idx = (slice(None),) * (ax + 1) + (slice(start, stop),)
-        X = [x[idx] if ax in a else x for x, a in zip(self.X, self.axes, strict=True)]
+        X = []
+        for k, a in enumerate(self.axes):
+            x = self.X.built(k)
+            X.append(None if x is None else x[idx] if ax in a else x)
         shape = self.shape[:ax] + (stop - start,) + self.shape[ax + 1 :]
-        out = BlockContractor(X, self.axes, shape, _plan=self.pairs)
+        base = self._index[ax].start
+        index = self._index[:ax] + (slice(base + start, base + stop),) + self._index[ax + 1 :]
+        builders = {k: b for k, b in self._builders.items() if X[k] is None}
+        out = BlockContractor(X, self.axes, shape, self.sizes, builders, _plan=self.pairs, _index=index)
         out.origin = (ax, start)
         return out
 
@@ -180,7 +237,8 @@ class BlockContractor:
         for k in sorted(range(len(self.X)), key=lambda k: -len(self.axes[k])):
             if self.axes[k] == self.all:
                 continue
-            part = (beta[self.offsets[k] : self.offsets[k + 1]] @ self.flat[k]).reshape(self.X[k].shape[1:])
+            grid = tuple(n if d in self.axes[k] else 1 for d, n in enumerate(self.shape))
+            part = (beta[self.offsets[k] : self.offsets[k + 1]] @ self.flat[k]).reshape(grid)
             homes = [a for a in parts if self.axes[k] <= a]
             if homes:
                 parts[min(homes, key=lambda a: parts[a].size)] += part
@@ -198,10 +256,15 @@ class BlockContractor:
             grids = [self._slice(g) for g in grids]
         if np.ndim(base) or base:
             grids = grids + [np.asarray(base, dtype=np.float64)]
-        if self.full is not None:
-            k = self.full
-            eta = (beta[self.offsets[k] : self.offsets[k + 1]] @ self.flat[k]).reshape(self.shape)
-        else:
+        eta = None
+        for k, axes in enumerate(self.axes):
+            if axes == self.all:
+                part = (beta[self.offsets[k] : self.offsets[k + 1]] @ self.flat[k]).reshape(self.shape)
+                if eta is None:
+                    eta = part
+                else:
+                    eta += part
+        if eta is None:
             eta = np.zeros(self.shape)
         for g in grids:
             eta += g
@@ -277,7 +340,7 @@ class BlockContractor:
 
     def _extent(self, k: int, axes) -> int:
         """Number of cells of block ``k``'s grid along ``axes`` (a subset of its axes)."""
-        return prod(self.X[k].shape[1 + d] for d in axes)
+        return prod(self.shape[d] for d in axes)
 
     def _batched(self, a: int, b: int) -> bool:
         own_a, own_b = self.axes[a] - self.axes[b], self.axes[b] - self.axes[a]

@@ -45,6 +45,8 @@ class PanelObjective:
         self.setup = setup
         self.counter = counter
         self.n_params = self.layout.n_params
+        #: graph optimization only pays when the passes read their inputs (from a store)
+        self.optimize = not graph.materialized(panel.arrays)
         self.n_beta = self.layout.n_beta
         icpt = [
             sl.start
@@ -65,7 +67,7 @@ class PanelObjective:
 
     def __call__(self, params: np.ndarray, *, hessian: bool = True) -> Evaluation:
         g = graph.eval_graph(self.layout, self.panel.arrays, params, hessian=hessian)
-        (vec,) = graph.run(self.counter, "eval", g)
+        (vec,) = graph.run(self.counter, "eval", g, optimize=self.optimize)
         return self._evaluation(params, finalize_eval(self.layout, vec, hessian=hessian))
 
     def dispersion(self, e: Evaluation) -> float:
@@ -86,7 +88,7 @@ class PanelObjective:
         graphs = [graph.eval_graph(self.layout, self.panel.arrays, params, hessian=inference, final=True)]
         if cluster_axes is not None:
             graphs += list(graph.cluster_graph(self.layout, self.panel.arrays, params, cluster_axes))
-        out = graph.run(self.counter, "final", *graphs)
+        out = graph.run(self.counter, "final", *graphs, optimize=self.optimize)
         st = finalize_eval(self.layout, out[0], hessian=inference, final=True)
         if cluster_axes is not None:
             st["cluster_meat"] = np.asarray(out[1])

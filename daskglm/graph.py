@@ -14,6 +14,7 @@ One pass is one call to ``dask.compute``; :class:`PassCounter` counts them.
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -33,6 +34,7 @@ __all__ = [
     "cluster_graph",
     "predict_graph",
     "lazy_zeros",
+    "materialized",
     "run",
 ]
 
@@ -96,8 +98,13 @@ def _blockwise_args(layout: Layout, arrays: list) -> list:
 
 
 def _map_chunks(func, layout: Layout, arrays: list, length: int, keep: tuple[int, ...] = ()) -> da.Array:
-    """``blockwise`` of ``func`` over the aligned chunks; output axes = panel axes + stat."""
+    """``blockwise`` of ``func`` over the aligned chunks; output axes = panel axes + stat.
+
+    Each pass gets a fresh name rather than a token: tokenizing the layout and parameters
+    costs more than the rest of building the graph, and no two passes share results.
+    """
     index = [f"d{k}" for k in range(layout.ndim)]
+    name = f"daskglm-{getattr(func, 'func', func).__name__}-{uuid.uuid4().hex}"
     return da.blockwise(
         func,
         tuple(index) + ("stat",),
@@ -107,6 +114,7 @@ def _map_chunks(func, layout: Layout, arrays: list, length: int, keep: tuple[int
         dtype=np.float64,
         concatenate=True,
         meta=np.empty((0,) * (layout.ndim + 1)),
+        name=name,
     )
 
 
@@ -163,10 +171,25 @@ def persist_arrays(arrays: list) -> list:
     return list(dask.persist(*arrays))
 
 
-def run(counter: PassCounter | None, what: str, *graphs):
-    """Compute ``graphs`` together, as one pass over the data, on the active scheduler."""
+def materialized(arrays: list) -> bool:
+    """Whether every chunk of every array is already data (persisted, or numpy chunks), so
+    that a pass has no input tasks to fuse and graph optimization can be skipped."""
+    for arr in arrays:
+        dsk = arr.__dask_graph__()
+        if any(dask.core.istask(dsk[key]) for key in dask.core.flatten(arr.__dask_keys__())):
+            return False
+    return True
+
+
+def run(counter: PassCounter | None, what: str, *graphs, optimize: bool = True):
+    """Compute ``graphs`` together, as one pass over the data, on the active scheduler.
+
+    ``optimize=False`` skips dask's graph optimization (fusing input tasks into the kernel
+    tasks), which costs tens of milliseconds a pass and buys nothing when the inputs are
+    :func:`materialized`.
+    """
     t0 = time.perf_counter()
-    out = dask.compute(*graphs)
+    out = dask.compute(*graphs, optimize_graph=optimize)
     if counter is not None:
         counter.record(what, time.perf_counter() - t0)
     return out

@@ -18,6 +18,8 @@ the chunks and tree-sums the results.
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from .contract import BlockContractor, partial_sum
@@ -103,10 +105,7 @@ class ChunkData:
         self.all_used = bool(used.all())
         #: no weights and no masked cell: weighting is the identity (skipped in the hot path)
         self.unit_weights = not iw and self.all_used
-        if iw:
-            self.w = np.where(used, wraw, 0.0)
-        else:
-            self.w = used.astype(np.float64)
+        self._w = np.where(used, wraw, 0.0) if iw else None
         self.y = y if self.all_used else np.where(used, y, fam.safe_y)
         off = 0.0
         for k in layout.role("offset"):
@@ -121,6 +120,13 @@ class ChunkData:
             (k,) = layout.role(role)
             self.aux[role] = np.where(used, self.local[k].astype(np.float64, copy=False), safe_aux[role])
         self._contractor = contractor
+
+    @property
+    def w(self) -> np.ndarray:
+        """The per-cell weight, 0 at unused cells (made on first use when it is the mask)."""
+        if self._w is None:
+            self._w = self.used.astype(np.float64)
+        return self._w
 
     def weighted(self, a: np.ndarray) -> np.ndarray:
         """``w * a`` (``a`` itself when all weights are 1)."""
@@ -149,9 +155,31 @@ class ChunkData:
 
 
 def build_contractor(layout: Layout, local: list, shape: tuple[int, ...], predict: bool = False):
-    """The :class:`~daskglm.contract.BlockContractor` of a chunk from its expanded inputs."""
-    X = [_block_matrix(layout, local, shape, b, predict) for b in layout.blocks]
-    return BlockContractor(X, [b.axes for b in layout.blocks], shape)
+    """The :class:`~daskglm.contract.BlockContractor` of a chunk from its expanded inputs.
+
+    Blocks that span every panel axis are built lazily, slab by slab (see
+    :class:`~daskglm.contract.BlockContractor`); the smaller ones at once.
+    """
+    X, builders = [], {}
+    for k, block in enumerate(layout.blocks):
+        if shape and len(block.axes) == len(shape) and not block.intercept:
+            X.append(None)
+            builders[k] = partial(_block_cells, layout, local, block, predict)
+        else:
+            X.append(_block_matrix(layout, local, shape, block, predict))
+    sizes = [b.size for b in layout.blocks]
+    return BlockContractor(X, [b.axes for b in layout.blocks], shape, sizes, builders)
+
+
+def _block_cells(layout: Layout, local: list, block, predict: bool, index: tuple[slice, ...]) -> np.ndarray:
+    """A block's array for the cells ``index`` (one slice per panel axis) of the chunk."""
+    m = len(index)
+    cut = list(local)
+    for k in block.sources:
+        a = local[k]
+        cut[k] = a[tuple(s if a.shape[d] != 1 else slice(None) for d, s in enumerate(index))]
+    shape = tuple(cut[block.sources[0]].shape[:m])  # the block spans every axis
+    return _block_matrix(layout, cut, shape, block, predict)
 
 
 def _block_matrix(layout: Layout, local: list, shape: tuple[int, ...], block, predict: bool) -> np.ndarray:
