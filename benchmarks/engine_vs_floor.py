@@ -1,6 +1,6 @@
 """Per-iteration time of a Newton fit beside the floor: one plain dask pass over the same arrays.
 
-    python benchmarks/engine_vs_floor.py [--sizes 200,200,50] [--repeat 3]
+    python benchmarks/engine_vs_floor.py [--sizes 200,200,50] [--repeat 3] [--out FILE.json]
 
 The panel: 3-D Poisson, 28 coefficients in 7 dim-blocks (full grid, (i,j), (i,k), (j,k), i, j,
 k). Two settings: the full-grid arrays persisted in memory (threaded scheduler), and streamed
@@ -11,8 +11,10 @@ array (y and the four full-grid covariates), i.e. reading each byte once.
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import warnings
+from pathlib import Path
 
 import numpy as np
 import xarray as xr
@@ -42,6 +44,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--sizes", default="200,200,50")
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--out", default=str(Path(__file__).with_name("engine_vs_floor.json")), help="JSON record")
     a = p.parse_args()
     i, j, k = (int(s) for s in a.sizes.split(","))
     ds = simulate_panel({"i": i, "j": j, "k": k}, "poisson", seed=1, chunks={"i": 100, "j": 100})
@@ -52,6 +55,8 @@ def main() -> None:
     fl = floor_seconds(mem, a.repeat)
     it, n = fit_seconds_per_iteration(mem, x, a.repeat)
     print(f"in memory : iteration {it:.3f}s  floor {fl:.3f}s  ratio {it / fl:.1f}x  ({n} iterations)")
+    record = {"panel": [i, j, k], "coefficients": len(x) + 1, "chunks": list(ds.y.data.chunksize)}
+    record["in_memory"] = {"iteration_s": it, "floor_s": fl, "ratio": it / fl, "iterations": n}
     with tempfile.TemporaryDirectory() as tmp:
         path = f"{tmp}/p.zarr"
         ds.astype("float32").to_zarr(path, mode="w")
@@ -59,6 +64,9 @@ def main() -> None:
         fl = floor_seconds(disk, a.repeat)
         it, n = fit_seconds_per_iteration(path, x, a.repeat)
         print(f"from zarr : iteration {it:.3f}s  floor {fl:.3f}s  ratio {it / fl:.1f}x  ({n} iterations)")
+        record["from_zarr_float32"] = {"iteration_s": it, "floor_s": fl, "ratio": it / fl, "iterations": n}
+    if a.out:
+        Path(a.out).write_text(json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":
