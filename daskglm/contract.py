@@ -271,7 +271,8 @@ class BlockContractor:
         return eta
 
     def _slice(self, arr: np.ndarray, lead: int = 0) -> np.ndarray:
-        """The part of a chunk-level grid that this slab covers."""
+        """The part of a chunk-level grid that this slab covers (a view; the grid itself
+        when it does not vary along the slab axis)."""
         ax, start = self.origin
         if arr.shape[lead + ax] == 1:
             return arr
@@ -464,15 +465,8 @@ class Accumulator:
         for U in sorted(self.targets.get(src, ()), key=len, reverse=True):
             red = partial_sum(cache, U, lead=lead)
             acc = self.sums[src][U]
-            if slab is self.con or slab.origin is None:
-                acc += red
-                continue
-            ax, start = slab.origin
-            if ax in U:
-                idx = (slice(None),) * (lead + ax) + (slice(start, start + slab.shape[ax]),)
-                acc[idx] += red
-            else:
-                acc += red
+            target = acc if slab.origin is None else slab._slice(acc, lead)  # a view: in place
+            target += red
 
     def _put(self, a: int, b: int, block: np.ndarray) -> None:
         con = self.con
