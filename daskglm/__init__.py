@@ -9,6 +9,7 @@ from .checks import DataError
 from .families import Binomial, Exponential, Family, Gaussian, NegativeBinomial, Poisson
 from .registry import FAMILIES, SOLVERS
 from .results import GLMResults
+from .scheduling import ClusterLostError
 from .solvers.base import ConvergenceWarning
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "FAMILIES",
     "SOLVERS",
     "DataError",
+    "ClusterLostError",
     "ConvergenceWarning",
     "SeparationWarning",
 ]

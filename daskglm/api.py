@@ -151,7 +151,9 @@ def fit(
         ``None`` shows it when stderr is a terminal, ``False`` silences it.
     checkpoint : str or path, optional
         File to write the solver state to after every iteration (atomically). If it exists,
-        the fit resumes from it; a checkpoint of another model or other data is refused.
+        the fit resumes from it; a checkpoint of another model or other data is refused. A fit
+        whose cluster has had no workers for ``daskglm.no-workers-timeout`` (dask config,
+        default 60 s) raises :class:`~daskglm.scheduling.ClusterLostError` naming this file.
     **solver_options
         Fields of the solver's config class: ``max_halvings`` for Newton; ``step_size``,
         ``armijo``, ``max_backtracks`` for ``gd``; ``learning_rate``, ``beta1``, ``beta2``,
@@ -206,7 +208,7 @@ def fit(
     from_store = not isinstance(data, xr.Dataset) or any(
         v.chunks is not None for v in data.data_vars.values()
     )
-    with compute_target(client, security) as target:
+    with compute_target(client, security, checkpoint=checkpoint) as target:
         nbytes = sum(int(a.nbytes) for a in panel.arrays)
         persisted, persist_reason = persist_decision(persist, nbytes, target, from_store)
         log.info("daskglm: %s", persist_reason)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -26,6 +27,7 @@ from .kernels import cluster_chunk, eval_chunk, eval_packer, setup_chunk, setup_
 from .layout import Layout
 
 __all__ = [
+    "PASS_COMPUTE",
     "PassCounter",
     "align_arrays",
     "full_chunks",
@@ -181,15 +183,25 @@ def materialized(arrays: list) -> bool:
     return True
 
 
+#: How :func:`run` computes a pass: ``None`` is ``dask.compute`` on the active scheduler (the
+#: threaded path, no overhead); :func:`daskglm.scheduling.compute_target` sets a function
+#: ``compute(graphs, optimize) -> tuple`` for a distributed cluster (a bounded wait).
+PASS_COMPUTE: ContextVar = ContextVar("daskglm_pass_compute", default=None)
+
+
 def run(counter: PassCounter | None, what: str, *graphs, optimize: bool = True):
     """Compute ``graphs`` together, as one pass over the data, on the active scheduler.
 
     ``optimize=False`` skips dask's graph optimization (fusing input tasks into the kernel
     tasks), which costs tens of milliseconds a pass and buys nothing when the inputs are
-    :func:`materialized`.
+    :func:`materialized`. Where :data:`PASS_COMPUTE` is set, it computes the pass instead.
     """
     t0 = time.perf_counter()
-    out = dask.compute(*graphs, optimize_graph=optimize)
+    compute = PASS_COMPUTE.get()
+    if compute is None:
+        out = dask.compute(*graphs, optimize_graph=optimize)
+    else:
+        out = compute(graphs, optimize)
     if counter is not None:
         counter.record(what, time.perf_counter() - t0)
     return out

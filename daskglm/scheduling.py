@@ -12,21 +12,170 @@
     (``distributed.comm.tls.*``) or from ``security=``.
 ``client=Client(...)``
     Used as is (and left open).
+
+On a distributed cluster every pass is computed as futures watched by a :class:`PassWatchdog`:
+when the cluster has had no workers for longer than ``daskglm.no-workers-timeout`` (dask
+configuration, default ``"60s"``; environment ``DASK_DASKGLM__NO_WORKERS_TIMEOUT``), or the
+scheduler is lost, the pass is cancelled and the fit raises :class:`ClusterLostError`, which
+says how to resume from the checkpoint. A worker lost while others live is not an error: dask
+recomputes its tasks on the others. On dask's threaded scheduler passes run as plain
+``dask.compute`` calls, with no watchdog.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import dask
+from dask.utils import parse_timedelta
 
-__all__ = ["ComputeTarget", "compute_target", "persist_decision"]
+from . import graph
+
+__all__ = [
+    "ClusterLostError",
+    "ComputeTarget",
+    "PassWatchdog",
+    "compute_target",
+    "no_workers_timeout",
+    "persist_decision",
+]
 
 log = logging.getLogger("daskglm")
+
+#: dask configuration key: how long a pass may wait while the cluster has no workers
+NO_WORKERS_TIMEOUT_KEY = "daskglm.no-workers-timeout"
+dask.config.update_defaults({"daskglm": {"no-workers-timeout": "60s"}})
+
+
+class ClusterLostError(ConnectionError):
+    """The cluster running a fit lost all its workers (for longer than the grace period) or its
+    scheduler; the message says how to resume from the checkpoint."""
+
+
+def no_workers_timeout() -> float:
+    """Seconds a pass waits while the cluster has no workers (``daskglm.no-workers-timeout``)."""
+    value = dask.config.get(NO_WORKERS_TIMEOUT_KEY)
+    try:
+        seconds = parse_timedelta(value, default="seconds")
+    except (TypeError, ValueError, KeyError):
+        seconds = None
+    if seconds is None or not seconds > 0:
+        raise ValueError(
+            f"dask config {NO_WORKERS_TIMEOUT_KEY}={value!r} is not a positive duration; give e.g. "
+            "'60s', '10m', '1h' or a number of seconds"
+        )
+    return float(seconds)
+
+
+def _resume_hint(checkpoint) -> str:
+    """How to carry on after the cluster is lost, given the fit's ``checkpoint=``."""
+    if checkpoint is None:
+        return (
+            "no checkpoint= was given, so the fit must start again: pass checkpoint='state.json' "
+            "(daskglm fit --checkpoint state.json) so that a fit which loses its cluster can resume "
+            "from its last finished iteration"
+        )
+    path = os.fspath(checkpoint)
+    try:
+        with open(path) as f:
+            iteration = int(json.load(f)["iteration"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return (
+            f"call the same fit again with checkpoint={path!r} (no iteration had been saved there "
+            "yet, so it starts afresh)"
+        )
+    return (
+        f"call the same fit again with checkpoint={path!r}: it resumes from iteration {iteration}, "
+        "the last one saved there"
+    )
+
+
+@dataclass
+class PassWatchdog:
+    """Computes a pass on a distributed client without waiting forever.
+
+    The graphs are submitted as futures and awaited in slices of ``poll`` seconds; between
+    slices the scheduler is asked how many workers it has. After ``timeout`` seconds without
+    any (or when the connection to the scheduler is lost) the futures are cancelled and
+    :class:`ClusterLostError` is raised. Installed by :func:`compute_target` as
+    :data:`daskglm.graph.PASS_COMPUTE` for the duration of a fit.
+    """
+
+    client: object
+    timeout: float
+    checkpoint: str | os.PathLike | None = None
+
+    @property
+    def poll(self) -> float:
+        return min(1.0, self.timeout / 5)
+
+    def __call__(self, graphs: tuple, optimize: bool) -> tuple:
+        from distributed.client import FutureCancelledError, FuturesCancelledError
+
+        futures = self.client.compute(list(graphs), optimize_graph=optimize)
+        try:
+            self._wait(futures)
+            return tuple(self.client.gather(futures))
+        except (FutureCancelledError, FuturesCancelledError) as err:
+            if self.client.status == "running":
+                raise
+            raise ClusterLostError(self._message("lost its connection to the scheduler")) from err
+        finally:
+            if self.client.status == "running" and any(f.status == "pending" for f in futures):
+                with contextlib.suppress(Exception):
+                    self.client.cancel(futures)
+
+    def _workers(self) -> int:
+        """Number of workers the scheduler knows of (0 when it cannot be reached)."""
+        if self.client.status != "running":
+            return 0
+        try:
+            return len(self.client.scheduler_info(n_workers=-1).get("workers", {}))
+        except (OSError, TimeoutError):
+            return 0
+
+    def _wait(self, futures: list) -> None:
+        from distributed import wait
+
+        since = None  # when the cluster was first seen without workers
+        while True:
+            try:
+                with self.client.as_current():
+                    wait(futures, timeout=self.poll)
+                return
+            except TimeoutError:
+                pass
+            if self._workers():
+                since = None
+                continue
+            now = time.monotonic()
+            if since is None:
+                since = now
+                log.warning(
+                    "daskglm: the cluster has no workers; waiting up to %g s (%s) for some",
+                    self.timeout,
+                    NO_WORKERS_TIMEOUT_KEY,
+                )
+            if now - since >= self.timeout:
+                raise ClusterLostError(
+                    self._message(f"has had no workers for {now - since:.0f} s while a pass was waiting")
+                )
+
+    def _message(self, what: str) -> str:
+        address = getattr(getattr(self.client, "scheduler", None), "address", None) or "?"
+        return (
+            f"the dask cluster at {address} {what} ({NO_WORKERS_TIMEOUT_KEY} is "
+            f"{self.timeout:g} s), so the fit stops instead of waiting forever. Start workers again "
+            f"(e.g. `dask worker {address}`), then {_resume_hint(self.checkpoint)}. Allow longer "
+            f"with dask.config.set({{{NO_WORKERS_TIMEOUT_KEY!r}: '10m'}}) or "
+            "DASK_DASKGLM__NO_WORKERS_TIMEOUT=10m"
+        )
 
 
 @dataclass
@@ -61,8 +210,13 @@ def _connect(address: str, security):
 
 
 @contextlib.contextmanager
-def compute_target(client=None, security=None) -> Iterator[ComputeTarget]:
-    """Resolve ``client=`` (see the module docstring) for the duration of a fit."""
+def compute_target(client=None, security=None, checkpoint=None) -> Iterator[ComputeTarget]:
+    """Resolve ``client=`` (see the module docstring) for the duration of a fit.
+
+    On a distributed client the fit's passes are computed by a :class:`PassWatchdog`, whose
+    :class:`ClusterLostError` names ``checkpoint`` (the fit's ``checkpoint=``) to resume from.
+    """
+    timeout = no_workers_timeout()
     owned = []
     try:
         if client is None:
@@ -113,8 +267,13 @@ def compute_target(client=None, security=None) -> Iterator[ComputeTarget]:
         if target.client is None:
             yield target
         else:
-            with target.client.as_current(), dask.config.set(scheduler=target.client):
-                yield target
+            watchdog = PassWatchdog(target.client, timeout, checkpoint)
+            token = graph.PASS_COMPUTE.set(watchdog)
+            try:
+                with target.client.as_current(), dask.config.set(scheduler=target.client):
+                    yield target
+            finally:
+                graph.PASS_COMPUTE.reset(token)
     finally:
         for obj in owned:
             with contextlib.suppress(Exception):

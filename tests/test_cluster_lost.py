@@ -1,0 +1,156 @@
+"""A fit never waits forever: the only worker of a real cluster is killed mid-fit.
+
+Real ``dask scheduler`` / ``dask worker`` processes on loopback (started as in
+``tests/test_cluster.py``); the worker runs without a nanny, so nothing replaces it. The fit must
+raise :class:`daskglm.ClusterLostError` within ``daskglm.no-workers-timeout`` (set to a few
+seconds here) plus one polling interval, name the checkpoint to resume from, and a resumed fit on
+a new worker must end at the estimates of an uninterrupted fit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import dask
+import numpy as np
+import pytest
+from dask.utils import key_split
+from distributed import Client
+from helpers import make_panel
+from test_cluster import start_scheduler, start_worker, stop
+
+import daskglm as dg
+from daskglm import graph
+from daskglm.scheduling import PassWatchdog, compute_target, no_workers_timeout
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    ds, x = make_panel(3, "poisson", seed=47, exposure=True)
+    path = tmp_path_factory.mktemp("lost") / "p.zarr"
+    ds.chunk({"i": 4, "j": 3, "k": 4}).to_zarr(path, mode="w")
+    ref = dg.fit(ds, "y", x, "poisson", exposure="expo")  # uninterrupted, threaded scheduler
+    return str(path), x, ref
+
+
+def test_threaded_passes_run_without_a_watchdog():
+    # the threaded path is a plain dask.compute per pass: nothing is installed
+    with compute_target(None) as target:
+        assert target.client is None
+        assert graph.PASS_COMPUTE.get() is None
+
+
+def test_timeout_config_is_validated():
+    assert no_workers_timeout() == 60.0  # the documented default
+    with dask.config.set({"daskglm.no-workers-timeout": "2m"}):
+        assert no_workers_timeout() == 120.0
+    for bad in ("soon", 0, "-5s"):
+        with (
+            dask.config.set({"daskglm.no-workers-timeout": bad}),
+            pytest.raises(ValueError, match="daskglm.no-workers-timeout=.*positive duration"),
+        ):
+            compute_target(None).__enter__()  # refused as the fit picks its scheduler
+
+
+@pytest.mark.slow
+def test_only_worker_killed_mid_fit_raises_then_resumes(tmp_path, store):
+    path, x, ref = store
+    ckpt = tmp_path / "state.json"
+    bound = 5.0
+    sched, address = start_scheduler(tmp_path)
+    workers = [start_worker(address, "--no-nanny")]
+    killed_at = []
+    try:
+        with Client(address, set_as_default=False) as c:
+            c.wait_for_workers(1, timeout=60)
+            (pid,) = c.run(os.getpid).values()
+
+            def kill_the_worker(row):
+                if row["iteration"] == 2 and not killed_at:
+                    os.kill(pid, signal.SIGKILL)
+                    killed_at.append(time.monotonic())
+
+            with (
+                dask.config.set({"daskglm.no-workers-timeout": f"{bound}s"}),
+                pytest.raises(dg.ClusterLostError) as info,
+            ):
+                dg.fit(
+                    path,
+                    "y",
+                    x,
+                    "poisson",
+                    exposure="expo",
+                    client=c,
+                    checkpoint=ckpt,
+                    callback=kill_the_worker,
+                    progress=False,
+                )
+            waited = time.monotonic() - killed_at[0]
+            # the pass's futures are cancelled (the persisted inputs are still referenced by
+            # the traceback, which is why some futures remain)
+            left = {key_split(k) for k in c.futures}
+            assert not [n for n in left if n == "finalize" or "daskglm" in n], left
+            # a new worker joins; the same call resumes from the checkpoint
+            workers.append(start_worker(address, "--no-nanny"))
+            c.wait_for_workers(1, timeout=60)
+            res = dg.fit(path, "y", x, "poisson", exposure="expo", client=c, checkpoint=ckpt, progress=False)
+    finally:
+        stop(*workers, sched)
+    msg = str(info.value)
+    assert "has had no workers" in msg and address in msg
+    assert f"checkpoint={str(ckpt)!r}: it resumes from iteration 2" in msg
+    assert "dask worker" in msg and "daskglm.no-workers-timeout" in msg
+    # waited the grace period, and not much more (one polling interval plus the round trips)
+    assert bound <= waited < bound + 4.0, waited
+    assert res.resumed_from == 2 and res.converged
+    np.testing.assert_allclose(res.params, ref.params, rtol=1e-10)
+    np.testing.assert_allclose(res.bse, ref.bse, rtol=1e-9)
+    assert res.llf == pytest.approx(ref.llf, rel=1e-12)
+
+
+@pytest.mark.slow
+def test_no_workers_from_the_start_suggests_a_checkpoint(tmp_path, store):
+    """A cluster with no worker at all: the setup pass gives up after the bound."""
+    path, x, _ = store
+    sched, address = start_scheduler(tmp_path)
+    try:
+        t0 = time.monotonic()
+        with (
+            dask.config.set({"daskglm.no-workers-timeout": "2s"}),
+            pytest.raises(dg.ClusterLostError, match="no checkpoint= was given.*checkpoint='state.json'"),
+        ):
+            dg.fit(path, "y", x, "poisson", exposure="expo", client=address, progress=False)
+        waited = time.monotonic() - t0
+    finally:
+        stop(sched)
+    assert 2.0 <= waited < 8.0, waited
+
+
+@pytest.mark.slow
+def test_scheduler_killed_mid_fit(tmp_path, store):
+    """The scheduler itself dies: the client's futures are cancelled and the fit says so."""
+    path, x, _ = store
+    sched, address = start_scheduler(tmp_path)
+    workers = [start_worker(address)]
+    try:
+        with Client(address, set_as_default=False, timeout="5s") as c:
+            c.wait_for_workers(1, timeout=60)
+
+            def kill_the_scheduler(row):
+                if row["iteration"] == 1 and sched.poll() is None:
+                    sched.send_signal(signal.SIGKILL)
+                    sched.wait()
+
+            t0 = time.monotonic()
+            with pytest.raises(dg.ClusterLostError, match="lost its connection to the scheduler"):
+                dg.fit(path, "y", x, "poisson", exposure="expo", client=c, callback=kill_the_scheduler)
+            assert time.monotonic() - t0 < 30
+    finally:
+        stop(*workers, sched)
+
+
+def test_watchdog_poll_interval():
+    assert PassWatchdog(None, 60.0).poll == 1.0
+    assert PassWatchdog(None, 2.0).poll == pytest.approx(0.4)
