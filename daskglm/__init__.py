@@ -11,9 +11,11 @@ from .registry import FAMILIES, SOLVERS
 from .results import GLMResults
 from .scheduling import ClusterLostError
 from .solvers.base import ConvergenceWarning
+from .tables import from_long
 
 __all__ = [
     "fit",
+    "from_long",
     "GLMResults",
     "Family",
     "Gaussian",
