@@ -13,9 +13,11 @@ import xarray as xr
 
 from . import graph
 from .checkpoint import Checkpoint, model_fingerprint
-from .engine import PanelObjective, run_setup
-from .engine import start_params as default_start
+from .clustering import parse_clusters
+from .engine import make_objective, run_setup
 from .families import Family
+from .fe_results import FixedEffectsResults
+from .fixed_effects import fe_covariance, parse_effects
 from .inference import covariance, normalize_cov_type
 from .panel import build_panel
 from .progress import Progress
@@ -28,7 +30,7 @@ __all__ = ["fit"]
 log = logging.getLogger("daskglm")
 
 
-def _checkpoint(path, y, x, fam: Family, solver: str, setup) -> Checkpoint | None:
+def _checkpoint(path, y, x, fam: Family, solver: str, setup, effects=None) -> Checkpoint | None:
     if path is None:
         return None
     layout = setup.layout
@@ -39,23 +41,11 @@ def _checkpoint(path, y, x, fam: Family, solver: str, setup) -> Checkpoint | Non
         "solver": solver,
         "dims": list(layout.dims),
         "params": list(layout.param_names),
+        "fe": [list(e.dims) for e in effects] if effects else None,
         "n_used": int(setup.n_used),
         "sums": {k: float(v) for k, v in sorted(setup.sums.items())},
     }
     return Checkpoint(os.fspath(path), model_fingerprint(description), description)
-
-
-def _cluster_axes(cluster, dims: tuple[str, ...]) -> tuple[int, ...]:
-    names = (cluster,) if isinstance(cluster, str) else tuple(cluster)
-    if not names:
-        raise ValueError("cluster=() names no dim; give the panel dims that define the clusters")
-    bad = [c for c in names if c not in dims]
-    if bad:
-        raise ValueError(
-            f"cluster={cluster!r}: {bad[0]!r} is not a panel dim (y's dims: {dims}); clusters are "
-            "cells of one or more panel dims, e.g. cluster=('i', 'j') for (i, j) pairs"
-        )
-    return tuple(sorted(dims.index(c) for c in names))
 
 
 def fit(
@@ -83,6 +73,9 @@ def fit(
     security=None,
     progress: bool | None = None,
     checkpoint: str | os.PathLike | None = None,
+    fe=None,
+    ssc: bool = True,
+    drop_singletons: bool = True,
     **solver_options,
 ) -> GLMResults:
     """Fit a generalized linear model to a panel without forming its design matrix.
@@ -113,8 +106,11 @@ def fit(
     cov_type : {"nonrobust", "robust", "HC0", "HC1", "cluster"} or None
         Covariance of the estimates, computed once at the end from the Hessian (also after a
         gradient-only fit); ``None`` skips standard errors and that Hessian.
-    cluster : str or tuple of str
-        With ``cov_type="cluster"``: the panel dims whose cells are the clusters.
+    cluster : str, tuple of str or list
+        With ``cov_type="cluster"``: the panel dims whose cells are the clusters (a dim, a
+        tuple of dims, fixest's ``"exporter^importer"``), or a list (fixest's ``"a + b"``) for
+        multi-way clustering (Cameron-Gelbach-Miller, the smallest number of clusters in the
+        small-sample factor).
     tol : float, optional
         Convergence tolerance. Newton stops when its decrement (the deviance still to gain) is
         below ``tol`` (default 1e-8), then takes the final step; the gradient solvers when a
@@ -154,6 +150,22 @@ def fit(
         the fit resumes from it; a checkpoint of another model or other data is refused. A fit
         whose cluster has had no workers for ``daskglm.no-workers-timeout`` (dask config,
         default 60 s) raises :class:`~daskglm.scheduling.ClusterLostError` naming this file.
+    fe : str, sequence of str/tuple, optional
+        Fixed effects: each entry a panel dim (``"exporter"``) or a tuple of dims (an
+        interacted effect, fixest's ``"exporter^year"``); a string with ``+`` lists several
+        (``"exporter^year + importer^year"``). The intercept is absorbed; covariates absorbed by
+        the effects are dropped with a warning. Fitted by Newton with the effects concentrated
+        out (conjugate gradients over the effects' grids, never a dense matrix over levels).
+        Levels whose estimate is infinite (all counts 0; all 0 or all trials; no event) and,
+        with ``drop_singletons``, levels with one used cell are dropped with their cells,
+        repeatedly, as fixest and pyfixest do (``res.n_dropped``). Returns
+        :class:`~daskglm.fe_results.FixedEffectsResults`.
+    ssc : bool
+        With ``fe=``: apply fixest's and pyfixest's small-sample corrections to the covariance
+        (their defaults; see :func:`daskglm.fixed_effects.fe_covariance`); ``False`` drops them.
+    drop_singletons : bool
+        With ``fe=``: drop levels with a single used cell (pyfixest's default
+        ``fixef_rm="singleton"``; it changes standard errors, not estimates).
     **solver_options
         Fields of the solver's config class: ``max_halvings`` for Newton; ``step_size``,
         ``armijo``, ``max_backtracks`` for ``gd``; ``learning_rate``, ``beta1``, ``beta2``,
@@ -191,6 +203,12 @@ def fit(
         raise ValueError(
             "give either checkpoint= (which resumes from its saved state) or start_params=, not both"
         )
+    if fe is not None and spec.name != "newton":
+        raise ValueError(
+            f"solver={spec.name!r} with fe=: fixed-effects models are fitted by Newton with the "
+            "effects concentrated out (solver='newton'); the gradient-only solvers do not support "
+            "fe= yet"
+        )
     panel = build_panel(
         data,
         y,
@@ -199,12 +217,13 @@ def fit(
         offset=offset,
         exposure=exposure,
         weights=weights,
-        intercept=intercept,
+        intercept=intercept and fe is None,
         missing=missing,
         chunks=chunks,
         storage_options=storage_options,
     )
-    cluster_axes = _cluster_axes(cluster, panel.layout.dims) if cov == "cluster" else None
+    ways = parse_clusters(cluster, panel.layout.dims) if cov == "cluster" else None
+    effects = parse_effects(fe, panel.layout.dims, panel.sizes) if fe is not None else None
     from_store = not isinstance(data, xr.Dataset) or any(
         v.chunks is not None for v in data.data_vars.values()
     )
@@ -219,10 +238,10 @@ def fit(
         work_panel = replace(work_panel, layout=setup.layout)
         if setup.n_dropped:
             log.info("missing='drop': left out %d cells (%s)", setup.n_dropped, setup.dropped_by)
-        objective = PanelObjective(work_panel, setup, counter)
-        ckpt = _checkpoint(checkpoint, y, x, fam, spec.name, setup)
+        objective = make_objective(work_panel, setup, counter, effects, drop_singletons)
+        ckpt = _checkpoint(checkpoint, y, x, fam, spec.name, setup, effects)
         resumed_from = None
-        x0 = default_start(setup) if start_params is None else np.asarray(start_params, float)
+        x0 = objective.start() if start_params is None else np.asarray(start_params, float)
         if ckpt is not None and (state := ckpt.load()) is not None:
             x0, resumed_from = state["params"], int(state["iteration"])
             log.info("daskglm: resuming from %s (iteration %d)", ckpt.path, resumed_from)
@@ -244,9 +263,27 @@ def fit(
             result = spec.run(objective, x0, config, callback)
         finally:
             bar.close()
-        final = objective.final(result.params, cluster_axes, inference=cov is not None)
+        final = objective.final(
+            result.params, ways, inference=cov is not None, scores=cov not in (None, "nonrobust")
+        )
     V = None
-    if cov is not None:
+    if cov is not None and effects is not None:
+        V = fe_covariance(
+            final,
+            cov,
+            ways,
+            effects=effects,
+            levels=objective.drops.levels(),
+            active=objective.active,
+            nobs=objective.sum_weights,
+            gaussian=fam.name == "gaussian",
+            ssc=ssc,
+        )
+        full = np.full((objective.n_small, objective.n_small), np.nan)
+        act = np.flatnonzero(objective.active)
+        full[np.ix_(act, act)] = V
+        V = full
+    elif cov is not None:
         nb = setup.layout.n_beta
         scale = final["dev"] / (setup.sum_weights - nb) if fam.name == "gaussian" else 1.0
         V = covariance(
@@ -269,8 +306,11 @@ def fit(
         solver=spec.name,
         tol=config.tol,
         max_iter=config.max_iter,
+        fe=tuple(e.dims for e in effects) if effects else None,
     )
-    res = GLMResults(
+    extra = {} if effects is None else {"objective": objective, "ssc": ssc}
+    res = (GLMResults if effects is None else FixedEffectsResults)(
+        **extra,
         panel=panel,
         setup=setup,
         spec=spec_,

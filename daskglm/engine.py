@@ -11,11 +11,15 @@ import numpy as np
 
 from . import graph
 from .checks import SetupInfo, interpret_setup
+from .clustering import combine_cluster_meats, intersections
+from .effects_graph import FixedEffectPasses
+from .fixed_effects import FixedEffectsObjective, drop_degenerate_levels
 from .kernels import finalize_eval, setup_packer
 from .panel import Panel
 from .solvers.base import Evaluation
+from .solvers.newton import newton_direction
 
-__all__ = ["PanelObjective", "run_setup", "start_params"]
+__all__ = ["PanelObjective", "make_objective", "run_setup", "start_params"]
 
 
 def run_setup(panel: Panel, counter: graph.PassCounter) -> SetupInfo:
@@ -76,21 +80,51 @@ class PanelObjective:
             return max(e.deviance / self.setup.sum_weights, 1e-300)
         return 1.0
 
+    def direction(self, e: Evaluation) -> tuple[np.ndarray, bool]:
+        """The Newton step from the evaluation's gradient and Hessian."""
+        return newton_direction(e.grad, e.hess)
+
+    def start(self) -> np.ndarray:
+        """Default starting values (:func:`start_params`)."""
+        return start_params(self.setup)
+
     def final(
-        self, params: np.ndarray, cluster_axes: tuple[int, ...] | None = None, *, inference: bool = True
+        self,
+        params: np.ndarray,
+        ways: list[tuple[int, ...]] | None = None,
+        *,
+        inference: bool = True,
+        scores: bool = True,
     ) -> dict:
         """Everything needed for inference at ``params``, in one pass.
 
         Returns the unpacked final statistics (``ll``, ``grad``, ``dev``, ``n_separated`` and,
-        with ``inference``, ``hess`` and ``meat``) and, with ``cluster_axes``, ``cluster_meat``
-        and ``n_clusters``. ``inference=False`` skips the P x P matrices (``cov_type=None``).
+        with ``inference``, ``hess`` and ``meat``) and, with cluster ``ways`` (a list of
+        cluster axis sets; several is multi-way clustering), ``cluster_meat`` (combined over
+        the intersections by inclusion-exclusion) and ``n_clusters`` (the smallest number
+        of clusters of the ways). ``inference=False`` skips the P x P matrices
+        (``cov_type=None``); ``scores`` is accepted for the protocol (the meat comes free).
         """
         graphs = [graph.eval_graph(self.layout, self.panel.arrays, params, hessian=inference, final=True)]
-        if cluster_axes is not None:
-            graphs += list(graph.cluster_graph(self.layout, self.panel.arrays, params, cluster_axes))
+        parts = intersections(ways) if ways else []
+        for axes, _ in parts:
+            graphs += list(graph.cluster_graph(self.layout, self.panel.arrays, params, axes))
         out = graph.run(self.counter, "final", *graphs, optimize=self.optimize)
         st = finalize_eval(self.layout, out[0], hessian=inference, final=True)
-        if cluster_axes is not None:
-            st["cluster_meat"] = np.asarray(out[1])
-            st["n_clusters"] = int(out[2])
+        if parts:
+            meats = [np.asarray(out[1 + 2 * j]) for j in range(len(parts))]
+            counts = [int(out[2 + 2 * j]) for j in range(len(parts))]
+            st["cluster_meat"] = combine_cluster_meats(meats, [sign for _, sign in parts])
+            st["n_clusters"] = min(n for n, (_, sign) in zip(counts, parts, strict=True) if sign > 0)
         return st
+
+
+def make_objective(panel: Panel, setup: SetupInfo, counter: graph.PassCounter, effects=None, singletons=True):
+    """The objective of the model: :class:`PanelObjective`, or with ``effects`` a
+    :class:`~daskglm.fixed_effects.FixedEffectsObjective` (after dropping degenerate levels,
+    which costs a few passes)."""
+    if not effects:
+        return PanelObjective(panel, setup, counter)
+    passes = FixedEffectPasses(setup.layout, panel.arrays, panel.chunks, effects, counter)
+    drops = drop_degenerate_levels(passes, singletons)
+    return FixedEffectsObjective(panel, setup, effects, counter, passes, drops)

@@ -19,6 +19,7 @@ log-likelihood that R and Stata report.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -29,6 +30,8 @@ __all__ = [
     "Derivatives",
     "DomainRule",
     "Family",
+    "FamilyOption",
+    "variable_or_number",
     "Gaussian",
     "Poisson",
     "Binomial",
@@ -66,6 +69,29 @@ class DomainRule:
     role: str
     problem: str
     bad: object = field(compare=False)
+
+
+def variable_or_number(text: str) -> str | float:
+    """A family option given as text: a number (``"10"`` -> ``10.0``) or a panel variable's name."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+@dataclass(frozen=True)
+class FamilyOption:
+    """A constructor keyword of a family, declared once for the API's registry and the CLI.
+
+    ``name`` is the keyword (the instance keeps the value under the same name; the command line
+    offers it as ``--name``), ``help`` one line describing it, ``parse`` turns command-line text
+    into the value and ``metavar`` is the placeholder shown in ``--help``.
+    """
+
+    name: str
+    help: str
+    parse: Callable[[str], object] = float
+    metavar: str = "VALUE"
 
 
 #: largest count for which :func:`shifted_special` tabulates instead of evaluating per cell
@@ -118,6 +144,8 @@ class Family:
     safe_y: ClassVar[float] = 0.0
     #: whether the fitted mean is ``exp(eta)`` (log link): offsets/exposure make sense
     log_link: ClassVar[bool] = True
+    #: the constructor's keywords (see :class:`FamilyOption`); the registry and CLI read them
+    options: ClassVar[tuple[FamilyOption, ...]] = ()
 
     # ----------------------------------------------------------------- parameters
     @property
@@ -160,6 +188,14 @@ class Family:
         return None
 
     def domain_rules(self) -> tuple[DomainRule, ...]:
+        return ()
+
+    def perfect_fit_stats(self, y: Array, aux: dict[str, Array]) -> tuple[Array, ...]:
+        """Non-negative per-cell quantities whose sum over a fixed-effect level is 0 exactly
+        when that level's estimate runs off to infinity (all counts 0, all failures, no event).
+
+        Fixed-effect fits drop the cells of such levels before fitting, as fixest does.
+        """
         return ()
 
     def start(self, sums: dict[str, float]) -> tuple[float, Array]:
@@ -228,6 +264,9 @@ class Poisson(Family):
         # a zero count whose fitted mean has run off to 0 (eta -> -inf): the MLE does not exist
         return (y == 0) & (eta < -BOUNDARY_ETA)
 
+    def perfect_fit_stats(self, y, aux):
+        return (y,)
+
     def domain_rules(self):
         return (DomainRule("y", "is negative (counts must be >= 0)", lambda y, aux: y < 0),)
 
@@ -245,6 +284,14 @@ class Exponential(Family):
 
     name = "exponential"
     aux_roles = ("event",)
+    options = (
+        FamilyOption(
+            "event",
+            "the event indicator, 1 observed / 0 censored: a panel variable or a number (default 1)",
+            variable_or_number,
+            "VAR|NUMBER",
+        ),
+    )
     safe_y = 1.0
 
     def __init__(self, event: str | float = 1.0):
@@ -271,6 +318,9 @@ class Exponential(Family):
         # a censored spell whose fitted cumulative hazard has run off to 0
         return (aux["event"] == 0) & (eta + np.log(y) < -BOUNDARY_ETA)
 
+    def perfect_fit_stats(self, y, aux):
+        return (aux["event"],)
+
     def domain_rules(self):
         return (
             DomainRule("y", "is not positive (durations must be > 0)", lambda y, aux: ~(y > 0)),
@@ -294,6 +344,14 @@ class Binomial(Family):
 
     name = "binomial"
     aux_roles = ("trials",)
+    options = (
+        FamilyOption(
+            "trials",
+            "the number of trials per cell: a panel variable or a number (default 1)",
+            variable_or_number,
+            "VAR|NUMBER",
+        ),
+    )
     log_link = False
 
     def __init__(self, trials: str | float = 1.0):
@@ -328,6 +386,9 @@ class Binomial(Family):
         # fitted probability within 1e-10 of 0 or 1
         return np.abs(eta) > BOUNDARY_ETA
 
+    def perfect_fit_stats(self, y, aux):
+        return (y, aux["trials"] - y)
+
     def domain_rules(self):
         return (
             DomainRule("y", "is negative", lambda y, aux: y < 0),
@@ -356,6 +417,11 @@ class NegativeBinomial(Family):
     """
 
     name = "negative_binomial"
+    options = (
+        FamilyOption(
+            "alpha", "fix the dispersion alpha > 0 (default: estimate log-alpha with beta)", float, "ALPHA"
+        ),
+    )
 
     def __init__(self, alpha: float | None = None):
         if alpha is not None and not (np.isfinite(alpha) and alpha > 0):
@@ -408,6 +474,9 @@ class NegativeBinomial(Family):
 
     def separated(self, y, eta, aux):
         return (y == 0) & (eta < -BOUNDARY_ETA)
+
+    def perfect_fit_stats(self, y, aux):
+        return (y,)
 
     def domain_rules(self):
         return (DomainRule("y", "is negative (counts must be >= 0)", lambda y, aux: y < 0),)

@@ -38,6 +38,7 @@ class FitSpec:
     solver: str
     tol: float
     max_iter: int
+    fe: tuple | None = None
 
 
 class GLMResults:

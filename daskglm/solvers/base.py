@@ -45,6 +45,12 @@ class Objective(Protocol):
         """Scale by which LL differences are divided to be in likelihood units (Gaussian)."""
         ...
 
+    def direction(self, e: Evaluation) -> tuple[np.ndarray, bool]:
+        """The Newton step ``(-H)^{-1} g`` at an evaluation made with the Hessian, and whether
+        it had to be modified to be an ascent direction. Models whose Hessian is too large to
+        form (fixed effects) compute it without ``e.hess``."""
+        ...
+
 
 @dataclass
 class SolverResult:

@@ -1,0 +1,413 @@
+"""Models with fixed effects: the objective the solvers see, level dropping, inference.
+
+Front-end layer over :mod:`daskglm.effects_graph`. Newton runs on all parameters (covariates,
+NB2's log-alpha and every effect level) but never forms the effects' block of the Hessian:
+:meth:`FixedEffectsObjective.direction` concentrates the effects out (the Schur complement of
+DESIGN.md section 6) with :func:`~daskglm.effects.block_pcg`, whose products each read only the
+kept ``W = -w h`` and level arrays.
+
+Passes per Newton iteration: one evaluation pass over the data (LL, gradients, the covariates'
+Hessian, the effects' diagonals and cross blocks, ``W`` kept), then one inner pass over ``W``
+per conjugate-gradient step (warm-started from the previous iteration's solution), plus one
+evaluation per step halving.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import linalg
+
+from .checks import DataError, SetupInfo
+from .clustering import _dims_of, intersections
+from .effects import Effect, block_pcg
+from .effects_graph import FixedEffectPasses
+from .graph import PassCounter
+from .panel import Panel
+from .solvers.base import Evaluation
+from .solvers.newton import newton_direction
+
+__all__ = [
+    "AbsorbedWarning",
+    "FixedEffectsObjective",
+    "LevelDrops",
+    "drop_degenerate_levels",
+    "parse_effects",
+    "fe_covariance",
+]
+
+log = logging.getLogger("daskglm")
+
+#: a covariate whose variation left after partialling out the effects (and the covariates
+#: before it) is below this fraction of its own (squared norm) is absorbed, as fixest's
+#: ``collin.tol``
+ABSORBED_TOL = 1e-9
+
+#: tightest relative residual of the inner conjugate-gradient solves of the Newton steps
+INNER_RTOL = 1e-11
+
+#: relative residual of the inner solve for the covariance at the estimates
+FINAL_RTOL = 1e-10
+
+
+class AbsorbedWarning(UserWarning):
+    """A covariate is absorbed by the fixed effects (or collinear with them) and was dropped."""
+
+
+def parse_effects(fe, dims: tuple[str, ...], sizes: dict[str, int]) -> list[Effect]:
+    """``fe=`` as a list of :class:`Effect`: entries are a dim, a tuple of dims, or fixest's
+    ``"a^b"``; a string with ``+`` lists several (``"exporter^year + importer^year"``)."""
+    if isinstance(fe, str):
+        fe = [p for p in fe.split("+") if p.strip()]
+    elif isinstance(fe, tuple) and all(isinstance(d, str) for d in fe) and len(fe) > 0:
+        # a bare tuple of dims is one interacted effect
+        fe = [fe]
+    out: list[Effect] = []
+    for entry in fe:
+        names = _dims_of(entry, dims, "fe=")
+        if len(names) == len(dims):
+            raise ValueError(
+                f"fe= entry {entry!r} spans every panel dim {dims}: one coefficient per cell is a "
+                "saturated model that fits every observation exactly. Use effects on fewer dims"
+            )
+        axes = tuple(dims.index(d) for d in names)
+        eff = Effect(names, axes, tuple(sizes[d] for d in names))
+        if eff in out:
+            raise ValueError(f"fe= lists the effect {eff.name!r} twice")
+        out.append(eff)
+    if not out:
+        raise ValueError("fe= is empty; give at least one panel dim or tuple of dims")
+    return out
+
+
+@dataclass
+class LevelDrops:
+    """Levels left out of a fixed-effects fit and why."""
+
+    dropped: list[np.ndarray]
+    n_used: list[np.ndarray]
+    sum_weights: float
+    n_cells_dropped: int
+    n_levels_dropped: dict[str, int]
+    passes: int
+
+    def levels(self) -> list[int]:
+        """Levels with at least one used cell, per effect."""
+        return [int(np.count_nonzero(n > 0)) for n in self.n_used]
+
+
+def drop_degenerate_levels(passes: FixedEffectPasses, singletons: bool = True) -> LevelDrops:
+    """Find the levels whose estimate is infinite (the family's :meth:`perfect_fit_stats`
+    sum to 0, e.g. all counts 0) and, with ``singletons``, levels with one used cell; drop
+    their cells and repeat until no level changes (dropping can create new ones)."""
+    effects = passes.effects
+    dropped = [np.zeros(e.shape, dtype=bool) for e in effects]
+    first = None
+    rounds = 0
+    while True:
+        rounds += 1
+        levels = [np.where(d, np.nan, 0.0) for d in dropped]
+        counts = passes.counts(levels)
+        if first is None:
+            first = counts
+        new = []
+        for c, d in zip(counts, dropped, strict=True):
+            n = c[..., 0]
+            bad = (n == 0) | np.any(c[..., 2:] <= 0, axis=-1)
+            if singletons:
+                bad |= n == 1
+            new.append(d | bad)
+        if all(np.array_equal(a, b) for a, b in zip(new, dropped, strict=True)):
+            break
+        dropped = new
+    n_first = int(first[0][..., 0].sum())
+    n_now = int(counts[0][..., 0].sum())
+    if n_now == 0:
+        why = "one used cell (singletons)" if singletons else ""
+        raise DataError(
+            f"every level of the fixed effects {[e.name for e in effects]} is dropped: each has "
+            f"a response that the effect alone predicts perfectly (all 0, all trials, no event)"
+            + (f" or {why}" if why else "")
+            + ". There is nothing left to estimate: use coarser effects, or fewer of them"
+        )
+    n_levels = {
+        e.name: int(np.count_nonzero(d & (f[..., 0] > 0)))
+        for e, d, f in zip(effects, dropped, first, strict=True)
+    }
+    return LevelDrops(
+        dropped,
+        [c[..., 0] for c in counts],
+        float(counts[0][..., 1].sum()),
+        n_first - n_now,
+        n_levels,
+        rounds,
+    )
+
+
+class FixedEffectsObjective:
+    """The log-likelihood of a model with fixed effects, for the solvers.
+
+    Parameters are ``[beta, extra, a_1.ravel(), ..., a_E.ravel()]``; dropped levels stay at 0
+    in the vector and enter the kernels as NaN (their cells are left out).
+    """
+
+    def __init__(
+        self,
+        panel: Panel,
+        setup: SetupInfo,
+        effects: Sequence[Effect],
+        counter: PassCounter,
+        passes: FixedEffectPasses,
+        drops: LevelDrops,
+    ):
+        self.panel = panel
+        self.setup = setup
+        self.layout = setup.layout
+        self.effects = list(effects)
+        self.counter = counter
+        self.fe = passes
+        self.drops = drops
+        self.n_small = self.layout.n_params
+        self.n_beta = self.layout.n_beta
+        self.sizes = [e.size for e in self.effects]
+        self.n_params = self.n_small + sum(self.sizes)
+        self.intercept_index = None
+        #: covariates (and extra parameters) still estimated; absorbed ones are fixed at 0
+        self.active = np.ones(self.n_small, dtype=bool)
+        self.absorbed: list[str] = []
+        self._checked = False
+        self._last: tuple[np.ndarray, dict] | None = None
+        self._warm: list | None = None
+        self.inner_iterations: list[int] = []
+        #: the last Newton decrement relative to the deviance (sets the inner tolerance)
+        self._progress = 1.0
+        self.sum_weights = drops.sum_weights
+        self.nobs = int(drops.n_used[0].sum())
+
+    @property
+    def passes(self) -> int:
+        return self.counter.passes
+
+    # ------------------------------------------------------------------ parameter vector
+    def split(self, params: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Covariate part and the effect grids (NaN at dropped levels)."""
+        small = np.asarray(params[: self.n_small], dtype=np.float64)
+        levels, pos = [], self.n_small
+        for e, d in zip(self.effects, self.drops.dropped, strict=True):
+            a = np.array(params[pos : pos + e.size], dtype=np.float64).reshape(e.shape)
+            a[d] = np.nan
+            levels.append(a)
+            pos += e.size
+        return small, levels
+
+    def start(self) -> np.ndarray:
+        """The intercept-only estimate in the first effect's levels, zeros elsewhere."""
+        b0, extra = self.layout.family.start(self.setup.sums)
+        x = np.zeros(self.n_params)
+        x[self.n_beta : self.n_small] = extra
+        x[self.n_small : self.n_small + self.sizes[0]] = b0
+        return x
+
+    # ------------------------------------------------------------------ passes
+    def __call__(self, params: np.ndarray, *, hessian: bool = True) -> Evaluation:
+        small, levels = self.split(params)
+        st = self.fe.evaluate(small, levels, hessian=hessian)
+        grad = np.concatenate([st["grad"] * self.active] + [g.ravel() for g in st["grad_fe"]])
+        if hessian:
+            self._last = (np.array(params), st)
+        dev = st["dev"] if self.setup.ll_sat is None else st["dev"]
+        return Evaluation(np.array(params), st["ll"], grad, None, dev)
+
+    def dispersion(self, e: Evaluation) -> float:
+        """Gaussian fits run with sigma = 1: divide LL differences by the MLE of sigma^2."""
+        if self.layout.family.name == "gaussian":
+            return max(e.deviance / max(self.sum_weights, 1.0), 1e-300)
+        return 1.0
+
+    def _stats(self, params: np.ndarray) -> dict:
+        if self._last is None or not np.array_equal(self._last[0], params):
+            self(params, hessian=True)
+        return self._last[1]
+
+    def _solve(self, st: dict, rhs: list, rtol: float = INNER_RTOL) -> list:
+        Z, it, rel = block_pcg(self.fe.product, rhs, st["diag_fe"], x0=self._warm_for(rhs), rtol=rtol)
+        self.inner_iterations.append(it)
+        if rel > max(1e3 * rtol, 1e-6):
+            warnings.warn(
+                f"the fixed effects' inner solve stopped at relative residual {rel:.2g} after {it} "
+                "iterations; the estimates may be inaccurate",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        self._warm = Z
+        return Z
+
+    def _warm_for(self, rhs: list) -> list | None:
+        if self._warm is None or self._warm[0].shape != rhs[0].shape:
+            return None
+        return self._warm
+
+    def schur(self, st: dict, rtol: float = INNER_RTOL) -> tuple[np.ndarray, np.ndarray, list, list]:
+        """Concentrated information ``S = C - B' A^+ B``, the concentrated gradient, the
+        projections ``Z = A^+ B`` and ``z = A^+ g_a`` (one block solve)."""
+        P = self.n_small
+        B = st["cross_fe"]
+        rhs = [np.concatenate([b, g[..., None]], axis=-1) for b, g in zip(B, st["grad_fe"], strict=True)]
+        sol = self._solve(st, rhs, rtol)
+        Z = [s[..., :P] for s in sol]
+        z = [s[..., P] for s in sol]
+        C = -st["hess"]
+        S = C - sum(b.reshape(-1, P).T @ zz.reshape(-1, P) for b, zz in zip(B, Z, strict=True))
+        gc = st["grad"] - sum(b.reshape(-1, P).T @ zz.ravel() for b, zz in zip(B, z, strict=True))
+        return 0.5 * (S + S.T), gc, Z, z
+
+    def _check_absorbed(self, S: np.ndarray, C: np.ndarray) -> None:
+        """Drop covariates left with (almost) no variation once the effects and the covariates
+        before them are partialled out, with a warning naming them."""
+        names = self.layout.param_names
+        scale = np.sqrt(np.where(np.diag(C) > 0, np.diag(C), 1.0))
+        R = S / scale[:, None] / scale[None, :]
+        kept: list[int] = []
+        for j in range(self.n_beta):
+            if not self.active[j]:
+                continue
+            res = R[j, j]
+            if kept:
+                K = np.ix_(kept, kept)
+                res -= R[j, kept] @ linalg.solve(R[K], R[kept, j], assume_a="pos")
+            if not (res > ABSORBED_TOL) or C[j, j] <= 0:
+                self.active[j] = False
+                self.absorbed.append(names[j])
+            else:
+                kept.append(j)
+        if self.absorbed:
+            warnings.warn(
+                "covariate(s) "
+                + ", ".join(map(repr, self.absorbed))
+                + " are absorbed by the fixed effects (constant within their levels, or a "
+                "combination of the effects and the other covariates) and were dropped, as fixest does",
+                AbsorbedWarning,
+                stacklevel=4,
+            )
+        if not self.active[: self.n_beta].any() and self.n_beta:
+            log.info("every covariate is absorbed by the fixed effects")
+
+    def direction(self, e: Evaluation) -> tuple[np.ndarray, bool]:
+        """The full Newton step on covariates and effects, the effects concentrated out."""
+        st = self._stats(e.params)
+        # inexact Newton: the inner solve need only be as accurate as the step still to take
+        # (the gradient itself is always exact, so the fit converges to the same optimum)
+        # (the first step's solve is tight: it also decides which covariates are absorbed)
+        rtol = float(np.clip(1e-3 * self._progress, INNER_RTOL, 1e-4)) if self._checked else INNER_RTOL
+        S, gc, Z, z = self.schur(st, rtol)
+        if not self._checked:
+            self._checked = True
+            self._check_absorbed(S, -st["hess"])
+        act = np.flatnonzero(self.active)
+        dp = np.zeros(self.n_small)
+        damped = False
+        if act.size:
+            dp[act], damped = newton_direction(gc[act], -S[np.ix_(act, act)])
+        da = [zz - Zz @ dp for zz, Zz in zip(z, Z, strict=True)]
+        for d, drop in zip(da, self.drops.dropped, strict=True):
+            d[drop] = 0.0
+        step = np.concatenate([dp] + [d.ravel() for d in da])
+        self._progress = abs(float(e.grad @ step)) / (self.dispersion(e) * (abs(e.deviance) + 1.0))
+        return step, damped
+
+    # ------------------------------------------------------------------ inference
+    def final(
+        self,
+        params: np.ndarray,
+        ways: list[tuple[int, ...]] | None,
+        inference: bool = True,
+        scores: bool = True,
+    ) -> dict:
+        """Statistics at the estimates: LL, deviance, the concentrated information of the
+        active covariates and, for robust/cluster covariances, the partialled-out scores."""
+        small, levels = self.split(params)
+        st = self.fe.evaluate(small, levels, hessian=inference, final=True)
+        out = {k: st[k] for k in ("ll", "dev", "n_separated", "grad", "ll_const")}
+        if not inference:
+            return out
+        self._last = (np.array(params), st)
+        P = self.n_small
+        Z = self._solve(st, [b for b in st["cross_fe"]], FINAL_RTOL)
+        C = -st["hess"]
+        S = C - sum(b.reshape(-1, P).T @ zz.reshape(-1, P) for b, zz in zip(st["cross_fe"], Z, strict=True))
+        out["info"] = 0.5 * (S + S.T)
+        parts = intersections(ways) if ways else []
+        out["signs"] = [sign for _, sign in parts]
+        if not scores:
+            out["meat"], out["clusters"] = None, []
+            return out
+        sc = self.fe.scores(small, levels, Z, [axes for axes, _ in parts])
+        out["meat"] = sc["meat"]
+        out["clusters"] = []
+        for S_c, n_c in sc["clusters"]:
+            flat = S_c.reshape(-1, P)
+            out["clusters"].append((flat.T @ flat, int(np.count_nonzero(n_c > 0))))
+        return out
+
+
+def fe_covariance(
+    final: dict,
+    cov_type: str,
+    ways: list[tuple[int, ...]] | None,
+    *,
+    effects: list[Effect],
+    levels: list[int],
+    active: np.ndarray,
+    nobs: float,
+    gaussian: bool,
+    ssc: bool = True,
+) -> np.ndarray:
+    """Covariance of the active covariates (and NB2's log-alpha) of a fixed-effects fit.
+
+    The bread is the inverse of the concentrated information ``S`` (the covariates' block of
+    the inverse of the full information). Small-sample corrections are those of fixest and
+    pyfixest (``ssc(k_adj=True, k_fixef="nonnested", G_adj=True, G_df="min")``), with
+    ``K = k + sum(levels) - (n_effects - 1)``:
+
+    * ``nonrobust``: ``S^-1 (N-1)/(N-K)``; Gaussian: ``S^-1 SSR/(N-K)``;
+    * ``HC1``/``HC0``: ``S^-1 M S^-1 N/(N-K)`` (HC0: no factor);
+    * ``cluster``: ``S^-1 M_c S^-1 (N-1)/(N-K') G/(G-1)``, where ``K'`` leaves out the levels of
+      effects nested in a clustering (whose dims include a clustering's dims) but counts one per
+      such effect, and ``G`` is the smallest number of clusters among the clusterings;
+      multi-way: inclusion-exclusion over the intersections, all with the same factor.
+
+    ``ssc=False`` drops the factors (pyfixest's ``ssc(k_adj=False, G_adj=False)``; the
+    Gaussian scale is then ``SSR/(N-1)``).
+    """
+    act = np.flatnonzero(active)
+    S = final["info"][np.ix_(act, act)]
+    Bread = linalg.inv(S)
+    Bread = 0.5 * (Bread + Bread.T)
+    N = float(nobs)
+    k = act.size
+    n_fe = len(effects)
+    K = k + sum(levels) - (n_fe - 1)
+    if cov_type == "nonrobust":
+        if gaussian:
+            return Bread * final["dev"] / ((N - K) if ssc else (N - 1))
+        return Bread * ((N - 1) / (N - K) if ssc else 1.0)
+    if cov_type in ("HC0", "HC1"):
+        meat = final["meat"][np.ix_(act, act)]
+        factor = N / (N - K) if (ssc and cov_type == "HC1") else 1.0
+        return Bread @ meat @ Bread * factor
+    ways = ways or []
+    nested = [e for e in effects if any(set(w) <= set(e.axes) for w in ways)]
+    k_nested = sum(lv for e, lv in zip(effects, levels, strict=True) if e in nested)
+    K_c = K - k_nested + len(nested)
+    G = min(n for (_, n), _sign in zip(final["clusters"], final["signs"], strict=True) if _sign > 0)
+    if G < 2:
+        raise ValueError(f"cluster-robust standard errors need at least 2 clusters, got {G}")
+    meat = sum(
+        sign * M[np.ix_(act, act)] for (M, _), sign in zip(final["clusters"], final["signs"], strict=True)
+    )
+    factor = (N - 1) / (N - K_c) * G / (G - 1) if ssc else 1.0
+    return Bread @ meat @ Bread * factor
