@@ -13,7 +13,14 @@ import numpy as np
 
 from .layout import Layout
 
-__all__ = ["SetupInfo", "interpret_setup", "collinear_groups", "DataError"]
+__all__ = [
+    "SetupInfo",
+    "interpret_setup",
+    "collinear_groups",
+    "needs_orthogonal_check",
+    "intercept_position",
+    "DataError",
+]
 
 
 class DataError(ValueError):
@@ -38,37 +45,203 @@ class SetupInfo:
         return self.sums["sw"]
 
 
-def collinear_groups(gram: np.ndarray, names: list[str], rtol: float = 1e-11) -> list[str]:
-    """Describe each exact linear dependence among the columns of a Gram matrix.
+#: A column whose Gram diagonal (weighted sum of squares) is below this is zero (or underflows).
+ZERO_NORM2 = 1e-300
+#: Smallest eigenvalue of the (centred) correlation matrix below which the Gram matrix cannot
+#: tell a dependence from ill-conditioning reliably; :func:`needs_orthogonal_check` then asks for
+#: the R factor of a QR of the design, whose singular values are exact to about 1e-15.
+GRAM_UNCLEAR = 1e-6
+#: Relative singular value below which a (centred, scaled) column combination is a dependence,
+#: judged on the R factor. Backward-stable QR perturbs each column by about 1e-16 of its norm
+#: (times a modest growth factor), so exact dependencies sit near 1e-16 while the most
+#: ill-conditioned full-rank design of NIST's StRD (Filip, degree-10 polynomial) sits at 3e-10.
+R_RTOL = 1e-12
 
-    Returns one sentence per dependence, e.g. ``"x2 = 2 * x1 - 1 * Intercept"``, or
-    ``"x3 is zero at every used cell"``.
+
+def _centring(G: np.ndarray, intercept: int | None, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """The columns judged after centring on the intercept, and the weighted means of all columns."""
+    if intercept is None or intercept not in set(keep.tolist()) or not G[intercept, intercept] > 0:
+        return keep, None
+    return keep[keep != intercept], G[intercept] / G[intercept, intercept]
+
+
+def _centred_parts(
+    G: np.ndarray, cols: np.ndarray, intercept: int | None, means, r_factor: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For the columns ``cols``: their centred sums of squares, the Gram matrix of the centred
+    columns scaled to unit diagonal (C) or, from ``r_factor``, a square root M of it (M'M = C)."""
+    if r_factor is None:
+        Gc = G - np.outer(G[intercept], G[intercept]) / G[intercept, intercept] if means is not None else G
+        Gc = Gc[np.ix_(cols, cols)]
+        dc = np.diag(Gc).copy()
+        return dc, Gc, None
+    R = np.asarray(r_factor, dtype=np.float64)
+    if means is not None:
+        # the R factor of the design with the intercept first: its lower-right part is the R
+        # factor of the columns centred on their weighted means (the Schur complement), exactly
+        order = np.concatenate([[intercept], cols])
+        R = np.linalg.qr(R[:, order], mode="r")[1:, 1:]
+    else:
+        R = R[:, cols]
+    dc = np.einsum("ij,ij->j", R, R)
+    return dc, None, R
+
+
+def needs_orthogonal_check(gram: np.ndarray, intercept: int | None = None) -> bool:
+    """Whether the Gram matrix is too ill-conditioned to decide collinearity on its own.
+
+    True when the centred correlation matrix (see :func:`collinear_groups`) has an eigenvalue
+    below :data:`GRAM_UNCLEAR` (relative), which happens for true dependencies and for full-rank
+    but badly conditioned designs (high-degree polynomials, raw calendar years beside their
+    squares). The caller then computes the R factor of a QR of the weighted design (one more
+    pass) and passes it to :func:`collinear_groups`.
     """
-    d = np.diag(gram).copy()
+    G = 0.5 * (np.asarray(gram, dtype=np.float64) + np.asarray(gram, dtype=np.float64).T)
+    if G.size == 0 or not np.all(np.isfinite(G)):
+        return False
+    d = np.diag(G)
+    keep = np.flatnonzero(d > ZERO_NORM2)
+    cols, means = _centring(G, intercept, keep)
+    if cols.size == 0:
+        return False
+    dc, Gc, _ = _centred_parts(G, cols, intercept, means, None)
+    if np.any(dc <= GRAM_UNCLEAR * d[cols]):
+        return True
+    s = 1.0 / np.sqrt(dc)
+    lam = np.linalg.eigvalsh(Gc * s[:, None] * s[None, :])
+    return bool(lam.min() <= GRAM_UNCLEAR * lam.max())
+
+
+def collinear_groups(
+    gram: np.ndarray,
+    names: list[str],
+    rtol: float = 1e-11,
+    *,
+    intercept: int | None = None,
+    r_factor: np.ndarray | None = None,
+) -> list[str]:
+    """Describe each exact linear dependence among the columns of a (weighted) design.
+
+    Scale invariant: each column is judged against its own norm, not against the largest
+    column, so covariates in dollars (1e12) beside an intercept and a calendar year are not
+    mistaken for zero. With ``intercept`` (the position of the constant column), the other
+    columns are first centred on their weighted means: a column constant over the used cells is
+    reported as a multiple of the intercept, and the rest are judged by the correlation-like
+    matrix of the centred columns (unit diagonal), whose small eigenvalues are dependencies.
+
+    Parameters
+    ----------
+    gram : ndarray
+        ``X' W X`` over the used cells (W the frequency weights).
+    names : list of str
+        The column names.
+    rtol : float
+        Relative eigenvalue (of the centred correlation matrix) at or below which a Gram-based
+        decision calls a combination a dependence. It is raised for combinations involving
+        columns whose centring cancels many digits (a calendar year: mean^2 / variance ~ 1e4).
+    intercept : int, optional
+        Position of the intercept column (centring); ``None`` judges uncentred columns.
+    r_factor : ndarray, optional
+        The R factor of a QR of ``sqrt(W) X`` (``R'R = X'WX``). When given, decisions use its
+        singular values (accurate to about 1e-15 relative, where the Gram's eigenvalues are
+        only accurate to about 1e-16 of the largest), so full-rank designs as ill-conditioned
+        as NIST's Filip are told from true dependencies (threshold :data:`R_RTOL`).
+
+    Returns
+    -------
+    list of str
+        One sentence per dependence, e.g. ``"x2 = 2 * x1 - 1 * Intercept"``, or
+        ``"x3 is zero at every used cell"``, or ``"cst = 3 * Intercept (cst is constant at the
+        used cells)"``.
+    """
+    G = 0.5 * (np.asarray(gram, dtype=np.float64) + np.asarray(gram, dtype=np.float64).T)
+    d = np.diag(G).copy()
     out = []
-    dmax = d.max() if d.size else 0.0
-    zero = d <= rtol * max(dmax, 1e-300)
+    zero = ~(d > ZERO_NORM2)
     for j in np.flatnonzero(zero):
         out.append(f"{names[j]} is zero at every used cell")
     keep = np.flatnonzero(~zero)
-    if keep.size < 2:
+    cols, means = _centring(G, intercept, keep)
+    if cols.size == 0:
         return out
-    s = 1.0 / np.sqrt(d[keep])
-    C = gram[np.ix_(keep, keep)] * s[:, None] * s[None, :]
-    lam, vec = np.linalg.eigh(C)
-    for k in np.flatnonzero(lam <= rtol * lam.max() * keep.size):
-        v = vec[:, k] * s  # coefficients on the original columns: sum v_j x_j = 0
-        big = np.abs(vec[:, k]) > 1e-6
-        j0 = int(np.argmax(np.abs(vec[:, k])))
-        terms = []
-        for j in np.flatnonzero(big):
-            if j == j0:
-                continue
-            coef = -v[j] / v[j0]
-            terms.append(f"{'-' if coef < 0 else '+'} {abs(coef):.4g} * {names[keep[j]]}")
-        rel = " ".join(terms).lstrip("+ ") if terms else "0"
-        out.append(f"{names[keep[j0]]} = {rel}")
+    dc, Gc, M = _centred_parts(G, cols, intercept, means, r_factor)
+    # a column equal to a constant: its centred sum of squares is rounding noise
+    ratio = dc / d[cols]
+    const = ratio <= (rtol if M is None else R_RTOL**2)
+    for j in cols[const]:
+        c = means[j]
+        out.append(f"{names[j]} = {c:.4g} * {names[intercept]} ({names[j]} is constant at the used cells)")
+    live = ~const
+    cols, dc, amp = cols[live], dc[live], 1.0 / np.maximum(ratio[live], 1e-300)
+    if cols.size < (1 if means is not None else 2):
+        return out
+    s = 1.0 / np.sqrt(dc)
+    if M is None:
+        sub = np.flatnonzero(live)
+        C = Gc[np.ix_(sub, sub)] * s[:, None] * s[None, :]
+        lam, vec = np.linalg.eigh(C)
+        # rounding noise of the centred Gram grows with the cancellation of each column (amp)
+        noise = rtol * cols.size * lam.max() * np.maximum((vec**2).T @ amp, 1.0)
+        null = np.flatnonzero(lam <= noise)
+    else:
+        _, sv, vt = np.linalg.svd(M[:, live] * s[None, :])
+        vec = vt.T
+        noise = R_RTOL * np.sqrt(cols.size) * sv.max() * np.sqrt(np.maximum((vec**2).T @ amp, 1.0))
+        null = np.flatnonzero(sv <= noise)
+    basis, pivots = _echelon(vec[:, null])
+    for v, j0 in zip(basis.T, pivots, strict=True):
+        out.append(_relation(v * s, j0, cols, d, names, intercept, means))
     return out
+
+
+def _echelon(N: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """A basis of the same null space in which each vector has its own pivot variable (1 there,
+    0 at the other vectors' pivots), so that each reads as one column in terms of the others.
+
+    ``N`` holds null vectors of the scaled columns as its columns. Pivots are taken among the
+    entries within half of a vector's largest, preferring the column listed last (the one a
+    user would drop). Entries below 1e-7 of the pivot are rounding noise and set to 0.
+    """
+    N = np.array(N, dtype=np.float64)
+    pivots: list[int] = []
+    for r in range(N.shape[1]):
+        mag = np.abs(N[:, r])
+        mag[pivots] = 0.0
+        i = int(np.flatnonzero(mag >= 0.5 * mag.max())[-1])
+        N[:, r] /= N[i, r]
+        for q in range(N.shape[1]):
+            if q != r:
+                N[:, q] -= N[i, q] * N[:, r]
+        pivots.append(i)
+    N[np.abs(N) < 1e-7] = 0.0
+    return N, pivots
+
+
+def _relation(coef: np.ndarray, j0: int, cols: np.ndarray, d: np.ndarray, names, intercept, means) -> str:
+    """``"x_a = c_b * x_b + ..."`` from ``sum_j coef_j (x_j - m_j) = 0`` (m_j = 0 uncentred),
+    with column ``cols[j0]`` on the left."""
+    terms = dict(zip(cols.tolist(), coef, strict=True))
+    if means is not None:
+        terms[intercept] = -float(coef @ means[cols])
+    idx = np.array(list(terms))
+    c = np.array([terms[j] for j in idx])
+    size = np.abs(c) * np.sqrt(d[idx])  # each term's size at its column's norm
+    parts = []
+    for j in np.flatnonzero(size > 1e-7 * size[j0]):
+        if j == j0:
+            continue
+        v = -c[j] / c[j0]
+        parts.append(f"{'-' if v < 0 else '+'} {abs(v):.4g} * {names[idx[j]]}")
+    rel = " ".join(parts).lstrip("+ ") if parts else "0"
+    return f"{names[idx[j0]]} = {rel}"
+
+
+def intercept_position(layout: Layout) -> int | None:
+    """Position of the intercept among the coefficients (``None`` without one)."""
+    for block, sl in zip(layout.blocks, layout.block_slices, strict=True):
+        if block.intercept:
+            return sl.start
+    return None
 
 
 def interpret_setup(layout: Layout, stats: dict) -> SetupInfo:
@@ -117,7 +290,12 @@ def interpret_setup(layout: Layout, stats: dict) -> SetupInfo:
                 f"{layout.family.name} family does not allow"
             )
     gram = np.asarray(stats["gram"])
-    problems = collinear_groups(gram, layout.param_names[: layout.n_beta])
+    problems = collinear_groups(
+        gram,
+        layout.param_names[: layout.n_beta],
+        intercept=intercept_position(layout),
+        r_factor=stats.get("r_factor"),
+    )
     if problems:
         raise DataError(
             "the covariates are perfectly collinear at the used cells: "

@@ -16,7 +16,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import linalg
 
-__all__ = ["COV_TYPES", "normalize_cov_type", "covariance"]
+from .solvers.newton import REFINE_COND, equilibrated_cholesky
+
+__all__ = ["COV_TYPES", "normalize_cov_type", "covariance", "inverse_information_qr"]
 
 #: accepted ``cov_type`` values and what they mean
 COV_TYPES = {
@@ -43,15 +45,60 @@ def normalize_cov_type(cov_type: str | None) -> str | None:
 
 
 def _inverse_information(hess: np.ndarray) -> np.ndarray:
+    """``(-H)^{-1}`` by Cholesky of the equilibrated matrix ``S (-H) S`` (``S`` scales to unit
+    diagonal, so the units of the covariates do not matter), refined by one Newton-Schulz step
+    ``B + B (I - A B)`` when the equilibrated condition number is large."""
     A = -0.5 * (hess + hess.T)
     try:
-        c = linalg.cho_factor(A)
-        return linalg.cho_solve(c, np.eye(A.shape[0]))
-    except linalg.LinAlgError as err:
+        c, s, rcond = equilibrated_cholesky(A)
+    except (linalg.LinAlgError, ValueError) as err:
         raise np.linalg.LinAlgError(
             "the observed information is not positive definite at the estimates, so standard "
             "errors are not defined (is the model identified? is there separation?)"
         ) from err
+    As = A * s[:, None] * s[None, :]
+    Bs = linalg.cho_solve(c, np.eye(A.shape[0]), check_finite=False)
+    if rcond < 1.0 / REFINE_COND:
+        Bs = Bs + Bs @ (np.eye(A.shape[0]) - As @ Bs)
+    Bs = 0.5 * (Bs + Bs.T)
+    return Bs * s[:, None] * s[None, :]
+
+
+def inverse_information_qr(r_factor: np.ndarray, hess: np.ndarray) -> np.ndarray:
+    """``(-H)^{-1}`` from the R factor of the QR of ``sqrt(W) X`` (``R'R = X' W X``, the
+    coefficients' block of ``-H``), without forming or factorising ``R'R``.
+
+    Error about ``cond(R) * eps`` instead of ``cond(R)^2 * eps``: what makes standard errors
+    of designs like NIST's Filip (``cond(R)`` about 1e8 after scaling) correct to 7 digits or
+    more where the inverse Gram matrix has none. An extra parameter (NB2's log-alpha, the last
+    row/column of ``hess``) enters through its Schur complement
+    ``c - b' (R'R)^{-1} b = c - |R^{-T} b|^2``.
+    """
+    R = np.asarray(r_factor, dtype=np.float64)
+    nb = R.shape[0]
+    A = -0.5 * (hess + hess.T)
+    if not np.all(np.isfinite(R)) or np.any(np.diag(R) == 0):
+        raise np.linalg.LinAlgError(
+            "the R factor of the weighted design is singular at the estimates, so standard "
+            "errors are not defined (is the model identified?)"
+        )
+    Rinv = linalg.solve_triangular(R, np.eye(nb))
+    B = np.zeros_like(A)
+    B[:nb, :nb] = Rinv @ Rinv.T
+    if A.shape[0] > nb:
+        b, c = A[:nb, nb:], A[nb:, nb:]
+        u = linalg.solve_triangular(R, b, trans="T")
+        schur = c - u.T @ u
+        try:
+            S = np.linalg.inv(schur)
+        except np.linalg.LinAlgError as err:
+            raise np.linalg.LinAlgError("the observed information is singular at the estimates") from err
+        v = Rinv @ u  # (R'R)^{-1} b
+        B[:nb, :nb] += v @ S @ v.T
+        B[:nb, nb:] = -v @ S
+        B[nb:, :nb] = B[:nb, nb:].T
+        B[nb:, nb:] = S
+    return B
 
 
 def covariance(
@@ -64,9 +111,15 @@ def covariance(
     n_clusters: int | None = None,
     nobs: float,
     k: int,
+    r_factor: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The covariance of all parameters (beta and any extra ones) for ``cov_type``."""
-    B = _inverse_information(hess)
+    """The covariance of all parameters (beta and any extra ones) for ``cov_type``.
+
+    ``r_factor``: the R factor of the QR of ``sqrt(W) X`` at the estimates, when the fit
+    computed one (ill-conditioned designs); the inverse information then comes from it
+    (:func:`inverse_information_qr`) rather than from ``hess``.
+    """
+    B = _inverse_information(hess) if r_factor is None else inverse_information_qr(r_factor, hess)
     if cov_type == "nonrobust":
         return B * scale
     if cov_type in ("HC0", "HC1"):
