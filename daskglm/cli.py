@@ -2,6 +2,11 @@
 
 ``demo`` simulates a 3-D panel and fits it on a local dask cluster; ``simulate`` writes a panel
 to zarr chunk by chunk; ``info`` describes a store; ``fit`` fits one and writes the results.
+
+``fit`` takes its family names, family options (``--trials``, ``--alpha``, ``--event``) and solver
+options (``--max-halvings``, ``--learning-rate``, ...) from :mod:`daskglm.registry`, so it accepts
+exactly what ``dg.fit`` accepts; an option the chosen family or solver does not take is refused.
+Exit codes: 0 done, 2 bad input, 3 the cluster was lost (resume with ``--checkpoint``).
 """
 
 from __future__ import annotations
@@ -82,8 +87,10 @@ def _parse_block(text: str, dims: dict[str, int]) -> tuple[str, tuple[tuple[str,
 def _simulate(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from daskglm.registry import family_class
     from daskglm.simulate import simulate_panel
 
+    args.family = family_class(args.family).name
     sizes = _parse_sizes(args.dims, "--dims")
     chunks = _parse_sizes(args.chunks, "--chunks") if args.chunks else None
     if chunks and (bad := [d for d in chunks if d not in sizes]):
@@ -142,35 +149,110 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _family(args: argparse.Namespace):
-    import daskglm as dg
+def _flag(name: str) -> str:
+    """The command-line spelling of an option: ``max_halvings`` -> ``--max-halvings``."""
+    return "--" + name.replace("_", "-")
 
-    name = args.family.lower()
-    if name in ("binomial", "logit"):
-        return dg.Binomial(trials=args.trials if args.trials else 1.0)
-    if name in ("negative_binomial", "nb2", "negbin"):
-        return dg.NegativeBinomial(alpha=args.alpha)
-    if name == "exponential":
-        return dg.Exponential(event=args.event if args.event else 1.0)
-    return name
+
+def _family_options() -> dict[str, tuple]:
+    """Every family option of the registry: name -> (its declaration, the families taking it)."""
+    from daskglm.registry import FAMILIES
+
+    out: dict[str, tuple] = {}
+    for cls in FAMILIES.values():
+        for opt in cls.options:
+            if opt.name in out and out[opt.name][0].parse is not opt.parse:
+                raise RuntimeError(f"families declare option {opt.name!r} with different types")
+            out.setdefault(opt.name, (opt, []))[1].append(cls.name)
+    return out
+
+
+def _solver_options() -> dict[str, tuple]:
+    """Every solver option of the registry: name -> (its parser, [(solver, ConfigOption), ...])."""
+    from daskglm.registry import SOLVERS
+
+    out: dict[str, tuple] = {}
+    for spec in SOLVERS.values():
+        for name, opt in spec.options().items():
+            if name in out and out[name][0] is not opt.parse:
+                raise RuntimeError(f"solvers declare option {name!r} with different types")
+            out.setdefault(name, (opt.parse, []))[1].append((spec.name, opt))
+    return out
+
+
+def _add_registry_options(fit: argparse.ArgumentParser) -> None:
+    """``--family``, ``--solver`` and their options, from :mod:`daskglm.registry`."""
+    from daskglm.registry import FAMILIES, FAMILY_ALIASES, SOLVERS
+
+    aliases = ", ".join(f"{a}={c}" for a, c in FAMILY_ALIASES.items())
+    fit.add_argument("--family", default="gaussian", help=f"{'|'.join(FAMILIES)} (aliases {aliases})")
+    fit.add_argument("--solver", default="newton", help="|".join(SOLVERS))
+    group = fit.add_argument_group("family options (refused by the families that do not take them)")
+    for name, (opt, owners) in _family_options().items():
+        group.add_argument(
+            _flag(name),
+            dest=f"family_{name}",
+            type=opt.parse,
+            default=None,
+            metavar=opt.metavar,
+            help=f"{', '.join(owners)}: {opt.help}".replace("%", "%%"),
+        )
+    group = fit.add_argument_group("solver options (refused by the solvers that do not take them)")
+    for name, (parse, entries) in _solver_options().items():
+        text = "; ".join(
+            f"{solver}: {opt.help}" + ("" if opt.default is None else f" (default {opt.default})")
+            for solver, opt in entries
+        )
+        group.add_argument(
+            _flag(name),
+            dest=f"solver_{name}",
+            type=parse,
+            default=None,
+            metavar=getattr(parse, "__name__", "VALUE").upper().lstrip("_"),
+            help=text.replace("%", "%%"),
+        )
+
+
+def _given(args: argparse.Namespace, prefix: str, names) -> dict:
+    """The options ``names`` that were given on the command line (stored as ``prefix + name``)."""
+    return {n: v for n in names if (v := getattr(args, prefix + n)) is not None}
 
 
 def _fit(args: argparse.Namespace) -> int:
+    import dask
     import xarray as xr
 
-    import daskglm as dg
+    from daskglm.registry import check_options, resolve_family, resolve_solver
 
+    family = resolve_family(args.family, _given(args, "family_", _family_options()), spell=_flag)
+    spec = resolve_solver(args.solver)
+    solver_options = _given(args, "solver_", _solver_options())
+    check_options(solver_options, spec.options(), f"solver {spec.name!r}", _flag)
+    family_options = {o.name: getattr(family, o.name) for o in family.options}
     if args.x:
         x = [v for part in args.x for v in part.split(",") if v]
     else:
         ds = xr.open_zarr(args.store)
-        roles = {args.y, args.exposure, args.offset, args.weights, args.trials, args.event}
+        roles = {args.y, args.exposure, args.offset, args.weights}
+        roles |= {v for v in family_options.values() if isinstance(v, str)}
         x = [v for v in ds.data_vars if v not in roles]
-    res = dg.fit(
+    timeout = (
+        {} if args.no_workers_timeout is None else {"daskglm.no-workers-timeout": args.no_workers_timeout}
+    )
+    with dask.config.set(timeout):
+        res = _run_fit(args, x, family, solver_options)
+    _report(res, args.out, family_options)
+    return 0
+
+
+def _run_fit(args: argparse.Namespace, x: list, family, solver_options: dict):
+    import daskglm as dg
+
+    return dg.fit(
         args.store,
         args.y,
         x,
-        _family(args),
+        family,
         exposure=args.exposure,
         offset=args.offset,
         weights=args.weights,
@@ -183,10 +265,16 @@ def _fit(args: argparse.Namespace) -> int:
         client=args.scheduler,
         progress=not args.no_progress and None,
         checkpoint=args.checkpoint,
+        **solver_options,
     )
+
+
+def _report(res, out_path: str | None, family_options: dict) -> None:
+    """Print the summary and write the JSON results file."""
+    passes = res.passes  # the fit's own (the summary's null model adds passes to the counter)
     print(res.summary())
-    print(f"computed on {res.compute_target}; {res.persist_reason}; {res.passes} passes over the data")
-    if args.out:
+    print(f"computed on {res.compute_target}; {res.persist_reason}; {passes} passes over the data")
+    if out_path:
         cov = res.cov_params()
         out = {
             "params": res.params.to_dict(),
@@ -196,6 +284,7 @@ def _fit(args: argparse.Namespace) -> int:
             "alpha_bse": getattr(res, "alpha_bse", None),
             "diagnostics": {
                 "family": res.family.name,
+                "family_options": family_options,
                 "solver": res.solver,
                 "converged": res.converged,
                 "n_iter": res.n_iter,
@@ -207,15 +296,14 @@ def _fit(args: argparse.Namespace) -> int:
                 "nobs": res.nobs,
                 "df_resid": res.df_resid,
                 "scale": res.scale,
-                "passes": res.passes,
+                "passes": passes,
                 "cov_type": res.cov_type,
                 "history": res.history.reset_index().to_dict(orient="records"),
             },
         }
-        with open(args.out, "w") as f:
+        with open(out_path, "w") as f:
             json.dump(out, f, indent=1, default=float)
-        print(f"wrote {args.out}")
-    return 0
+        print(f"wrote {out_path}")
 
 
 @contextlib.contextmanager
@@ -230,7 +318,12 @@ def _scheduler(address):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="daskglm", description=__doc__)
+    from daskglm.registry import FAMILIES
+    from daskglm.scheduling import ClusterLostError
+
+    parser = argparse.ArgumentParser(
+        prog="daskglm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="simulate a 3-D Poisson panel and fit it on a LocalCluster")
     demo.add_argument("--i", type=int, default=100, help="length of dim i (default 100)")
@@ -242,9 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     sim = sub.add_parser("simulate", help="write a simulated panel to a zarr store, chunk by chunk")
     sim.add_argument("out", help="the zarr store to write (e.g. panel.zarr)")
     sim.add_argument("--dims", required=True, help="dims and lengths, e.g. i=200,j=200,k=50")
-    sim.add_argument(
-        "--family", default="poisson", help="gaussian|poisson|binomial|negative_binomial|exponential"
-    )
+    sim.add_argument("--family", default="poisson", help="|".join(FAMILIES) + " (or an alias of one)")
     sim.add_argument(
         "--block",
         action="append",
@@ -269,23 +360,26 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument(
         "--x", action="append", help="covariates, comma-separated or repeated (default: all others)"
     )
-    fit.add_argument("--family", default="gaussian")
     fit.add_argument("--exposure", default=None)
     fit.add_argument("--offset", default=None)
     fit.add_argument("--weights", default=None)
-    fit.add_argument("--trials", default=None, help="binomial: the trials variable")
-    fit.add_argument("--event", default=None, help="exponential: the event indicator variable")
-    fit.add_argument("--alpha", type=float, default=None, help="NB2: fix alpha (default: estimate it)")
     fit.add_argument("--no-intercept", action="store_true")
-    fit.add_argument("--solver", default="newton", help="newton|lbfgs|gd|adam")
     fit.add_argument("--cov-type", default="nonrobust", help="nonrobust|robust|HC0|HC1|cluster")
     fit.add_argument("--cluster", default=None, help="cluster dims, e.g. i,j (with --cov-type cluster)")
     fit.add_argument("--tol", type=float, default=None)
     fit.add_argument("--max-iter", type=int, default=None)
     fit.add_argument("--scheduler", default=None, help="'local' or a scheduler address (tcp://, tls://)")
     fit.add_argument("--checkpoint", default=None, help="checkpoint file (resumed if it exists)")
+    fit.add_argument(
+        "--no-workers-timeout",
+        default=None,
+        metavar="DURATION",
+        help="give up when the cluster has had no workers this long, e.g. 30s, 10m (default: dask "
+        "config daskglm.no-workers-timeout, 60s); exit code 3",
+    )
     fit.add_argument("--no-progress", action="store_true")
     fit.add_argument("--out", default=None, help="write params, SEs, covariance, diagnostics as JSON")
+    _add_registry_options(fit)
     import warnings
 
     warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
@@ -300,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except ClusterLostError as err:
+        print(f"daskglm: error: {err}", file=sys.stderr)
+        return 3
     except (ValueError, TypeError, KeyError, OSError, ConnectionError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"daskglm: error: {msg}", file=sys.stderr)
