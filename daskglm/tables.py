@@ -41,6 +41,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -54,7 +55,7 @@ __all__ = ["from_long", "PIECE_ROWS", "CHUNK_CELLS", "SPARSE_FACTOR"]
 log = logging.getLogger("daskglm")
 
 #: rows per piece when the table is read in slices (parquet row groups may set their own size)
-PIECE_ROWS = 1 << 20
+PIECE_ROWS = 1 << 18
 #: default number of cells in one chunk of a store written by ``from_long(..., to=...)``
 CHUNK_CELLS = 1 << 20
 #: a grid this many times larger than the table gets a warning
@@ -90,7 +91,7 @@ def _is_dask_dataframe(obj) -> bool:
     return type(obj).__module__.split(".")[0] == "dask" and hasattr(obj, "npartitions")
 
 
-def _open_source(table, storage_options: dict | None, piece_rows: int) -> _Source:
+def _open_source(table, storage_options: dict | None, piece_rows: int, keys: Sequence[str]) -> _Source:
     if isinstance(table, pd.DataFrame):
         return _Source(
             "the DataFrame",
@@ -124,7 +125,7 @@ def _open_source(table, storage_options: dict | None, piece_rows: int) -> _Sourc
     if isinstance(table, str | os.PathLike) or (
         isinstance(table, list | tuple) and table and all(isinstance(p, str | os.PathLike) for p in table)
     ):
-        return _file_source(table, storage_options, piece_rows)
+        return _file_source(table, storage_options, piece_rows, keys)
     raise TypeError(
         "table must be a pandas DataFrame, a pyarrow Table, a dask DataFrame, or the path/URL/glob "
         f"of parquet or CSV files (or a folder of them), not {type(table).__name__}"
@@ -142,7 +143,7 @@ def _kind(path: str) -> str | None:
     return None
 
 
-def _file_source(paths, storage_options: dict | None, piece_rows: int) -> _Source:
+def _file_source(paths, storage_options: dict | None, piece_rows: int, keys: Sequence[str]) -> _Source:
     import fsspec
     import pyarrow.csv as pacsv
     import pyarrow.dataset as pads
@@ -152,7 +153,7 @@ def _file_source(paths, storage_options: dict | None, piece_rows: int) -> _Sourc
     fs = None
     for p in paths:
         fs, root = fsspec.core.url_to_fs(os.fspath(p), **(storage_options or {}))
-        if fsspec.utils.has_magic(root):
+        if any(ch in root for ch in "*?["):
             hits = sorted(f for f in fs.glob(root) if not fs.isdir(f))
         elif fs.isdir(root):
             hits = sorted(f for f in fs.find(root) if _kind(f))
@@ -175,25 +176,38 @@ def _file_source(paths, storage_options: dict | None, piece_rows: int) -> _Sourc
     if len(kinds) > 1:
         raise ValueError(f"{paths!r} mixes parquet and CSV files; pass one kind at a time")
     kind = kinds.pop()
-    if kind == "parquet":
-        fmt = "parquet"
+    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+    if kind == "parquet":  # file by file, row group by row group: bounded memory (a dataset scan reads ahead)
+        import pyarrow.parquet as pq
+
+        def parquet_file(f):
+            return pq.ParquetFile(
+                f if local else fs.open(f, "rb"), pre_buffer=False, buffer_size=1 << 20, read_dictionary=keys
+            )
+
+        n_rows = sum(parquet_file(f).metadata.num_rows for f in files)
+        names = parquet_file(files[0]).schema_arrow.names
+
+        def batches(cols):
+            for f in files:
+                yield from parquet_file(f).iter_batches(batch_size=piece_rows, columns=cols)
+
     else:
         tsv = all(f.lower().endswith(".tsv") for f in files)
         fmt = pads.CsvFileFormat(
             parse_options=pacsv.ParseOptions(delimiter="\t" if tsv else ","),
             read_options=pacsv.ReadOptions(block_size=1 << 24),
         )
-    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
-    dataset = pads.dataset(files, format=fmt, filesystem=None if local else fs)
-    n_rows = dataset.count_rows() if kind == "parquet" else None
+        dataset = pads.dataset(files, format=fmt, filesystem=None if local else fs)
+        n_rows, names = None, list(dataset.schema.names)
 
-    def batches(cols):
-        return dataset.to_batches(
-            columns=cols, batch_size=piece_rows, batch_readahead=1, fragment_readahead=1
-        )
+        def batches(cols):
+            return dataset.to_batches(
+                columns=cols, batch_size=piece_rows, batch_readahead=1, fragment_readahead=1
+            )
 
     where = files[0] if len(files) == 1 else f"{len(files)} {kind} files ({files[0]}, ...)"
-    return _Source(where, list(dataset.schema.names), batches, n_rows)
+    return _Source(where, names, batches, n_rows)
 
 
 # --------------------------------------------------------------------------------------------
@@ -224,27 +238,29 @@ class _Coder:
                 f"(rows {rows}{', ...' if len(missing) > 5 else ''}); every row must name its cell: drop "
                 f"those rows (table.dropna(subset=[{self.name!r}])) or fill them with a label of their own"
             )
-        if pa.types.is_dictionary(arr.type):
-            arr = arr.dictionary_decode()
-        enc = arr.dictionary_encode()
+        fresh = not pa.types.is_dictionary(arr.type)
+        enc = arr.dictionary_encode() if fresh else arr
         labels = _labels(enc.dictionary)
         indices = enc.indices.to_numpy(zero_copy_only=False)
         if self.index is None:
-            if self.frozen:
-                raise RuntimeError("frozen coder without labels")
-            self.index = labels
-            return indices.astype(np.int64)
-        pos = self.index.get_indexer(labels)
+            pos = np.full(len(labels), -1, dtype=np.int64)
+        else:
+            pos = self.index.get_indexer(labels).astype(np.int64)
         new = pos < 0
+        if new.any() and not fresh:  # a given dictionary may hold labels this piece does not use
+            used = np.zeros(len(labels), dtype=bool)
+            used[indices] = True
+            new &= used
         if new.any():
             if self.frozen:
                 raise ValueError(
                     f"key column {self.name!r} has labels the first pass did not see (e.g. "
                     f"{labels[new][0]!r}): the table changed while it was being read"
                 )
-            pos[new] = np.arange(len(self.index), len(self.index) + int(new.sum()))
-            self.index = self.index.append(labels[new])
-        return pos[indices].astype(np.int64)
+            add = labels[new].unique()
+            self.index = add if self.index is None else self.index.append(add)
+            pos = self.index.get_indexer(labels).astype(np.int64)
+        return pos[indices]
 
     def freeze(self) -> np.ndarray:
         """Sort the labels; return ``order`` (sorted position -> first-appearance code)."""
@@ -323,6 +339,23 @@ def _flat(codes: Sequence[np.ndarray], shape: Sequence[int], n: int) -> np.ndarr
 # --------------------------------------------------------------------------------------------
 
 
+class _Columns(dict):
+    """A piece's value columns as float64, converted when first asked for; ``("key", a, b)``
+    is the codes of dim ``b`` (to find nested dims)."""
+
+    def __init__(self, batch: pa.RecordBatch, codes: Sequence[np.ndarray]):
+        super().__init__()
+        self.batch, self.codes = batch, codes
+
+    def __missing__(self, key):
+        if isinstance(key, tuple):
+            out = self.codes[key[2]].astype(np.float64)
+        else:
+            out = _column(self.batch, key)
+        self[key] = out
+        return out
+
+
 class _Detector:
     """For each column and proper subset ``S`` of the dims: is the column constant within the
     groups of ``S``? Exact, over all rows, piece by piece, in memory of the sub-grids."""
@@ -338,7 +371,6 @@ class _Detector:
         self.caps = [0] * ndim
         self.seen: dict[tuple, np.ndarray] = {}
         self.ref: dict[tuple, np.ndarray] = {}
-        self.started = False
 
     def _grow(self, sizes: Sequence[int]) -> None:
         grow = {a: max(n, int(self.caps[a] * 1.5) + 8) for a, n in enumerate(sizes) if n > self.caps[a]}
@@ -366,28 +398,25 @@ class _Detector:
         for v, subs in self.alive.items():
             for s in subs:
                 live.setdefault(s, []).append(v)
-        if not self.started:
-            for s, names in live.items():
-                shape = tuple(self.caps[a] for a in s)
-                self.seen[s] = np.zeros(shape, dtype=bool)
-                for v in names:
-                    self.ref[(v, s)] = np.full(shape, np.nan)
-            self.started = True
         for s in sorted(live, key=len, reverse=True):
             names = [v for v in live[s] if s in self.alive[v]]
             if not names:
                 continue
-            idx = _flat([codes[a] for a in s], [self.caps[a] for a in s], n)
+            shape = tuple(self.caps[a] for a in s)
+            idx = _flat([codes[a] for a in s], shape, n)
+            if s not in self.seen:  # first piece only: later no subset comes back to life
+                self.seen[s] = np.zeros(shape, dtype=bool)
             seen = self.seen[s].reshape(-1)
             new = ~seen[idx]
-            if new.any():
-                fresh = idx[new]
-                seen[fresh] = True
-                for v in names:
-                    self.ref[(v, s)].reshape(-1)[fresh] = values[v][new]
-            for v in names:
+            fresh = idx[new]
+            seen[fresh] = True
+            for v in names:  # one column at a time, so a dead column's array is freed at once
+                if (v, s) not in self.ref:
+                    self.ref[(v, s)] = np.full(shape, np.nan)
+                ref = self.ref[(v, s)].reshape(-1)
                 x = values[v]
-                r = self.ref[(v, s)].reshape(-1)[idx]
+                ref[fresh] = x[new]
+                r = ref[idx]
                 d = np.flatnonzero(x != r)
                 if d.size and not (np.isnan(x[d]) & np.isnan(r[d])).all():
                     self._kill(v, s)
@@ -487,13 +516,16 @@ class _ChunkSink:
         vals = np.empty((len(self.names), n), dtype=self.dtype)
         for i, v in enumerate(self.names):
             vals[i] = values[v]
+        if len(self.nchunks) and np.prod(self.nchunks) <= 1 << 16:
+            cid = cid.astype(np.uint16)  # radix sort
         order = np.argsort(cid, kind="stable")
         cs = cid[order]
+        off = off[order]
+        vals = vals[:, order]
         starts = np.flatnonzero(np.r_[True, cs[1:] != cs[:-1]])
         ends = np.r_[starts[1:], n]
         for s, e in zip(starts, ends, strict=True):
-            rows = order[s:e]
-            part = (off[rows], vals[:, rows])
+            part = (off[s:e], vals[:, s:e])
             self.pending.setdefault(int(cs[s]), []).append(part)
             self.pending_bytes += part[0].nbytes + part[1].nbytes
         if self.pending_bytes > self.budget:
@@ -644,7 +676,7 @@ def from_long(
     storage_options: dict | None = None,
     progress: bool | None = None,
     piece_rows: int = PIECE_ROWS,
-    memory: int = 256 << 20,
+    memory: int = 128 << 20,
     spill_dir: str | os.PathLike | None = None,
 ) -> xr.Dataset:
     """Turn a long table (one row per observed cell) into a panel ``xarray.Dataset``.
@@ -702,7 +734,8 @@ def from_long(
         levels = [d for d in dims if d not in table.columns and d in table.index.names]
         if levels:
             table = table.reset_index(level=levels)
-    source = _open_source(table, storage_options, int(piece_rows))
+    keys = [dims] if isinstance(dims, str) else list(dims or [])
+    source = _open_source(table, storage_options, int(piece_rows), keys)
     dims, values, full = _check_args(source, dims, values, y)
     if source.pandas_dtypes is not None:
         _check_pandas_dtypes(source.pandas_dtypes, values, dims)
@@ -721,11 +754,7 @@ def from_long(
             if n == 0:
                 continue
             codes = [c.encode(batch.column(d), n_rows) for c, d in zip(coders, dims, strict=True)]
-            vals = {v: _column(batch, v) for v in values}
-            for a in range(nd):
-                for b in range(nd):
-                    if a != b:
-                        vals[("key", a, b)] = codes[b].astype(np.float64)
+            vals = _Columns(batch, codes)
             detector.update(codes, vals, [len(c.index) for c in coders], n)
             n_rows += n
             bar.update(n)
@@ -764,6 +793,7 @@ def from_long(
         return {"long_table_dims": [dims[a] for a in placed[v]]}
 
     ds_attrs = {"from_long": report, "fill_rate": fill, "n_rows": n_rows}
+    clock = {"scan": time.perf_counter() - t0}
 
     # pass 2: the full-grid columns
     def place(sink):
@@ -785,6 +815,7 @@ def from_long(
             raise ValueError(
                 f"{source.describe} had {n_rows} rows in the first pass and {done} in the second"
             )
+        clock["place"] = time.perf_counter() - t0 - clock["scan"]
 
     if to is None:
         sink = _MemorySink(sizes, on_grid, dtype, coders, dims)
@@ -802,7 +833,12 @@ def from_long(
             to, dims, sizes, chunk, coords, values, small, on_grid, attrs_of, ds_attrs, dtype, coders,
             place, overwrite, storage_options, progress, memory, spill_dir,
         )  # fmt: skip
-    log.info("%s (%.1fs)", report, time.perf_counter() - t0)
+    total = time.perf_counter() - t0
+    log.info("%s (%.1fs)", report, total)
+    log.info(
+        "from_long: %.1fs scanning, %.1fs placing, %.1fs assembling and writing chunks",
+        clock["scan"], clock["place"], total - clock["scan"] - clock["place"],
+    )  # fmt: skip
     return ds
 
 
@@ -872,14 +908,29 @@ def _write_store(
         ids = sink.chunk_ids()
         bar = _progress(progress, len(ids), "daskglm write chunks")
         bar.unit = "chunks"
-        try:
-            for cid in ids:
-                region, block = sink.assemble(cid)
-                for arr, b in zip(arrays, block, strict=True):
-                    arr[region] = b
-                bar.update(1)
-        finally:
-            bar.close()
+        # compressing and writing a chunk overlaps with assembling the next (at most 2 in flight)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            flight: list = []
+            try:
+                for cid in ids:
+                    region, block = sink.assemble(cid)
+                    flight.append(
+                        [
+                            pool.submit(arr.__setitem__, region, b)
+                            for arr, b in zip(arrays, block, strict=True)
+                        ]
+                    )
+                    del block
+                    while len(flight) > 1:
+                        for fut in flight.pop(0):
+                            fut.result()
+                        bar.update(1)
+                for futs in flight:
+                    for fut in futs:
+                        fut.result()
+                    bar.update(1)
+            finally:
+                bar.close()
         if sink.spill_bytes:
             log.info("from_long: %.0f MB of rows went through spill files", sink.spill_bytes / 1e6)
     except BaseException:
