@@ -54,6 +54,7 @@ def fit(
     x: Sequence | str | None = None,
     family: str | Family = "gaussian",
     *,
+    dims: Sequence[str] | None = None,
     exposure=None,
     offset=None,
     weights=None,
@@ -82,8 +83,10 @@ def fit(
 
     Parameters
     ----------
-    data : xarray.Dataset or str or path
-        The panel, numpy- or dask-backed, or the path/URL of a zarr store.
+    data : xarray.Dataset or str or path, or a long table
+        The panel, numpy- or dask-backed, or the path/URL of a zarr store. With ``dims=``, a
+        long table instead (pandas/dask DataFrame, pyarrow Table, path/URL/glob of parquet or
+        CSV files), turned into a panel by :func:`daskglm.from_long`.
     y : str
         The response; its dims are the panel dims.
     x : list of str or DataArray
@@ -175,6 +178,12 @@ def fit(
     -------
     GLMResults
     """
+    if dims is not None:  # a long table, one row per observed cell
+        from .tables import from_long
+
+        data = from_long(data, dims, y=y, storage_options=storage_options, progress=progress)
+    elif type(data).__module__.split(".")[0] in ("pandas", "pyarrow", "dask"):
+        raise TypeError(f"data is a {type(data).__name__} (a long table): pass dims=[...], its key columns")
     fam = resolve_family(family)
     spec = resolve_solver(solver)
     cov = normalize_cov_type(cov_type)
