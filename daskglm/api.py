@@ -304,6 +304,7 @@ def fit(
             n_clusters=final.get("n_clusters"),
             nobs=setup.sum_weights,
             k=setup.layout.n_params,
+            r_factor=final.get("r_factor"),
         )
     spec_ = FitSpec(
         y=y,

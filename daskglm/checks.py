@@ -226,14 +226,14 @@ def _relation(coef: np.ndarray, j0: int, cols: np.ndarray, d: np.ndarray, names,
     idx = np.array(list(terms))
     c = np.array([terms[j] for j in idx])
     size = np.abs(c) * np.sqrt(d[idx])  # each term's size at its column's norm
-    parts = []
+    rel = ""
     for j in np.flatnonzero(size > 1e-7 * size[j0]):
         if j == j0:
             continue
         v = -c[j] / c[j0]
-        parts.append(f"{'-' if v < 0 else '+'} {abs(v):.4g} * {names[idx[j]]}")
-    rel = " ".join(parts).lstrip("+ ") if parts else "0"
-    return f"{names[idx[j0]]} = {rel}"
+        term = f"{abs(v):.4g} * {names[idx[j]]}"
+        rel += (("-" if v < 0 else "") + term) if not rel else (" - " if v < 0 else " + ") + term
+    return f"{names[idx[j0]]} = {rel or '0'}"
 
 
 def intercept_position(layout: Layout) -> int | None:

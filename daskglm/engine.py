@@ -10,12 +10,14 @@ from __future__ import annotations
 import numpy as np
 
 from . import graph
-from .checks import SetupInfo, interpret_setup
+from .checks import SetupInfo, intercept_position, interpret_setup, needs_orthogonal_check
 from .clustering import combine_cluster_meats, intersections
 from .effects_graph import FixedEffectPasses
 from .fixed_effects import FixedEffectsObjective, drop_degenerate_levels
 from .kernels import finalize_eval, setup_packer
 from .panel import Panel
+from .qr import TSQR, qr_grad_size, qr_unpack, qr_width
+from .qr_graph import qr_graph
 from .solvers.base import Evaluation
 from .solvers.newton import newton_direction
 
@@ -26,7 +28,14 @@ def run_setup(panel: Panel, counter: graph.PassCounter) -> SetupInfo:
     """The first pass: validate the data and gather sums, constants and the Gram matrix."""
     layout = panel.layout
     (vec,) = graph.run(counter, "setup", graph.setup_graph(layout, panel.arrays))
-    return interpret_setup(layout, setup_packer(layout).unpack(vec))
+    stats = setup_packer(layout).unpack(vec)
+    if needs_orthogonal_check(stats["gram"], intercept_position(layout)):
+        # the Gram matrix cannot tell a dependence from ill-conditioning: one more pass for the
+        # R factor of the weighted design, whose singular values can (daskglm.qr)
+        params = np.zeros(layout.n_params)
+        (rvec,) = graph.run(counter, "setup-qr", qr_graph(layout, panel.arrays, params, "design"))
+        stats["r_factor"] = qr_unpack(rvec, qr_width(layout, "design")).r
+    return interpret_setup(layout, stats)
 
 
 def start_params(setup: SetupInfo) -> np.ndarray:
@@ -75,10 +84,32 @@ class PanelObjective:
         return self._evaluation(params, finalize_eval(self.layout, vec, hessian=hessian))
 
     def dispersion(self, e: Evaluation) -> float:
-        """Gaussian fits run with sigma = 1: divide LL differences by the MLE of sigma^2."""
+        """Gaussian fits run with sigma = 1: divide LL differences by the MLE of sigma^2.
+
+        Floored at 1e-16 of the mean square of y: below that the residuals are float64
+        rounding (an exact fit, such as NIST's Wampler1), and dividing by them would keep the
+        Newton decrement from ever looking small."""
         if self.layout.family.name == "gaussian":
-            return max(e.deviance / self.setup.sum_weights, 1e-300)
+            sw = self.setup.sum_weights
+            return max(e.deviance / sw, 1e-16 * self.setup.sums["swy2"] / sw, 1e-300)
         return 1.0
+
+    def _unpack_qr(self, vec) -> TSQR:
+        return qr_unpack(vec, qr_width(self.layout, "newton"), qr_grad_size(self.layout, "newton"))
+
+    def qr_evaluation(self, params: np.ndarray) -> tuple[Evaluation, TSQR | None]:
+        """One pass: the evaluation with the Hessian, and the :class:`~daskglm.qr.TSQR` of
+        ``sqrt(W) [X | r]`` at ``params`` (:mod:`daskglm.qr`), from which the Newton step is
+        solved without squaring the condition number; ``None`` for it where some cell has
+        ``W < 0``. From the first call on, :meth:`final` also returns ``R`` (``r_factor``) for
+        the inverse information."""
+        self.orthogonal = True
+        g = graph.eval_graph(self.layout, self.panel.arrays, params, hessian=True)
+        q = qr_graph(self.layout, self.panel.arrays, params, "newton")
+        vec, qvec = graph.run(self.counter, "eval", g, q, optimize=self.optimize)
+        factor = self._unpack_qr(qvec)
+        e = self._evaluation(params, finalize_eval(self.layout, vec, hessian=True))
+        return e, (factor if factor.n_negative == 0 else None)
 
     def direction(self, e: Evaluation) -> tuple[np.ndarray, bool]:
         """The Newton step from the evaluation's gradient and Hessian."""
@@ -109,6 +140,9 @@ class PanelObjective:
         parts = intersections(ways) if ways else []
         for axes, _ in parts:
             graphs += list(graph.cluster_graph(self.layout, self.panel.arrays, params, axes))
+        orthogonal = inference and getattr(self, "orthogonal", False)
+        if orthogonal:  # the solver used QR steps: R for the inverse information, same pass
+            graphs.append(qr_graph(self.layout, self.panel.arrays, params, "newton"))
         out = graph.run(self.counter, "final", *graphs, optimize=self.optimize)
         st = finalize_eval(self.layout, out[0], hessian=inference, final=True)
         if parts:
@@ -116,6 +150,10 @@ class PanelObjective:
             counts = [int(out[2 + 2 * j]) for j in range(len(parts))]
             st["cluster_meat"] = combine_cluster_meats(meats, [sign for _, sign in parts])
             st["n_clusters"] = min(n for n, (_, sign) in zip(counts, parts, strict=True) if sign > 0)
+        if orthogonal:
+            factor = self._unpack_qr(out[-1])
+            if factor.n_negative == 0:
+                st["r_factor"] = factor.r[: self.n_beta, : self.n_beta]
         return st
 
 

@@ -149,20 +149,27 @@ def rel_err(a, b) -> float:
 
 
 @pytest.mark.parametrize("family", sorted(CASES))
-@pytest.mark.parametrize("chunked", [False, True])
-def test_raw_scale_matches_statsmodels(family, chunked):
+@pytest.mark.parametrize(
+    "chunked,qr", [(False, "auto"), (True, "never"), (True, "always"), (False, "always")]
+)
+def test_raw_scale_matches_statsmodels(family, chunked, qr):
+    """Both Newton routes: the equilibrated Hessian (``qr="never"``) and the tall-skinny QR
+    steps with R-based standard errors (``qr="always"``), each also with chunks cutting the
+    panel (the R factors are combined in a tree)."""
     data, y, x, fam, _, _ = CASES[family]
     ds = data()
     if family == "binomial":
         ds = ds.assign(n=ds["pop"])
     chunks = tuple(max(n // 3, 1) for n in ds[y].shape) if chunked else None
-    res = dg.fit(ds, y, x, fam, chunks=chunks, progress=False)
+    res = dg.fit(ds, y, x, fam, chunks=chunks, progress=False, qr=qr)
     assert res.converged
     params, bse = reference(family)
     nb = len(x) + 1
     err_p = rel_err(res.params.to_numpy(), params[:nb])
     err_se = rel_err(res.bse.to_numpy(), bse[:nb])
-    print(f"{family} (chunked={chunked}): params {err_p:.2g}, SEs {err_se:.2g} relative to statsmodels")
+    print(
+        f"{family} (chunked={chunked}, qr={qr}): params {err_p:.2g}, SEs {err_se:.2g} relative to statsmodels"
+    )
     assert err_p <= 1e-6, f"params differ by {err_p:.3g} relative"
     assert err_se <= 1e-5, f"standard errors differ by {err_se:.3g} relative"
     if family == "negative_binomial":

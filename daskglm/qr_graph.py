@@ -1,0 +1,52 @@
+"""The TSQR pass as a dask reduction (the graph side of :mod:`daskglm.qr`).
+
+Declared like the other passes of :mod:`daskglm.graph`: **chunk** = :func:`~daskglm.qr.qr_chunk`
+mapped with ``blockwise`` over the aligned chunks (one packed R factor per chunk), **combine** =
+a tree (``split_every=8``) whose nodes stack their children's R factors and factorise again
+(:func:`~daskglm.qr.qr_combine`), **finalize** = :func:`~daskglm.qr.qr_unpack` on the client. The
+graph can be computed in the same ``dask.compute`` as an evaluation pass, so a Newton iteration
+that needs both is still one pass over the data.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import dask.array as da
+import numpy as np
+
+from .graph import _map_chunks
+from .layout import Layout
+from .qr import qr_chunk, qr_combine, qr_grad_size, qr_length, qr_width
+
+__all__ = ["qr_graph"]
+
+
+def _identity(x, axis=None, keepdims=True):
+    return x
+
+
+def _combine(m: int, n_grad: int, x: np.ndarray, axis=None, keepdims: bool = True) -> np.ndarray:
+    out = qr_combine(x, m, n_grad)
+    return out.reshape((1,) * (x.ndim - 1) + (-1,)) if keepdims else out
+
+
+def qr_graph(layout: Layout, arrays: list, params: np.ndarray, kind: str) -> da.Array:
+    """The packed R factor of the weighted design (``kind="design"``) or of ``sqrt(W) [X | r]``
+    at ``params`` (``kind="newton"``) over the whole panel, as a 1-D dask array."""
+    m, n_grad = qr_width(layout, kind), qr_grad_size(layout, kind)
+    func = partial(qr_chunk, layout, np.asarray(params, dtype=np.float64), kind)
+    blocks = _map_chunks(func, layout, arrays, qr_length(m, n_grad))
+    return da.reduction(
+        blocks,
+        chunk=_identity,
+        combine=partial(_combine, m, n_grad),
+        aggregate=partial(_combine, m, n_grad),
+        axis=tuple(range(layout.ndim)),
+        keepdims=False,
+        dtype=np.float64,
+        split_every=8,
+        concatenate=True,
+        meta=np.empty((0,)),
+        name=f"daskglm-tsqr-{kind}",
+    )
