@@ -1,7 +1,8 @@
-"""Command line: ``daskglm demo | simulate | info | fit``.
+"""Command line: ``daskglm demo | simulate | info | fit | ingest``.
 
 ``demo`` simulates a 3-D panel and fits it on a local dask cluster; ``simulate`` writes a panel
-to zarr chunk by chunk; ``info`` describes a store; ``fit`` fits one and writes the results.
+to zarr chunk by chunk; ``info`` describes a store; ``fit`` fits one and writes the results;
+``ingest`` streams a long table (parquet/CSV) into a zarr panel (:func:`daskglm.from_long`).
 
 ``fit`` takes its family names, family options (``--trials``, ``--alpha``, ``--event``) and solver
 options (``--max-halvings``, ``--learning-rate``, ...) from :mod:`daskglm.registry`, so it accepts
@@ -118,6 +119,31 @@ def _simulate(args: argparse.Namespace) -> int:
     print("true parameters (also in the store's attrs['true_params']):")
     for k, v in json.loads(ds.attrs["true_params"]).items():
         print(f"  {k:20s} {v: .6f}")
+    return 0
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from daskglm.tables import from_long
+
+    dims = [d for d in args.dims.split(",") if d]
+    if args.chunks is None or args.chunks.isdigit():
+        chunks = int(args.chunks) if args.chunks else None
+    else:
+        chunks = _parse_sizes(args.chunks, "--chunks")
+    t0 = time.perf_counter()
+    ds = from_long(
+        args.table,
+        dims,
+        to=args.out,
+        chunks=chunks,
+        values=[v for v in args.values.split(",") if v] if args.values else None,
+        y=args.y,
+        dtype=args.dtype,
+        overwrite=args.overwrite,
+        progress=not args.no_progress and None,
+    )
+    print(ds.attrs["from_long"])
+    print(f"wrote {args.out} in {time.perf_counter() - t0:.1f}s; fit it with: daskglm fit {args.out} --y ...")
     return 0
 
 
@@ -350,6 +376,17 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--overwrite", action="store_true", help="replace an existing store")
     sim.add_argument("--scheduler", default=None, help="write on this dask scheduler ('local' or an address)")
 
+    ing = sub.add_parser("ingest", help="stream a long table (parquet/CSV) into a chunked zarr panel")
+    ing.add_argument("table", help="parquet or CSV file, folder of them, glob or URL")
+    ing.add_argument("--dims", required=True, help="key columns naming a cell, e.g. exporter,importer,year")
+    ing.add_argument("--out", required=True, help="the zarr store to write (e.g. panel.zarr)")
+    ing.add_argument("--chunks", default=None, help="chunk lengths (e.g. exporter=50) or cells per chunk")
+    ing.add_argument("--values", default=None, help="value columns to keep, comma-separated (default: all)")
+    ing.add_argument("--y", default=None, help="the response: placed on the full grid")
+    ing.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    ing.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    ing.add_argument("--no-progress", action="store_true")
+
     info = sub.add_parser("info", help="dims, sizes, chunks and variables of a store, with their blocks")
     info.add_argument("store")
     info.add_argument("--y", default=None, help="the response (default 'y', else the widest variable)")
@@ -389,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("i", "j", "k", "workers"):
             if getattr(args, name, 1) < 1:
                 parser.error(f"--{name} must be >= 1")
-        commands = {"demo": _demo, "simulate": _simulate, "info": _info, "fit": _fit}
+        commands = {"demo": _demo, "simulate": _simulate, "info": _info, "fit": _fit, "ingest": _ingest}
         return commands[args.command](args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

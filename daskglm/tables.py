@@ -180,17 +180,21 @@ def _file_source(paths, storage_options: dict | None, piece_rows: int, keys: Seq
     if kind == "parquet":  # file by file, row group by row group: bounded memory (a dataset scan reads ahead)
         import pyarrow.parquet as pq
 
-        def parquet_file(f):
+        def parquet_file(f, dictionary=()):
             return pq.ParquetFile(
-                f if local else fs.open(f, "rb"), pre_buffer=False, buffer_size=1 << 20, read_dictionary=keys
+                f if local else fs.open(f, "rb"),
+                pre_buffer=False,
+                buffer_size=1 << 20,
+                read_dictionary=dictionary,
             )
 
         n_rows = sum(parquet_file(f).metadata.num_rows for f in files)
         names = parquet_file(files[0]).schema_arrow.names
+        keys = [k for k in keys if k in names]
 
         def batches(cols):
             for f in files:
-                yield from parquet_file(f).iter_batches(batch_size=piece_rows, columns=cols)
+                yield from parquet_file(f, keys).iter_batches(batch_size=piece_rows, columns=cols)
 
     else:
         tsv = all(f.lower().endswith(".tsv") for f in files)
