@@ -269,8 +269,8 @@ def test_solver_options_match_the_api(family_stores, tmp_path, capsys):
         (["--solver", "newton", "--max-halvings", "3"], {"solver": "newton", "max_halvings": 3}),
         (["--solver", "lbfgs", "--memory", "4"], {"solver": "lbfgs", "memory": 4}),
         (
-            ["--solver", "gd", "--step-size", "1.0", "--max-iter", "50"],
-            {"solver": "gd", "step_size": 1.0, "max_iter": 50},
+            ["--solver", "gd", "--armijo", "0.001", "--max-backtracks", "30", "--max-iter", "50"],
+            {"solver": "gd", "armijo": 0.001, "max_backtracks": 30, "max_iter": 50},
         ),
     ]:
         with warnings.catch_warnings():
@@ -311,3 +311,11 @@ def test_no_workers_timeout_flag_and_exit_code(store, monkeypatch, capsys):
     assert main(["fit", str(store), "--y", "y", "--no-workers-timeout", "5s"]) == 3
     assert seen["timeout"] == "5s"
     assert "has had no workers" in capsys.readouterr().err
+
+
+def test_simulate_takes_family_aliases(tmp_path):
+    import xarray as xr
+
+    path = tmp_path / "nb.zarr"
+    assert main(["simulate", str(path), "--dims", "i=5,j=4", "--family", "NB2", "--block", "x_i=i"]) == 0
+    assert xr.open_zarr(path).attrs["family"] == "negative_binomial"
