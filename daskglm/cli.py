@@ -225,10 +225,11 @@ def _add_registry_options(fit: argparse.ArgumentParser) -> None:
         )
     group = fit.add_argument_group("solver options (refused by the solvers that do not take them)")
     for name, (parse, entries) in _solver_options().items():
-        text = "; ".join(
-            f"{solver}: {opt.help}" + ("" if opt.default is None else f" (default {opt.default})")
-            for solver, opt in entries
-        )
+        by_text: dict[str, list[str]] = {}  # solvers documenting the option alike share one entry
+        for solver, opt in entries:
+            text = opt.help + ("" if opt.default is None else f" (default {opt.default})")
+            by_text.setdefault(text, []).append(solver)
+        text = "; ".join(f"{', '.join(solvers)}: {t}" for t, solvers in by_text.items())
         group.add_argument(
             _flag(name),
             dest=f"solver_{name}",

@@ -13,6 +13,7 @@ Adding a family or a solver is one entry here; the command line picks up its nam
 from __future__ import annotations
 
 import inspect
+import re
 import types
 import typing
 from collections.abc import Callable, Iterable
@@ -109,7 +110,7 @@ def _attribute_help(cls: type) -> dict[str, str]:
         elif line.strip():
             for n in names:
                 out[n] = f"{out[n]} {line.strip()}".strip()
-    return {n: text.replace("``", "") for n, text in out.items()}
+    return {n: re.sub(r":\w+:`~?([^`]+)`", r"\1", text).replace("``", "") for n, text in out.items()}
 
 
 @dataclass(frozen=True)
