@@ -268,9 +268,9 @@ def fe_scores_chunk(
 
 
 # ------------------------------------------------------------------------------ client side
-#: conjugate gradients stop when no column's residual has halved for this many iterations
-#: (finite precision has reached its floor)
-STALL_ITERATIONS = 100
+#: conjugate gradients stop when no column's best residual has fallen by 10% for this many
+#: iterations (finite precision has reached its floor)
+STALL_ITERATIONS = 200
 
 
 def block_pcg(
@@ -343,7 +343,7 @@ def block_pcg(
         R = [r - alpha * q for r, q in zip(R, AP, strict=True)]
         rel = np.sqrt(dot(R, R)) / bnorm
         better = rel < best
-        since = 0 if (better & (rel < 0.5 * best)).any() or (rel <= rtol).all() else since + 1
+        since = 0 if (better & (rel < 0.9 * best)).any() or (rel <= rtol).all() else since + 1
         if better.any():
             best = np.where(better, rel, best)
             best_X = [np.where(better, x, b) for x, b in zip(X, best_X, strict=True)]

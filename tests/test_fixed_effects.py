@@ -1,0 +1,291 @@
+"""Fixed effects (fe=) against independent references.
+
+* pyfixest (``fepois``, ``feols``, ``feglm`` logit) on the long table of the same panels:
+  coefficients, standard errors (iid, HC1, one-way and two-way clusters, its default small-sample
+  corrections) and the number of observations after its singleton and separation drops;
+* statsmodels with dummy columns for every family (NB2 and the exponential model included):
+  coefficients and the fitted linear predictor (which does not depend on how the effects are
+  normalised);
+* real data: plm's Grunfeld (statsmodels' copy) and fixest's ``trade`` gravity panel
+  (``../shared/data/fixest-trade``), with fixest's published estimate.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import statsmodels.api as sm
+import xarray as xr
+from scipy import linalg
+
+import daskglm as dg
+from daskglm.checks import DataError
+from daskglm.fixed_effects import AbsorbedWarning
+
+pf = pytest.importorskip("pyfixest")
+
+SHAPES = {
+    2: ({"i": 40, "j": 30}, [("i",), ("j",)]),
+    3: ({"i": 14, "j": 12, "k": 6}, [("i", "k"), ("j", "k")]),
+    4: ({"a": 6, "b": 5, "c": 4, "d": 5}, [("a",), ("b",), ("c", "d")]),
+}
+
+
+def make_fe_panel(ndim: int, family: str, seed: int = 0, missing: float = 0.1):
+    """A panel with effects, a full-grid covariate, a covariate on the first two dims, an
+    offset on the last dim, missing cells; returns (Dataset, long DataFrame, effects)."""
+    sizes, effects = SHAPES[ndim]
+    rng = np.random.default_rng(seed)
+    dims = tuple(sizes)
+    shape = tuple(sizes.values())
+    coords = {d: [f"{d}{k:02d}" for k in range(n)] for d, n in sizes.items()}
+    x1 = rng.normal(size=shape)
+    x2 = rng.normal(size=shape[:2])
+    off = rng.uniform(-0.2, 0.2, size=shape[-1])
+    eta = 0.4 * x1 - 0.3 * x2.reshape(shape[:2] + (1,) * (ndim - 2)) + off
+    for eff in effects:
+        ax = [dims.index(d) for d in eff]
+        a = rng.normal(scale=0.5, size=[shape[k] for k in ax])
+        eta = eta + a.reshape([shape[k] if k in ax else 1 for k in range(ndim)])
+    if family == "poisson":
+        y = rng.poisson(np.exp(eta)).astype(float)
+    elif family == "negative_binomial":  # gamma-Poisson: NB2 with alpha = 0.5
+        y = rng.poisson(np.exp(eta) * rng.gamma(2.0, 0.5, size=shape)).astype(float)
+    elif family == "gaussian":
+        y = eta + rng.normal(size=shape)
+    else:
+        y = (rng.random(shape) < 1 / (1 + np.exp(-eta))).astype(float)
+    y[rng.random(shape) < missing] = np.nan
+    ds = xr.Dataset(
+        {
+            "y": (dims, y),
+            "x1": (dims, x1),
+            "x2": (dims[:2], x2),
+            "off": ((dims[-1],), off),
+            "w": (dims, rng.integers(1, 4, size=shape).astype(float)),
+        },
+        coords=coords,
+    )
+    df = ds.to_dataframe().reset_index().dropna(subset=["y"])
+    return ds, df, effects
+
+
+def fml(effects, rhs="x1 + x2"):
+    return "y ~ " + rhs + " | " + " + ".join("^".join(e) for e in effects)
+
+
+def pyfixest_fit(family, df, formula, vcov, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if family == "poisson":
+            return pf.fepois(formula, data=df, vcov=vcov, iwls_tol=1e-12, **kw)
+        if family == "gaussian":
+            return pf.feols(formula, data=df, vcov=vcov, **kw)
+        # pyfixest's default IRLS tolerance (1e-8 on the deviance) leaves its SEs ~2e-5 off
+        return pf.feglm(formula, data=df, vcov=vcov, family="logit", iwls_tol=1e-12, **kw)
+
+
+VCOVS = [
+    ("nonrobust", None, "iid"),
+    ("HC1", None, "hetero"),
+    ("cluster", "first", "first"),
+    ("cluster", "twoway", "twoway"),
+]
+
+
+def _cluster_args(kind, dims):
+    if kind == "first":
+        return dims[0], {"CRV1": dims[0]}
+    return [dims[0], dims[1]], {"CRV1": f"{dims[0]}+{dims[1]}"}
+
+
+@pytest.mark.parametrize("ndim", [2, 3, 4])
+@pytest.mark.parametrize("family", ["poisson", "gaussian", "binomial"])
+def test_against_pyfixest(ndim, family):
+    ds, df, effects = make_fe_panel(ndim, family, seed=ndim)
+    dims = tuple(ds["y"].dims)
+    formula = fml(effects)
+    if family == "binomial":
+        # fixest's feglm drops the cells of levels with only 0 (or only 1) outcomes, and so does
+        # daskglm; pyfixest 0.60's feglm keeps them (no separation check for logit): give it the
+        # cells fixest keeps
+        kept = dg.fit(ds, "y", ["x1", "x2"], family, fe=effects, cov_type=None).predict(which="linear")
+        kept = kept.rename("kept").to_dataframe().reset_index()
+        df = df.merge(kept, on=list(dims))
+        df = df[np.isfinite(df["kept"])].drop(columns="kept")
+    fits = {}
+    for cov, kind, _ in VCOVS:
+        cluster, vc = (
+            _cluster_args(kind, dims) if kind else (None, {"nonrobust": "iid", "HC1": "hetero"}[cov])
+        )
+        res = dg.fit(ds, "y", ["x1", "x2"], family, fe=effects, cov_type=cov, cluster=cluster, chunks=5)
+        ref = pyfixest_fit(family, df, formula, vc)
+        np.testing.assert_allclose(res.params.to_numpy(), ref.coef().to_numpy(), rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(res.bse.to_numpy(), ref.se().to_numpy(), rtol=1e-5)
+        assert res.nobs == ref._N
+        fits[cov, kind] = res
+    res = fits["nonrobust", None]
+    pred = res.predict(which="linear").to_dataframe().reset_index()
+    merged = df.merge(pred, on=list(dims))
+    assert np.isfinite(merged["predicted_linear"]).sum() == res.nobs
+    assert res.passes > 0 and len(res.fixed_effects) == len(effects)
+
+
+def test_offset_and_weights_against_pyfixest():
+    ds, df, effects = make_fe_panel(3, "poisson", seed=11)
+    res = dg.fit(ds, "y", ["x1", "x2"], "poisson", fe=effects, offset="off", cov_type="HC1")
+    ref = pyfixest_fit("poisson", df, fml(effects), "hetero", offset="off")
+    np.testing.assert_allclose(res.params.to_numpy(), ref.coef().to_numpy(), rtol=1e-6)
+    np.testing.assert_allclose(res.bse.to_numpy(), ref.se().to_numpy(), rtol=1e-5)
+    ds, df, effects = make_fe_panel(3, "gaussian", seed=12)
+    res = dg.fit(ds, "y", ["x1", "x2"], "gaussian", fe=effects, weights="w", cov_type="nonrobust")
+    ref = pyfixest_fit("gaussian", df, fml(effects), "iid", weights="w", weights_type="fweights")
+    np.testing.assert_allclose(res.params.to_numpy(), ref.coef().to_numpy(), rtol=1e-6)
+    np.testing.assert_allclose(res.bse.to_numpy(), ref.se().to_numpy(), rtol=1e-5)
+
+
+def _dummies(df, effects, dims):
+    cols = []
+    for k, eff in enumerate(effects):
+        key = df[list(eff)].astype(str).agg("|".join, axis=1)
+        d = pd.get_dummies(key, prefix=f"fe{k}", dtype=float)
+        cols.append(d if k == 0 else d.iloc[:, 1:])
+    return pd.concat(cols, axis=1)
+
+
+@pytest.mark.parametrize("family", ["poisson", "gaussian", "binomial", "negative_binomial", "exponential"])
+def test_against_statsmodels_dummies(family):
+    """Every family, two effects on a 3-D panel, against a dummy-variable fit."""
+    base = family if family in ("gaussian", "binomial", "negative_binomial") else "poisson"
+    ds, df, effects = make_fe_panel(3, base, seed=5, missing=0.05)
+    fam: object = family
+    if family == "negative_binomial":
+        fam = dg.NegativeBinomial(alpha=None)
+    if family == "exponential":
+        rng = np.random.default_rng(3)
+        T = rng.exponential(1.0, size=ds["y"].shape) + 0.1
+        ds["event"] = (ds["y"].dims, (rng.random(T.shape) < 0.7).astype(float))
+        ds["y"] = xr.where(np.isfinite(ds["y"]), T, np.nan)
+        df = ds.to_dataframe().reset_index().dropna(subset=["y"])
+        fam = dg.Exponential(event="event")
+    res = dg.fit(ds, "y", ["x1", "x2"], fam, fe=effects, drop_singletons=False)
+    # statsmodels needs the same cells: drop the ones daskglm dropped (perfect prediction)
+    pred = res.predict(which="linear").to_dataframe().reset_index()
+    df = df.merge(pred, on=list(ds["y"].dims))
+    df = df[np.isfinite(df["predicted_linear"])]
+    X = pd.concat(
+        [df[["x1", "x2"]].reset_index(drop=True), _dummies(df, effects, None).reset_index(drop=True)], axis=1
+    )
+    y = df["y"].to_numpy()
+    # keep a full-rank set of the dummy columns (the effects overlap in k)
+    _, r, piv = linalg.qr(X.to_numpy(), pivoting=True, mode="economic")
+    keep = np.sort(piv[: int((np.abs(np.diag(r)) > 1e-9 * abs(r[0, 0])).sum())])
+    assert keep[0] == 0 and keep[1] == 1
+    X = X.iloc[:, keep]
+    if family == "negative_binomial":
+        start = sm.NegativeBinomial(y, X.to_numpy()).fit(disp=0, maxiter=2000, method="bfgs").params
+        ref = sm.NegativeBinomial(y, X.to_numpy()).fit(disp=0, method="newton", start_params=start)
+        params, fitted = ref.params[:2], X.to_numpy() @ ref.params[:-1]
+        assert res.alpha == pytest.approx(ref.params[-1], rel=1e-5)
+    else:
+        if family == "exponential":
+            model = sm.GLM(
+                df["event"].to_numpy(), X.to_numpy(), family=sm.families.Poisson(), offset=np.log(y)
+            )
+        else:
+            smfam = {
+                "poisson": sm.families.Poisson(),
+                "gaussian": sm.families.Gaussian(),
+                "binomial": sm.families.Binomial(),
+            }
+            model = sm.GLM(y, X.to_numpy(), family=smfam[family])
+        ref = model.fit(tol=1e-12)
+        params, fitted = ref.params[:2], X.to_numpy() @ ref.params
+        if family == "exponential":
+            fitted = fitted  # the hazard's linear predictor, without log T
+    np.testing.assert_allclose(res.params.to_numpy(), params, rtol=1e-6, atol=1e-9)
+    # (statsmodels' own convergence leaves its fitted values ~1e-7 off at some cells)
+    np.testing.assert_allclose(df["predicted_linear"].to_numpy(), fitted, rtol=1e-5, atol=1e-5)
+
+
+def test_grunfeld_against_pyfixest():
+    """plm's Grunfeld investment panel (firm x year), OLS with firm and year effects."""
+    data = sm.datasets.grunfeld.load_pandas().data
+    data["year"] = data["year"].astype(int)
+    ds = data.set_index(["firm", "year"]).to_xarray()
+    res = dg.fit(
+        ds,
+        "invest",
+        ["value", "capital"],
+        "gaussian",
+        fe=["firm", "year"],
+        cov_type="cluster",
+        cluster="firm",
+    )
+    ref = pf.feols("invest ~ value + capital | firm + year", data=data, vcov={"CRV1": "firm"})
+    np.testing.assert_allclose(res.params.to_numpy(), ref.coef().to_numpy(), rtol=1e-8)
+    np.testing.assert_allclose(res.bse.to_numpy(), ref.se().to_numpy(), rtol=1e-6)
+    assert res.nobs == ref._N == 220
+
+
+TRADE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "fixest-trade", "trade.csv")
+
+
+@pytest.mark.skipif(not os.path.exists(TRADE), reason="the shared fixest trade panel is absent")
+def test_trade_gravity_against_fixest_and_pyfixest():
+    """fixest's own gravity example on its real 4-D trade panel.
+
+    fixest vignette ("fixest walkthrough"): ``fepois(Euros ~ log(dist_km) | Origin + Destination
+    + Product + Year, trade)`` gives log(dist_km) = -1.52787.
+    """
+    trade = pd.read_csv(TRADE)
+    trade["log_dist"] = np.log(trade["dist_km"])
+    ds = trade.set_index(["Origin", "Destination", "Product", "Year"])[["Euros"]].to_xarray()
+    dist = trade.groupby(["Origin", "Destination"])["log_dist"].first().to_xarray()
+    ds["log_dist"] = dist
+    fe = ["Origin", "Destination", "Product", "Year"]
+    res = dg.fit(ds, "Euros", ["log_dist"], "poisson", fe=fe, cov_type="cluster", cluster="Origin")
+    assert res.params["log_dist"] == pytest.approx(-1.52787, abs=5e-6)
+    ref = pf.fepois(
+        "Euros ~ log_dist | Origin + Destination + Product + Year", data=trade, vcov={"CRV1": "Origin"}
+    )
+    np.testing.assert_allclose(res.params.to_numpy(), ref.coef().to_numpy(), rtol=1e-7)
+    np.testing.assert_allclose(res.bse.to_numpy(), ref.se().to_numpy(), rtol=1e-5)
+    assert res.nobs == ref._N
+
+
+def test_bad_effects():
+    ds, _, effects = make_fe_panel(3, "poisson")
+    with pytest.raises(ValueError, match="not a panel dim"):
+        dg.fit(ds, "y", ["x1"], "poisson", fe=["nope"])
+    with pytest.raises(ValueError, match="saturated"):
+        dg.fit(ds, "y", ["x1"], "poisson", fe=[("i", "j", "k")])
+    with pytest.raises(ValueError, match="solver='newton'"):
+        dg.fit(ds, "y", ["x1"], "poisson", fe=effects, solver="adam")
+    # a covariate on (i, k) beside an (i, k) effect is absorbed: dropped with a warning
+    ds["x_ik"] = (("i", "k"), np.random.default_rng(0).normal(size=(14, 6)))
+    with pytest.warns(AbsorbedWarning, match="x_ik"):
+        res = dg.fit(ds, "y", ["x1", "x_ik"], "poisson", fe=effects)
+    assert list(res.params.index) == ["x1"] and res.absorbed == ["x_ik"]
+    # every level predicts its cells perfectly: nothing left
+    ds["zero"] = xr.zeros_like(ds["y"])
+    with pytest.raises(DataError, match="every level"):
+        dg.fit(ds, "zero", ["x1"], "poisson", fe=effects)
+
+
+def test_perfect_prediction_drops_match_pyfixest():
+    ds, df, effects = make_fe_panel(2, "poisson", seed=3)
+    ds["y"][0, :] = 0.0  # level i00: all zero counts
+    ds["y"][1, 2:] = np.nan  # level i01: a couple of cells
+    df = ds.to_dataframe().reset_index().dropna(subset=["y"])
+    res = dg.fit(ds, "y", ["x1", "x2"], "poisson", fe=effects)
+    ref = pyfixest_fit("poisson", df, fml(effects), "iid")
+    assert res.nobs == ref._N
+    assert res.n_dropped == len(df) - ref._N and res.levels_dropped["i"] >= 1
+    np.testing.assert_allclose(res.params.to_numpy(), ref.coef().to_numpy(), rtol=1e-6)
+    assert np.isnan(res.fixed_effects["i"].sel(i="i00"))
+    assert "Dropped cells" in res.summary()
