@@ -286,7 +286,10 @@ def _run_fit(args: argparse.Namespace, x: list, family, solver_options: dict):
         intercept=not args.no_intercept,
         solver=args.solver,
         cov_type=args.cov_type,
-        cluster=tuple(args.cluster.split(",")) if args.cluster else None,
+        cluster=_cluster_arg(args.cluster),
+        fe=[e.strip() for e in args.fe.split(",") if e.strip()] if args.fe else None,
+        ssc=not args.no_ssc,
+        drop_singletons=not args.keep_singletons,
         tol=args.tol,
         max_iter=args.max_iter,
         client=args.scheduler,
@@ -294,6 +297,15 @@ def _run_fit(args: argparse.Namespace, x: list, family, solver_options: dict):
         checkpoint=args.checkpoint,
         **solver_options,
     )
+
+
+def _cluster_arg(text: str | None):
+    """``--cluster``: ``i,j`` (one-way on (i, j) cells), or fixest's ``i^j`` / ``i + j``."""
+    if not text:
+        return None
+    if "+" in text or "^" in text:
+        return text
+    return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
 def _report(res, out_path: str | None, family_options: dict) -> None:
@@ -325,6 +337,9 @@ def _report(res, out_path: str | None, family_options: dict) -> None:
                 "scale": res.scale,
                 "passes": passes,
                 "cov_type": res.cov_type,
+                "fixed_effects": getattr(res, "n_levels", None),
+                "n_dropped": res.n_dropped,
+                "absorbed": getattr(res, "absorbed", None),
                 "history": res.history.reset_index().to_dict(orient="records"),
             },
         }
@@ -403,7 +418,18 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument("--weights", default=None)
     fit.add_argument("--no-intercept", action="store_true")
     fit.add_argument("--cov-type", default="nonrobust", help="nonrobust|robust|HC0|HC1|cluster")
-    fit.add_argument("--cluster", default=None, help="cluster dims, e.g. i,j (with --cov-type cluster)")
+    fit.add_argument(
+        "--cluster",
+        default=None,
+        help="cluster dims (with --cov-type cluster): i,j or i^j one-way on (i, j) cells; i+j two-way",
+    )
+    fit.add_argument(
+        "--fe",
+        default=None,
+        help="fixed effects, comma-separated, ^ interacts dims: e.g. exporter^year,importer^year",
+    )
+    fit.add_argument("--no-ssc", action="store_true", help="with --fe: no small-sample corrections")
+    fit.add_argument("--keep-singletons", action="store_true", help="with --fe: keep singleton levels")
     fit.add_argument("--tol", type=float, default=None)
     fit.add_argument("--max-iter", type=int, default=None)
     fit.add_argument("--scheduler", default=None, help="'local' or a scheduler address (tcp://, tls://)")

@@ -289,3 +289,23 @@ def test_perfect_prediction_drops_match_pyfixest():
     np.testing.assert_allclose(res.params.to_numpy(), ref.coef().to_numpy(), rtol=1e-6)
     assert np.isnan(res.fixed_effects["i"].sel(i="i00"))
     assert "Dropped cells" in res.summary()
+
+
+def test_cli_fe_matches_api(tmp_path):
+    """``daskglm fit --fe`` gives the API's estimates (two-way clusters by fixest's string)."""
+    import json
+    import subprocess
+    import sys
+
+    ds, _, effects = make_fe_panel(3, "poisson", seed=7, missing=0.0)
+    store = str(tmp_path / "p.zarr")
+    ds[["y", "x1", "x2"]].to_zarr(store, mode="w")
+    out = str(tmp_path / "r.json")
+    cmd = [sys.executable, "-m", "daskglm.cli", "fit", store, "--y", "y", "--x", "x1,x2", "--family", "poisson"]
+    cmd += ["--fe", "i^k,j^k", "--cov-type", "cluster", "--cluster", "i+j", "--no-progress", "--out", out]
+    subprocess.run(cmd, check=True, capture_output=True)
+    got = json.load(open(out))
+    res = dg.fit(ds, "y", ["x1", "x2"], "poisson", fe=effects, cov_type="cluster", cluster=["i", "j"])
+    np.testing.assert_allclose(list(got["params"].values()), res.params.to_numpy(), rtol=1e-8)
+    np.testing.assert_allclose(list(got["bse"].values()), res.bse.to_numpy(), rtol=1e-6)
+    assert got["diagnostics"]["fixed_effects"] == {"i^k": 84, "j^k": 72}
