@@ -39,6 +39,9 @@ class SetupInfo:
     ll_sat: float | None
     gram: np.ndarray
     layout: Layout
+    #: R factor of the weighted design's QR when the Gram matrix was too ill-conditioned to
+    #: judge collinearity (then the fit's standard errors also come from a QR factor)
+    r_factor: np.ndarray | None = None
 
     @property
     def sum_weights(self) -> float:
@@ -311,4 +314,14 @@ def interpret_setup(layout: Layout, stats: dict) -> SetupInfo:
     clean = Layout(layout.dims, new_args, layout.blocks, layout.family, layout.missing)
     sums = {k: float(stats[k]) for k in ("sw", "swy", "swy2", "swoff", "swyoff", "swd", "swm")}
     ll_sat = None if np.isnan(stats["ll_sat"]) else float(stats["ll_sat"])
-    return SetupInfo(n_used, n_dropped, dropped_by, sums, float(stats["ll_const"]), ll_sat, gram, clean)
+    return SetupInfo(
+        n_used,
+        n_dropped,
+        dropped_by,
+        sums,
+        float(stats["ll_const"]),
+        ll_sat,
+        gram,
+        clean,
+        stats.get("r_factor"),
+    )

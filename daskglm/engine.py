@@ -140,8 +140,10 @@ class PanelObjective:
         parts = intersections(ways) if ways else []
         for axes, _ in parts:
             graphs += list(graph.cluster_graph(self.layout, self.panel.arrays, params, axes))
-        orthogonal = inference and getattr(self, "orthogonal", False)
-        if orthogonal:  # the solver used QR steps: R for the inverse information, same pass
+        # R for the inverse information, in the same pass, when the solver used QR steps or
+        # the design was ill-conditioned at the setup (gradient-only solvers)
+        orthogonal = inference and (getattr(self, "orthogonal", False) or self.setup.r_factor is not None)
+        if orthogonal:
             graphs.append(qr_graph(self.layout, self.panel.arrays, params, "newton"))
         out = graph.run(self.counter, "final", *graphs, optimize=self.optimize)
         st = finalize_eval(self.layout, out[0], hessian=inference, final=True)
