@@ -5,9 +5,14 @@
 * published R/Stata results on statsmodels' shipped datasets (the numbers embedded in
   ``tests/test_published.py``, with their sources there);
 * statsmodels on the expanded design, for every family on 1-D to 4-D simulated panels with
-  chunks that cut every dim.
+  chunks that cut every dim;
+* statsmodels on real data at raw scales (dollars, head counts, calendar years; the cases of
+  ``tests/test_raw_scale.py``), for every family, by both Newton routes;
+* NIST StRD certified linear regressions (``tests/test_nist.py``; needs the shared reference
+  folder): correct digits (log relative error) of estimates, standard errors and residual SD.
 
-Prints the largest relative difference of params, standard errors and log-likelihood.
+Prints the largest relative difference of params, standard errors and log-likelihood, and the
+NIST digits.
 """
 
 from __future__ import annotations
@@ -100,6 +105,38 @@ def versus_statsmodels() -> None:
         print(f"  {fam:18s} {nd}-D  " + " / ".join(f"{v:.1e}" for v in diffs))
 
 
+def raw_scale() -> None:
+    raw = _load("test_raw_scale")
+    print("real data at raw scales vs statsmodels (max relative difference: params / bse)")
+    for family in sorted(raw.CASES):
+        data, y, x, fam, _, _ = raw.CASES[family]
+        ds = data()
+        if family == "binomial":
+            ds = ds.assign(n=ds["pop"])
+        params, bse = raw.reference(family)
+        for qr in ("never", "always"):
+            res = dg.fit(ds, y, x, fam, progress=False, qr=qr)
+            nb = len(x) + 1
+            diffs = (rel(res.params.to_numpy(), params[:nb]), rel(res.bse.to_numpy(), bse[:nb]))
+            print(f"  {family:18s} qr={qr:6s} " + " / ".join(f"{v:.1e}" for v in diffs))
+
+
+def nist() -> None:
+    mod = _load("test_nist")
+    if not mod.NIST.is_dir():
+        print(f"NIST StRD: reference folder {mod.NIST} not found, skipped")
+        return
+    print("NIST StRD certified values (correct digits, min over coefficients: estimates / SEs / residual SD)")
+    for name, need in mod.REQUIRED.items():
+        d = mod.nist_digits(name)
+        print(
+            f"  {name:9s} {d['estimates']:5.1f} / {d['std_errors']:5.1f} / {d['residual_sd']:5.1f}"
+            f"   (required {need})"
+        )
+
+
 if __name__ == "__main__":
     published()
     versus_statsmodels()
+    raw_scale()
+    nist()
