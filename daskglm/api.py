@@ -170,7 +170,8 @@ def fit(
         With ``fe=``: drop levels with a single used cell (pyfixest's default
         ``fixef_rm="singleton"``; it changes standard errors, not estimates).
     **solver_options
-        Fields of the solver's config class: ``max_halvings`` for Newton; ``step_size``,
+        Fields of the solver's config class: ``max_halvings``, ``qr``, ``qr_cond`` for Newton
+        (``qr="auto"`` takes QR steps for ill-conditioned designs); ``step_size``,
         ``armijo``, ``max_backtracks`` for ``gd``; ``learning_rate``, ``beta1``, ``beta2``,
         ``epsilon``, ``decay`` for ``adam``; ``memory``, ``max_line_search`` for ``lbfgs``.
 
