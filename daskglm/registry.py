@@ -29,6 +29,7 @@ from .solvers.gradient import (
     lbfgs,
 )
 from .solvers.newton import NewtonConfig, newton
+from .solvers.newton_schulz import NewtonSchulzConfig, newton_schulz
 
 __all__ = [
     "FAMILIES",
@@ -157,7 +158,7 @@ SOLVERS: dict[str, SolverSpec] = {
         lbfgs,
         LBFGSConfig,
         False,
-        "scipy's L-BFGS-B on the client, diagonally preconditioned (LL and gradient per pass)",
+        "scipy's L-BFGS-B on the client, full-matrix preconditioned (LL and gradient per pass)",
     ),
     "gd": SolverSpec(
         "gd",
@@ -171,7 +172,14 @@ SOLVERS: dict[str, SolverSpec] = {
         adam,
         AdamConfig,
         False,
-        "Adam on standardised coefficients with a decaying rate (inverse-free)",
+        "Adam in whitened coordinates with a decaying rate (inverse-free)",
+    ),
+    "newton_schulz": SolverSpec(
+        "newton_schulz",
+        newton_schulz,
+        NewtonSchulzConfig,
+        True,
+        "Newton-Raphson with H^-1 g from Newton-Schulz iterations: products only (inverse-free)",
     ),
 }
 

@@ -1,9 +1,15 @@
 """Gradient-only solvers: gradient ascent (Armijo or fixed step), Adam and L-BFGS.
 
 Every iteration calls the objective with ``hessian=False``: one pass over the data returning
-the log-likelihood and its gradient together. The Hessian is evaluated once, at the starting
-values, only to fix a diagonal preconditioner (:mod:`.preconditioning`); inside the loops of
-:func:`gradient_descent` and :func:`adam` nothing solves, inverts or factorises a matrix.
+the log-likelihood and its gradient together. The Hessian is evaluated at the starting values
+(the same pass that evaluates the start) to build a full-matrix preconditioner
+(:class:`~.preconditioning.MatrixPreconditioner`: centring, diagonal scaling and the
+Newton-Schulz inverse square root of the scaled curvature, all products and additions), and
+again, one extra pass each time, when progress stalls (:class:`~.preconditioning.StallMonitor`)
+because the curvature has moved. The solvers run in the whitened coordinates ``z`` (``beta =
+R z``) where that curvature is the identity, so a unit gradient step is a Newton step with the
+last Hessian. Nothing in :func:`gradient_descent` or :func:`adam` solves, inverts or factorises
+a matrix, before or inside their loops.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import numpy as np
 from scipy import optimize
 
 from .base import Evaluation, IterationLog, Objective, SolverResult, warn_not_converged
-from .preconditioning import GradientStop, Preconditioner
+from .preconditioning import GradientStop, MatrixPreconditioner, StallMonitor
 
 __all__ = [
     "GradientDescentConfig",
@@ -48,6 +54,9 @@ class GradientDescentConfig:
         Sufficient-increase constant of the line search.
     max_backtracks : int
         Most step halvings within one iteration.
+    refresh_window : int
+        Rebuild the preconditioner from a fresh Hessian (one extra pass) when the decrement
+        has fallen less than tenfold over this many iterations; ``0`` never rebuilds it.
     """
 
     tol: float = 1e-12
@@ -55,6 +64,7 @@ class GradientDescentConfig:
     step_size: float | None = None
     armijo: float = 1e-4
     max_backtracks: int = 40
+    refresh_window: int = 5
 
     def __post_init__(self):
         _check_common(self)
@@ -62,20 +72,21 @@ class GradientDescentConfig:
             _require("step_size", self.step_size, self.step_size > 0, "a positive number or None")
         _require("armijo", self.armijo, 0 < self.armijo < 1, "in (0, 1)")
         _require("max_backtracks", self.max_backtracks, self.max_backtracks >= 1, ">= 1")
+        _require("refresh_window", self.refresh_window, self.refresh_window >= 0, ">= 0")
 
 
 @dataclass(frozen=True)
 class AdamConfig:
     """Settings of :func:`adam` (Kingma & Ba, 2015).
 
-    Adam runs on the mean log-likelihood per unit weight, in standardised coordinates (each
-    covariate centred and scaled to unit curvature-weighted standard deviation, so the
-    coefficients are of order one and one learning rate fits all). ``beta1``, ``beta2`` and
-    ``epsilon`` are the usual defaults (those of PyTorch and Keras). Full-batch Adam with a
-    constant rate ends up circling the optimum, so the rate adapts ("bold driver"): a step that
-    lowers the log-likelihood multiplies it by ``decay``, one that raises it by ``growth``
-    (once changes in the log-likelihood are at the level of rounding, by the sign of its slope
-    along the step instead).
+    Adam runs in the whitened coordinates of the full-matrix preconditioner (unit curvature in
+    every direction at the point it was built, so the coordinates are of order one and one
+    learning rate fits all); its moment estimates restart when the preconditioner is rebuilt.
+    ``beta1``, ``beta2`` and ``epsilon`` are the usual defaults (those of PyTorch and Keras).
+    Full-batch Adam with a constant rate ends up circling the optimum, so the rate adapts
+    ("bold driver"): a step that lowers the log-likelihood multiplies it by ``decay``, one that
+    raises it by ``growth`` (once changes in the log-likelihood are at the level of rounding,
+    by the sign of its slope along the step instead).
 
     Attributes
     ----------
@@ -91,6 +102,9 @@ class AdamConfig:
         Factor applied to the learning rate after a step that lowers the log-likelihood.
     growth : float
         Factor applied to the learning rate after a step that raises it.
+    refresh_window : int
+        As for :class:`GradientDescentConfig` (longer: Adam's momentum makes its decrement
+        fall unevenly).
     """
 
     tol: float = 1e-12
@@ -101,6 +115,7 @@ class AdamConfig:
     epsilon: float = 1e-8
     decay: float = 0.7
     growth: float = 1.1
+    refresh_window: int = 50
 
     def __post_init__(self):
         _check_common(self)
@@ -110,6 +125,7 @@ class AdamConfig:
         _require("epsilon", self.epsilon, self.epsilon > 0, "> 0")
         _require("decay", self.decay, 0 < self.decay <= 1, "in (0, 1] (1 switches the decay off)")
         _require("growth", self.growth, self.growth >= 1, ">= 1 (1 switches the growth off)")
+        _require("refresh_window", self.refresh_window, self.refresh_window >= 0, ">= 0")
 
 
 @dataclass(frozen=True)
@@ -124,17 +140,22 @@ class LBFGSConfig:
         Number of correction pairs kept (``maxcor``).
     max_line_search : int
         Most evaluations in one line search (``maxls``).
+    refresh_window : int
+        As for :class:`GradientDescentConfig`; a rebuild restarts scipy's L-BFGS-B (its
+        correction pairs are dropped) in the new coordinates.
     """
 
     tol: float = 1e-12
     max_iter: int = 1000
     memory: int = 10
     max_line_search: int = 40
+    refresh_window: int = 10
 
     def __post_init__(self):
         _check_common(self)
         _require("memory", self.memory, self.memory >= 1, ">= 1")
         _require("max_line_search", self.max_line_search, self.max_line_search >= 1, ">= 1")
+        _require("refresh_window", self.refresh_window, self.refresh_window >= 0, ">= 0")
 
 
 #: relative size of rounding error in a log-likelihood summed over many cells: differences
@@ -156,10 +177,73 @@ def _check_common(cfg) -> None:
     _require("max_iter", cfg.max_iter, int(cfg.max_iter) >= 1, ">= 1")
 
 
-def _begin(objective: Objective, start: np.ndarray, config, callback):
-    """Evaluate the start with its Hessian (one pass), fix the preconditioner, log row 0.
+class _Run:
+    """State shared by the gradient solvers: preconditioner, stopping rule, rebuilds, log."""
 
-    Returns ``(x, evaluation, preconditioner, stopping rule, iteration log)``.
+    def __init__(self, objective: Objective, e0: Evaluation, config, callback):
+        self.objective = objective
+        self.window = int(config.refresh_window)
+        self.pre = self._build(e0)
+        phi0 = objective.dispersion(e0)
+        self.stop = GradientStop(config.tol, self.pre, phi_floor=LL_NOISE * phi0)
+        self.monitor = StallMonitor(max(self.window, 1))
+        self.log = IterationLog(objective, callback)
+        self.refreshes = 0
+
+    def _build(self, e: Evaluation) -> MatrixPreconditioner:
+        ob = self.objective
+        return MatrixPreconditioner.from_hessian(e.hess, ob.intercept_index, ob.n_beta)
+
+    def phi(self, e: Evaluation) -> float:
+        return max(self.objective.dispersion(e), self.stop.phi_floor)
+
+    def due(self, decrement: float) -> bool:
+        """Record the decrement; True when the preconditioner should be rebuilt."""
+        return self.window > 0 and self.monitor.update(decrement)
+
+    def refresh(self, x: np.ndarray, e: Evaluation) -> Evaluation:
+        """One extra pass at ``x`` with the Hessian; rebuild the preconditioner from it."""
+        fresh = self.objective(x, hessian=True)
+        if not (
+            np.isfinite(fresh.ll) and np.all(np.isfinite(fresh.grad)) and np.all(np.isfinite(fresh.hess))
+        ):
+            return e
+        self.pre = self._build(fresh)
+        self.stop.pre = self.pre
+        self.monitor.reset()
+        self.refreshes += 1
+        return fresh
+
+    def polish(self, x: np.ndarray, iteration: int) -> tuple[np.ndarray, int]:
+        """After convergence, one full preconditioned step ``x + R R' g`` (one pass).
+
+        With the preconditioner built from a recent Hessian this is a Newton step: it takes
+        the estimates from the stopping rule's accuracy (``tol`` in likelihood units, i.e.
+        ``sqrt(tol)`` standard errors) to that of the gradient's rounding error, which
+        matters for coefficients far smaller than their standard errors (NIST's Wampler4-5).
+        It is kept only if neither the log-likelihood (beyond rounding) nor the decrement
+        rises. Returns the estimates and the iteration count (one more if the step was kept).
+        """
+        e = self.log_last
+        trial = self.objective(x + self.pre.direction(e.grad), hessian=False)
+        if not (np.isfinite(trial.ll) and trial.ll >= e.ll - _noise(e.ll)):
+            return x, iteration
+        if self.pre.decrement(trial.grad) > self.pre.decrement(e.grad):
+            return x, iteration
+        dec = self.pre.decrement(trial.grad) / self.phi(trial)
+        rel = abs(trial.ll - e.ll) / self.phi(trial) / (abs(trial.ll) / self.phi(trial) + 1.0)
+        self.add(iteration + 1, trial, 1.0, decrement=dec, rel_change=rel, polish=True)
+        return trial.params, iteration + 1
+
+    def add(self, iteration: int, e: Evaluation, step: float, **extra) -> None:
+        self.log_last = e
+        self.log.add(iteration, e, step, refreshes=self.refreshes, **extra)
+
+
+def _begin(objective: Objective, start: np.ndarray, config, callback):
+    """Evaluate the start with its Hessian (one pass), build the preconditioner, log row 0.
+
+    Returns ``(x, evaluation, run state)``.
     """
     x = np.asarray(start, dtype=np.float64).copy()
     e = objective(x, hessian=True)
@@ -168,10 +252,75 @@ def _begin(objective: Objective, start: np.ndarray, config, callback):
             "the log-likelihood or its derivatives are not finite at the starting values; "
             "check the data's scale or pass start_params"
         )
-    pre = Preconditioner.from_hessian(e.hess, objective.intercept_index, objective.n_beta)
-    log = IterationLog(objective, callback)
-    log.add(0, e, 0.0, decrement=pre.decrement(e.grad) / objective.dispersion(e))
-    return x, e, pre, GradientStop(config.tol, pre), log
+    run = _Run(objective, e, config, callback)
+    run.add(0, e, 0.0, decrement=run.pre.decrement(e.grad) / run.phi(e))
+    return x, e, run
+
+
+def _ascend(
+    objective: Objective,
+    run: _Run,
+    x: np.ndarray,
+    e: Evaluation,
+    iterations: range,
+    step_size: float | None,
+    armijo: float,
+    max_backtracks: int,
+) -> tuple[np.ndarray, int, bool, str]:
+    """Preconditioned gradient ascent over ``iterations``; returns ``(x, it, converged, message)``.
+
+    The line search accepts a trial whose log-likelihood is within rounding of the Armijo
+    target, so it still moves once LL differences are below rounding (the gradient is not).
+    """
+    fixed = step_size is not None
+    t = float(step_size) if fixed else 1.0
+    it = iterations.start - 1
+    message = f"reached max_iter={iterations.stop - 1} iterations"
+    for it in iterations:
+        pre = run.pre
+        step_theta = pre.to_theta(e.grad) / pre.D
+        slope = float(step_theta @ (step_theta * pre.D))
+        direction = pre.to_beta(step_theta)
+        if fixed:
+            trial = objective(x + t * direction, hessian=False)
+            if not np.isfinite(trial.ll):
+                message = (
+                    f"the log-likelihood became non-finite at iteration {it}: "
+                    f"step_size={t:g} is too large for this problem"
+                )
+                return x, it, False, message
+        else:
+            for _ in range(max_backtracks + 1):
+                trial = objective(x + t * direction, hessian=False)
+                if np.isfinite(trial.ll) and trial.ll >= e.ll + armijo * t * slope - _noise(e.ll):
+                    break
+                t *= 0.5
+            else:
+                message = (
+                    f"the line search found no increase after max_backtracks={max_backtracks} "
+                    "halvings (the gradient is at the level of rounding error, or the model is "
+                    "not identified)"
+                )
+                return x, it, False, message
+        x = x + t * direction
+        prev, e = e, trial
+        done, dec, rel = run.stop.check(prev.ll, e.ll, e.grad, run.phi(e))
+        rebuilt = not done and run.due(dec)
+        if rebuilt:
+            e = run.refresh(x, e)
+        run.add(it, e, t, decrement=dec, rel_change=rel)
+        if done:
+            return x, it, True, run.stop.message(dec, rel)
+        if not fixed:
+            if rebuilt:
+                t = 1.0
+            else:
+                # Barzilai-Borwein: the step that fits the curvature seen along the last move
+                y_theta = pre.to_theta(prev.grad - e.grad)
+                s_theta = t * step_theta
+                sy = float(s_theta @ y_theta)
+                t = float(np.clip((s_theta * pre.D) @ s_theta / sy, 1e-4, 1e4)) if sy > 0 else 1.0
+    return x, it, False, message
 
 
 def gradient_descent(
@@ -180,84 +329,53 @@ def gradient_descent(
     config: GradientDescentConfig = GradientDescentConfig(),
     callback=None,
 ) -> SolverResult:
-    """Maximise the objective by preconditioned gradient ascent from ``start``."""
-    x, e, pre, stop, log = _begin(objective, start, config, callback)
-    fixed = config.step_size is not None
-    t = float(config.step_size) if fixed else 1.0
-    converged, it = False, 0
-    message = f"reached max_iter={config.max_iter} iterations"
-    for it in range(1, config.max_iter + 1):
-        g_theta = pre.to_theta(e.grad)
-        step_theta = g_theta / pre.D
-        slope = float(g_theta @ step_theta)
-        if fixed:
-            trial = objective(x + t * pre.to_beta(step_theta), hessian=False)
-            if not np.isfinite(trial.ll):
-                message = (
-                    f"the log-likelihood became non-finite at iteration {it}: "
-                    f"step_size={t:g} is too large for this problem"
-                )
-                break
-        else:
-            for _ in range(config.max_backtracks + 1):
-                trial = objective(x + t * pre.to_beta(step_theta), hessian=False)
-                if np.isfinite(trial.ll) and trial.ll >= e.ll + config.armijo * t * slope - _noise(e.ll):
-                    break
-                t *= 0.5
-            else:
-                message = (
-                    f"the line search found no increase after max_backtracks={config.max_backtracks} "
-                    "halvings (the gradient is at the level of rounding error, or the model is "
-                    "not identified)"
-                )
-                break
-        x = x + t * pre.to_beta(step_theta)
-        prev, e = e, trial
-        phi = objective.dispersion(e)
-        done, dec, rel = stop.check(prev.ll, e.ll, e.grad, phi)
-        log.add(it, e, t, decrement=dec, rel_change=rel)
-        if done:
-            converged = True
-            message = stop.message(dec, rel)
-            break
-        if not fixed:
-            # Barzilai-Borwein: the step that fits the curvature seen along the last move
-            y_theta = pre.to_theta(prev.grad - e.grad)
-            s_theta = t * step_theta
-            sy = float(s_theta @ y_theta)
-            t = float(np.clip((s_theta * pre.D) @ s_theta / sy, 1e-4, 1e4)) if sy > 0 else 1.0
-    if not converged:
+    """Maximise the objective by preconditioned gradient ascent from ``start``.
+
+    The direction is ``R R' g`` (a Newton step with the Hessian the preconditioner was last
+    built from); the first trial step is 1 after a rebuild and Barzilai-Borwein otherwise.
+    """
+    x, e, run = _begin(objective, start, config, callback)
+    x, it, converged, message = _ascend(
+        objective,
+        run,
+        x,
+        e,
+        range(1, config.max_iter + 1),
+        config.step_size,
+        config.armijo,
+        config.max_backtracks,
+    )
+    if converged and config.step_size is None:  # a fixed step compares no log-likelihoods
+        x, it = run.polish(x, it)
+    elif not converged:
         warn_not_converged("gradient descent", message)
-    return SolverResult(x, converged, it, log.rows, message, "gd")
+    return SolverResult(x, converged, it, run.log.rows, message, "gd")
 
 
 def adam(
     objective: Objective, start: np.ndarray, config: AdamConfig = AdamConfig(), callback=None
 ) -> SolverResult:
     """Maximise the objective by Adam from ``start`` (see :class:`AdamConfig`)."""
-    x, e, pre, stop, log = _begin(objective, start, config, callback)
-    # standardised coordinates u = S theta: unit curvature-weighted variance per covariate
-    nb = objective.n_beta
-    ref = pre.D[pre.intercept] if pre.intercept is not None else float(np.median(pre.D[:nb]))
-    S = np.ones_like(pre.D)
-    S[:nb] = np.sqrt(pre.D[:nb] / ref)
+    x, e, run = _begin(objective, start, config, callback)
     b1, b2 = config.beta1, config.beta2
     m = np.zeros_like(x)
     v = np.zeros_like(x)
+    k = 0  # Adam's step count since its moments were (re)started
     lr = config.learning_rate
     converged, it = False, 0
     message = f"reached max_iter={config.max_iter} iterations"
     for it in range(1, config.max_iter + 1):
-        g_u = pre.to_theta(e.grad) / S / ref
+        k += 1
+        g_u = run.pre.to_theta(e.grad)
         m = b1 * m + (1.0 - b1) * g_u
         v = b2 * v + (1.0 - b2) * g_u * g_u
-        m_hat = m / (1.0 - b1**it)
-        v_hat = v / (1.0 - b2**it)
-        step = pre.to_beta(lr * m_hat / (np.sqrt(v_hat) + config.epsilon) / S)
+        m_hat = m / (1.0 - b1**k)
+        v_hat = v / (1.0 - b2**k)
+        step = run.pre.to_beta(lr * m_hat / (np.sqrt(v_hat) + config.epsilon))
         trial = objective(x + step, hessian=False)
         if not np.isfinite(trial.ll):
             lr *= config.decay
-            log.add(it, e, lr, rejected=True)
+            run.add(it, e, lr, rejected=True)
             continue
         x = x + step
         prev, e = e, trial
@@ -267,90 +385,122 @@ def adam(
             # below rounding in the LL: judge by the slope along the step at the new point
             change = float(e.grad @ step)
         lr *= config.decay if change < 0 else config.growth
-        phi = objective.dispersion(e)
-        done, dec, rel = stop.check(prev.ll, e.ll, e.grad, phi)
-        log.add(it, e, used_lr, decrement=dec, rel_change=rel)
+        done, dec, rel = run.stop.check(prev.ll, e.ll, e.grad, run.phi(e))
+        if not done and run.due(dec):
+            e = run.refresh(x, e)
+            m, v, k = np.zeros_like(x), np.zeros_like(x), 0
+        run.add(it, e, used_lr, decrement=dec, rel_change=rel)
         if done:
             converged = True
-            message = stop.message(dec, rel)
+            message = run.stop.message(dec, rel)
+            x, it = run.polish(x, it)
             break
         if lr < 1e-14:
             message = f"the learning rate decayed below 1e-14 at iteration {it}"
             break
     if not converged:
         warn_not_converged("Adam", message)
-    return SolverResult(x, converged, it, log.rows, message, "adam")
+    return SolverResult(x, converged, it, run.log.rows, message, "adam")
 
 
 def lbfgs(
     objective: Objective, start: np.ndarray, config: LBFGSConfig = LBFGSConfig(), callback=None
 ) -> SolverResult:
-    """Maximise the objective with scipy's L-BFGS-B, in preconditioned coordinates.
+    """Maximise the objective with scipy's L-BFGS-B, in the preconditioner's whitened coordinates.
 
-    The variables handed to scipy are ``z = D^(1/2) theta`` (unit curvature on the diagonal),
-    the function is the negative log-likelihood change from the start in likelihood units;
-    each function-and-gradient call is one pass. The shared stopping rule ends the run (scipy's
-    own tolerances are switched off).
+    The variables handed to scipy are ``z`` with ``beta = beta_a + R z`` (``beta_a`` where the
+    preconditioner was last built), the function is the negative log-likelihood change from
+    ``beta_a`` in likelihood units; each function-and-gradient call is one pass. The shared
+    stopping rule ends the run (scipy's own tolerances are switched off). When progress stalls
+    the preconditioner is rebuilt at the current point and scipy restarted from there.
     """
-    x0, e0, pre, stop, log = _begin(objective, start, config, callback)
-    phi0 = objective.dispersion(e0)
-    root = np.sqrt(pre.D)
-    cache: dict[bytes, Evaluation] = {e0.params.tobytes(): e0}
+    x, e, run = _begin(objective, start, config, callback)
+    cache: dict[bytes, Evaluation] = {e.params.tobytes(): e}
+    state = {"prev": e, "it": 0, "done": False, "refresh": False, "message": ""}
+    while True:
+        anchor, e_anchor, pre = x, e, run.pre
+        phi0 = run.phi(e_anchor)
+        state.update(z=np.zeros_like(anchor), refresh=False)
 
-    def params_of(z: np.ndarray) -> np.ndarray:
-        return x0 + pre.to_beta(z / root)
+        def params_of(z: np.ndarray, anchor=anchor, pre=pre) -> np.ndarray:
+            return anchor + pre.to_beta(z)
 
-    def fun(z: np.ndarray) -> tuple[float, np.ndarray]:
-        x = params_of(z)
-        key = x.tobytes()
-        e = cache.get(key)
-        if e is None:
-            e = objective(x, hessian=False)
+        def fun(z: np.ndarray, e_anchor=e_anchor, pre=pre, phi0=phi0) -> tuple[float, np.ndarray]:
+            xz = params_of(z)
+            key = xz.tobytes()
+            ez = cache.get(key)
+            if ez is None:
+                ez = objective(xz, hessian=False)
+                cache.clear()
+                cache[key] = ez
+            if not np.isfinite(ez.ll):
+                return np.inf, np.zeros_like(z)
+            return -(ez.ll - e_anchor.ll) / phi0, -pre.to_theta(ez.grad) / phi0
+
+        def on_iteration(intermediate_result) -> None:
+            z = np.asarray(intermediate_result.x)
+            xz = params_of(z)
+            ez = cache.get(xz.tobytes()) or objective(xz, hessian=False)
+            state["it"] += 1
+            done, dec, rel = run.stop.check(state["prev"].ll, ez.ll, ez.grad, run.phi(ez))
+            step = float(np.linalg.norm(z - state["z"]))
+            state.update(prev=ez, z=z.copy())
+            if done:
+                run.add(state["it"], ez, step, decrement=dec, rel_change=rel)
+                state["done"] = True
+                state["message"] = run.stop.message(dec, rel)
+                raise StopIteration
+            if run.due(dec):
+                state["refresh"] = True
+                state["dec"], state["rel"], state["step"] = dec, rel, step
+                raise StopIteration
+            run.add(state["it"], ez, step, decrement=dec, rel_change=rel)
+            if state["it"] >= config.max_iter:
+                raise StopIteration
+
+        res = optimize.minimize(
+            fun,
+            np.zeros_like(anchor),
+            jac=True,
+            method="L-BFGS-B",
+            callback=on_iteration,
+            options={
+                "maxiter": config.max_iter - state["it"],
+                "maxfun": 50 * config.max_iter,
+                "maxcor": config.memory,
+                "maxls": config.max_line_search,
+                "ftol": 0.0,
+                "gtol": 0.0,
+            },
+        )
+        x = params_of(state["z"])
+        e = state["prev"]
+        if state["done"] or state["it"] >= config.max_iter:
+            break
+        if state["refresh"]:
+            e = run.refresh(x, e)
+            run.add(state["it"], e, state["step"], decrement=state["dec"], rel_change=state["rel"])
+            state["prev"] = e
             cache.clear()
-            cache[key] = e
-        if not np.isfinite(e.ll):
-            return np.inf, np.zeros_like(z)
-        return -(e.ll - e0.ll) / phi0, -pre.to_theta(e.grad) / root / phi0
-
-    state = {"prev": e0, "it": 0, "done": False, "message": "", "z": np.zeros_like(x0)}
-
-    def on_iteration(intermediate_result) -> None:
-        z = np.asarray(intermediate_result.x)
-        e = cache.get(params_of(z).tobytes()) or objective(params_of(z), hessian=False)
-        state["it"] += 1
-        phi = objective.dispersion(e)
-        done, dec, rel = stop.check(state["prev"].ll, e.ll, e.grad, phi)
-        log.add(state["it"], e, float(np.linalg.norm(z - state["z"])), decrement=dec, rel_change=rel)
-        state.update(prev=e, z=z.copy())
-        if done:
-            state["done"] = True
-            state["message"] = stop.message(dec, rel)
-            raise StopIteration
-
-    res = optimize.minimize(
-        fun,
-        np.zeros_like(x0),
-        jac=True,
-        method="L-BFGS-B",
-        callback=on_iteration,
-        options={
-            "maxiter": config.max_iter,
-            "maxfun": 50 * config.max_iter,
-            "maxcor": config.memory,
-            "maxls": config.max_line_search,
-            "ftol": 0.0,
-            "gtol": 0.0,
-        },
-    )
-    x = params_of(state["z"])
+            cache[e.params.tobytes()] = e
+            continue
+        # scipy stopped on its own: its line search needs log-likelihood differences, which
+        # near the optimum are at the level of rounding. Finish by preconditioned gradient
+        # steps, whose line search tolerates rounding (the gradient is still informative).
+        x, it, converged, message = _ascend(
+            objective, run, x, e, range(state["it"] + 1, config.max_iter + 1), None, 1e-4, 40
+        )
+        if not converged:
+            message = f"scipy L-BFGS-B stopped ({res.message}), then {message}"
+            warn_not_converged("L-BFGS", message)
+        else:
+            x, it = run.polish(x, it)
+        return SolverResult(x, converged, it, run.log.rows, message, "lbfgs")
     converged = state["done"]
     if converged:
         message = state["message"]
+        x, state["it"] = run.polish(x, state["it"])
     else:
-        message = (
-            f"reached max_iter={config.max_iter} iterations"
-            if state["it"] >= config.max_iter
-            else f"scipy L-BFGS-B stopped: {res.message}"
-        )
+        message = f"reached max_iter={config.max_iter} iterations"
         warn_not_converged("L-BFGS", message)
-    return SolverResult(x, converged, state["it"], log.rows, message, "lbfgs")
+    return SolverResult(x, converged, state["it"], run.log.rows, message, "lbfgs")

@@ -1,18 +1,29 @@
-"""Diagonal preconditioning for the gradient-only solvers, fixed once before the first iteration.
+"""Inverse-free preconditioning for the gradient-only solvers and the Newton-Schulz solver.
 
-The gradient solvers work in *centred, curvature-scaled* coordinates. From the Hessian ``H0``
-at the starting values (the same pass that evaluates the start, so it costs nothing extra):
+Everything here is built from a Hessian by matrix products, additions and elementwise
+scalings: no matrix solve, inverse or factorisation, so it can run where only additions and
+multiplications are available (homomorphic encryption, secure aggregation).
 
-* **centring**: with an intercept, every coefficient's covariate is centred on its
-  curvature-weighted mean ``m_j = H0[0, j] / H0[0, 0]``, i.e. ``beta = T theta`` with
-  ``beta_0 = theta_0 - sum_j m_j theta_j`` and ``beta_j = theta_j``. This removes the strong
-  intercept-covariate coupling that makes plain gradient descent crawl;
-* **scaling**: ``D = -diag(T' H0 T)`` (floored to stay positive), the Jacobi preconditioner.
+Two layers:
 
-Both maps are elementwise or a single dot product: no matrix solve, inverse or factorisation.
-In the scaled coordinates ``z = D^(1/2) theta`` the curvature has a unit diagonal, so
-``g_theta' D^-1 g_theta`` estimates the Newton decrement (the deviance still to be gained) and is
-what the stopping rule uses.
+* :class:`Preconditioner` (diagonal equilibration). From the Hessian ``H0`` at the starting
+  values: with an intercept, every coefficient's covariate is centred on its curvature-weighted
+  mean ``m_j = H0[0, j] / H0[0, 0]``, i.e. ``beta = T theta`` with ``beta_0 = theta_0 - sum_j m_j
+  theta_j`` (this removes the strong intercept-covariate coupling of raw-scale covariates); then
+  ``D = -diag(T' H0 T)`` (floored to stay positive) scales each centred coordinate to unit
+  curvature.
+* :class:`MatrixPreconditioner` (full matrix). The equilibrated curvature ``C = D^-1/2 T' (-H0)
+  T D^-1/2`` (unit diagonal) is turned into ``C^-1/2`` by the coupled Newton-Schulz iteration
+  (:func:`newton_schulz_inverse_sqrt`), so that in the coordinates ``z`` with ``beta = R z``,
+  ``R = T D^-1/2 C^-1/2``, the curvature at the start is the identity: gradient steps there are
+  Newton steps. Where ``-H0`` is not positive definite the iteration diverges, which is how this
+  is detected; ``C + mu I`` is used instead, with the smallest ``mu`` in ``1e-8, 1e-7, ...`` for
+  which it converges (a Levenberg-Marquardt damping).
+
+:func:`newton_schulz_inverse` gives ``C^-1`` by ``X_{k+1} = X_k (2I - C X_k)`` for the
+Newton-Schulz solver (:mod:`.newton_schulz`). :class:`StallMonitor` tells the gradient solvers
+when to rebuild the preconditioner from a fresh Hessian (one extra pass) because the curvature
+has moved away from the one it was built from.
 """
 
 from __future__ import annotations
@@ -21,7 +32,193 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Preconditioner", "GradientStop"]
+__all__ = [
+    "Preconditioner",
+    "MatrixPreconditioner",
+    "GradientStop",
+    "StallMonitor",
+    "NSResult",
+    "newton_schulz_inverse",
+    "newton_schulz_inverse_sqrt",
+    "damped_inverse",
+]
+
+#: residual (Frobenius norm of ``I - C X``) below which a Newton-Schulz iteration has converged
+NS_TOL = 1e-14
+#: most Newton-Schulz iterations; from ``alpha I`` about ``log2(cond(C)) + 6`` are needed
+NS_MAX_ITER = 100
+#: dampings ``mu`` tried, in order, when ``C`` is not positive definite
+DAMPINGS = tuple(10.0**k for k in range(-8, 7))
+
+
+def _fro(M: np.ndarray) -> float:
+    return float(np.sqrt(np.sum(M * M)))
+
+
+def _sym(M: np.ndarray) -> np.ndarray:
+    return 0.5 * (M + M.T)
+
+
+@dataclass(frozen=True)
+class NSResult:
+    """A Newton-Schulz iteration's outcome.
+
+    Attributes
+    ----------
+    X : ndarray, shape (P, P)
+        The approximation (``C^-1`` or ``C^-1/2``).
+    residual : float
+        Frobenius norm of ``I - C X`` (inverse) or ``I - Z Y`` (inverse square root).
+    iterations : int
+        Newton-Schulz updates made.
+    products : int
+        P x P matrix products made.
+    converged : bool
+        Whether the residual fell below the tolerance or stopped falling at the level of
+        rounding error (as it does for an ill-conditioned ``C``).
+    warm : bool
+        Whether it started from the given ``X0`` (False: from ``alpha I``).
+    """
+
+    X: np.ndarray
+    residual: float
+    iterations: int
+    products: int
+    converged: bool
+    warm: bool = False
+
+
+def _floor_reached(res: float, prev: float) -> bool:
+    # once small, the residual squares every iteration; when it stops doing so it has reached
+    # rounding error (about cond(C) * eps): further iterations cannot improve it
+    return res < 1e-4 and res > 0.5 * prev
+
+
+def newton_schulz_inverse(
+    C: np.ndarray,
+    X0: np.ndarray | None = None,
+    *,
+    tol: float = NS_TOL,
+    max_iter: int = NS_MAX_ITER,
+    warm_only: bool = False,
+) -> NSResult:
+    """``C^-1`` for a symmetric positive definite ``C`` by ``X_{k+1} = X_k (2I - C X_k)``.
+
+    The residual ``R_k = I - C X_k`` squares at every step (``R_{k+1} = R_k^2``), so the
+    iteration converges, quadratically, whenever the spectral radius of ``R_0`` is below 1.
+    Without ``X0`` it starts from ``alpha I`` with ``alpha = 1 / ||C||_inf``: the eigenvalues of
+    ``R_0`` are then ``1 - lambda / ||C||_inf`` in ``[0, 1)`` if ``C`` is positive definite, and
+    one is above 1, so the iteration diverges, if it is not. A warm start ``X0`` (the inverse of
+    a nearby matrix) is used when ``||I - C X0||_F < 1``, which guarantees convergence.
+
+    Each iteration is two P x P products (``C X`` and ``X R``). Returns an :class:`NSResult`
+    whose ``converged`` is False when the iteration diverged (``C`` not positive definite) or
+    did not settle within ``max_iter``, or, with ``warm_only``, when ``X0`` is not close
+    enough to start from (the caller then re-equilibrates and starts cold).
+    """
+    C = np.asarray(C, dtype=np.float64)
+    P = C.shape[0]
+    eye = np.eye(P)
+    products = 0
+    warm = X0 is not None
+    if X0 is not None:
+        R = eye - C @ X0
+        products += 1
+        res = _fro(R)
+        if not (np.isfinite(res) and res < 1.0):
+            if warm_only:
+                return NSResult(X0, res, 0, products, False, False)
+            X0, warm = None, False
+    if X0 is None:
+        norm_inf = float(np.max(np.sum(np.abs(C), axis=1))) if P else 1.0
+        if not (np.isfinite(norm_inf) and norm_inf > 0):
+            return NSResult(np.zeros_like(C), np.inf, 0, products, False)
+        X = eye / norm_inf
+        R = eye - C / norm_inf
+        res = _fro(R)
+    else:
+        X = _sym(np.asarray(X0, dtype=np.float64))
+    prev = np.inf
+    for it in range(max_iter + 1):
+        if res <= tol or _floor_reached(res, prev):
+            return NSResult(X, min(res, prev), it, products, True, warm)
+        if not np.isfinite(res) or res > 1e8 or it == max_iter:
+            return NSResult(X, res, it, products, False, warm)
+        X = _sym(X + X @ R)
+        R = eye - C @ X
+        products += 2
+        prev, res = res, _fro(R)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def newton_schulz_inverse_sqrt(
+    C: np.ndarray, *, tol: float = NS_TOL, max_iter: int = NS_MAX_ITER
+) -> NSResult:
+    """``C^-1/2`` for a symmetric positive definite ``C`` by the coupled Newton-Schulz iteration.
+
+    With ``c = ||C||_inf`` (at least the largest eigenvalue), ``Y_0 = C / c``, ``Z_0 = I``::
+
+        T_k = (3I - Z_k Y_k) / 2,   Y_{k+1} = Y_k T_k,   Z_{k+1} = T_k Z_k
+
+    ``Y_k -> (C/c)^1/2`` and ``Z_k -> (C/c)^-1/2`` (Higham, *Functions of Matrices*, 2008, sec.
+    6.7; the coupled form is numerically stable). For an eigenvalue ``p = lambda / c`` in
+    ``(0, 1]`` the product ``Z Y`` goes ``p -> p (3 - p)^2 / 4``: up by 9/4 per iteration while
+    small, then quadratically to 1; a negative eigenvalue diverges. Each iteration is three
+    P x P products. Returns ``Z / sqrt(c)`` in an :class:`NSResult` (residual ``||I - Z Y||_F``).
+    """
+    C = np.asarray(C, dtype=np.float64)
+    P = C.shape[0]
+    eye = np.eye(P)
+    c = float(np.max(np.sum(np.abs(C), axis=1))) if P else 1.0
+    if not (np.isfinite(c) and c > 0):
+        return NSResult(np.zeros_like(C), np.inf, 0, 0, False)
+    Y, Z = C / c, eye.copy()
+    ZY = Y
+    res, prev, products = _fro(eye - ZY), np.inf, 0
+    for it in range(max_iter + 1):
+        if res <= tol or _floor_reached(res, prev):
+            return NSResult(Z / np.sqrt(c), min(res, prev), it, products, True)
+        if not np.isfinite(res) or res > 1e8 or it == max_iter:
+            return NSResult(Z / np.sqrt(c), res, it, products, False)
+        T = 0.5 * (3.0 * eye - ZY)
+        Y, Z = _sym(Y @ T), _sym(T @ Z)
+        ZY = Z @ Y
+        products += 3
+        prev, res = res, _fro(eye - ZY)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def damped_inverse(
+    C: np.ndarray,
+    X0: np.ndarray | None = None,
+    *,
+    sqrt: bool = False,
+    tol: float = NS_TOL,
+    max_iter: int = NS_MAX_ITER,
+):
+    """``(C + mu I)^-1`` (or ``^-1/2``) by Newton-Schulz with the smallest damping that works.
+
+    ``mu = 0`` first (with the warm start ``X0``, inverse only); then ``mu`` in
+    :data:`DAMPINGS`, relative to ``C``'s unit diagonal, until the iteration converges (it
+    diverges exactly when ``C + mu I`` is not positive definite).
+
+    Returns ``(NSResult, mu, total_products)``.
+    """
+    total = 0
+    P = C.shape[0]
+    for mu in (0.0, *DAMPINGS):
+        A = C if mu == 0.0 else C + mu * np.eye(P)
+        if sqrt:
+            r = newton_schulz_inverse_sqrt(A, tol=tol, max_iter=max_iter)
+        else:
+            r = newton_schulz_inverse(A, X0 if mu == 0.0 else None, tol=tol, max_iter=max_iter)
+        total += r.products
+        if r.converged:
+            return r, mu, total
+    raise FloatingPointError(
+        "the Hessian could not be made positive definite by damping up to "
+        f"{DAMPINGS[-1]:g} x its diagonal: it is not finite or the model is not identified"
+    )
 
 
 @dataclass(frozen=True)
@@ -84,6 +281,90 @@ class Preconditioner:
         g = self.to_theta(grad)
         return float(g @ (g / self.D))
 
+    def equilibrate(self, hess: np.ndarray) -> np.ndarray:
+        """``C = D^-1/2 T' (-H) T D^-1/2``: the curvature in centred, scaled coordinates.
+
+        ``T' A`` is ``A - m A[k]'`` (an outer product), and ``T' A T = T' (T' A)'`` for a
+        symmetric ``A``: additions and products only.
+        """
+        A = -np.asarray(hess, dtype=np.float64)
+        if self.intercept is not None:
+            k = self.intercept
+            A = A - np.outer(self.m, A[k])
+            A = A.T - np.outer(self.m, A.T[k])
+        s = 1.0 / np.sqrt(self.D)
+        return _sym(A * s[:, None] * s[None, :])
+
+    def from_equilibrated(self, X: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """``T D^-1/2 X D^-1/2 T' v``: a matrix of the equilibrated coordinates applied to ``v``."""
+        s = 1.0 / np.sqrt(self.D)
+        return self.to_beta(s * (X @ (s * self.to_theta(v))))
+
+
+@dataclass(frozen=True)
+class MatrixPreconditioner:
+    """The full-matrix preconditioner ``R = T D^-1/2 C^-1/2`` (see the module docstring).
+
+    It has the interface of :class:`Preconditioner` with a unit ``D``: :meth:`to_theta` maps a
+    gradient to the whitened coordinates (``R' g``), :meth:`to_beta` a step back (``R s``), and
+    :meth:`decrement` is ``g' R R' g``, the Newton decrement with the Hessian it was built from.
+
+    Attributes
+    ----------
+    diagonal : Preconditioner
+        The centring and diagonal scaling applied first.
+    Z : ndarray, shape (P, P)
+        ``(C + mu I)^-1/2`` of the equilibrated curvature ``C``.
+    damping : float
+        ``mu``: 0 when ``-H`` was positive definite.
+    residual : float
+        Frobenius norm of ``I - Z (C + mu I) Z`` as left by the Newton-Schulz iteration.
+    products : int
+        P x P products spent building it.
+    """
+
+    diagonal: Preconditioner
+    Z: np.ndarray
+    damping: float
+    residual: float
+    products: int
+
+    @classmethod
+    def from_hessian(cls, hess: np.ndarray, intercept: int | None, n_beta: int) -> MatrixPreconditioner:
+        """Build from the Hessian of the log-likelihood (products, additions, scalings only)."""
+        diag = Preconditioner.from_hessian(hess, intercept, n_beta)
+        C = diag.equilibrate(hess)
+        r, mu, products = damped_inverse(C, sqrt=True)
+        return cls(diag, r.X, mu, r.residual, products)
+
+    @property
+    def intercept(self) -> int | None:
+        return self.diagonal.intercept
+
+    @property
+    def D(self) -> np.ndarray:
+        """Unit curvature in the whitened coordinates."""
+        return np.ones(self.Z.shape[0])
+
+    def to_theta(self, grad: np.ndarray) -> np.ndarray:
+        """Gradient in whitened coordinates: ``R' g = C^-1/2 D^-1/2 T' g``."""
+        s = 1.0 / np.sqrt(self.diagonal.D)
+        return self.Z @ (s * self.diagonal.to_theta(grad))
+
+    def to_beta(self, step_theta: np.ndarray) -> np.ndarray:
+        """A step in whitened coordinates mapped back to the parameters: ``R s``."""
+        s = 1.0 / np.sqrt(self.diagonal.D)
+        return self.diagonal.to_beta(s * (self.Z @ np.asarray(step_theta, dtype=np.float64)))
+
+    def direction(self, grad: np.ndarray) -> np.ndarray:
+        """``R R' g``: the Newton step with the Hessian the preconditioner was built from."""
+        return self.to_beta(self.to_theta(grad))
+
+    def decrement(self, grad: np.ndarray) -> float:
+        """``g' R R' g``: the Newton decrement with that Hessian."""
+        g = self.to_theta(grad)
+        return float(g @ g)
+
 
 @dataclass
 class GradientStop:
@@ -91,13 +372,18 @@ class GradientStop:
 
     Converged when both the estimated decrement (deviance still to gain, in likelihood units)
     and the relative change of the log-likelihood over the last iteration are at most ``tol``.
+    Likelihood units divide by the dispersion ``phi`` (Gaussian: ``SSR / n``), floored at
+    ``phi_floor``: a Gaussian model that fits exactly (NIST's Wampler1) has ``phi -> 0``, and
+    judging the remaining gain relative to rounding error would never end.
     """
 
     tol: float
-    pre: Preconditioner
+    pre: Preconditioner | MatrixPreconditioner
+    phi_floor: float = 0.0
 
     def check(self, ll_prev: float, ll: float, grad: np.ndarray, phi: float) -> tuple[bool, float, float]:
         """Return ``(converged, decrement, relative_change)``."""
+        phi = max(phi, self.phi_floor)
         dec = self.pre.decrement(grad) / phi
         rel = abs(ll - ll_prev) / phi / (abs(ll) / phi + 1.0)
         return bool(dec <= self.tol and rel <= self.tol), dec, rel
@@ -105,3 +391,32 @@ class GradientStop:
     def message(self, dec: float, rel: float) -> str:
         """How convergence was met, for the result."""
         return f"decrement {dec:.3g} and relative LL change {rel:.3g} <= tol={self.tol:g}"
+
+
+@dataclass
+class StallMonitor:
+    """Decides when the preconditioner should be rebuilt from a fresh Hessian.
+
+    With a preconditioner built from the Hessian at the current point, the decrement falls by
+    orders of magnitude every few iterations. It is *stalled* when, over the last ``window``
+    iterations since the preconditioner was (re)built, the decrement fell by less than
+    ``factor``: the curvature has moved away from the one the preconditioner fits.
+    """
+
+    window: int
+    factor: float = 10.0
+    history: list[float] | None = None
+
+    def reset(self) -> None:
+        """Start over after a rebuild."""
+        self.history = []
+
+    def update(self, decrement: float) -> bool:
+        """Record this iteration's decrement; True if a rebuild is due."""
+        if self.history is None:
+            self.history = []
+        self.history.append(decrement)
+        h = self.history
+        if len(h) <= self.window:
+            return False
+        return bool(h[-1] * self.factor > h[-1 - self.window])

@@ -1,0 +1,172 @@
+"""Newton-Raphson whose steps ``(-H)^-1 g`` come from Newton-Schulz iterations: inverse-free.
+
+Each iteration evaluates the log-likelihood, gradient and Hessian in one pass, as
+:func:`~daskglm.solvers.newton.newton` does, but never solves, inverts or factorises a matrix:
+the inverse of the equilibrated curvature ``C = D^-1/2 T' (-H) T D^-1/2`` (centred on the
+intercept and scaled to a unit diagonal, :class:`~.preconditioning.Preconditioner`) comes from
+``X_{k+1} = X_k (2I - C X_k)`` (:func:`~.preconditioning.newton_schulz_inverse`), warm-started
+from the previous iteration's ``X``. Only matrix products, additions and elementwise scalings
+are used, so the solver stays usable where only additions and multiplications exist
+(homomorphic encryption, secure aggregation). The step ``T D^-1/2 X D^-1/2 T' g`` is taken with
+step halving, and the fit stops on the Newton decrement ``g' (-H)^-1 g`` as Newton's does (then
+takes the final step), so it converges quadratically.
+
+Cost per iteration
+------------------
+* **passes**: one (LL, gradient and Hessian together), plus one per step halving;
+* **client**: ``O(P^2)`` for the equilibration and the step; the Newton-Schulz iteration makes
+  two P x P products per update (``C X`` and ``X R``) plus one to check the warm start.
+  Warm-started from the previous iteration's inverse, when the Hessian has changed by a
+  relative ``delta`` it needs about ``log2(log(eps) / log(delta))`` updates: 2 to 4 near the
+  optimum, i.e. 5 to 9 products. A cold start (the first iteration, or when the warm start is
+  too far: ``||I - C X||_F >= 1``) starts from ``I / ||C||_inf`` and needs about
+  ``log2(P cond(C)) + 6`` updates (30 to 60 products for a condition number of 1e6).
+  Where ``-H`` is not positive definite the iteration diverges, which detects it; ``C + mu I``
+  with the smallest working ``mu`` in ``1e-8, 1e-7, ...`` is used (Levenberg-Marquardt damping)
+  and convergence is not declared from a damped step.
+
+The history records ``ns_iterations``, ``ns_products``, ``ns_residual`` (``||I - C X||_F``) and
+``damping`` per iteration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .base import IterationLog, Objective, SolverResult, warn_not_converged
+from .preconditioning import NS_MAX_ITER, NS_TOL, Preconditioner, damped_inverse, newton_schulz_inverse
+
+__all__ = ["NewtonSchulzConfig", "newton_schulz"]
+
+
+@dataclass(frozen=True)
+class NewtonSchulzConfig:
+    """Settings of :func:`newton_schulz`.
+
+    Attributes
+    ----------
+    tol : float
+        Convergence threshold on the Newton decrement (absolute and relative to the deviance),
+        as for :class:`~daskglm.solvers.newton.NewtonConfig`.
+    max_iter : int
+        Most iterations (each at least one pass over the data).
+    max_halvings : int
+        Most step halvings within one iteration.
+    ns_tol : float
+        The Newton-Schulz iteration stops when ``||I - C X||_F`` is below this, or when it
+        stops falling (its rounding floor, about ``cond(C) * eps``).
+    ns_max_iter : int
+        Most Newton-Schulz updates per Newton iteration.
+    """
+
+    tol: float = 1e-8
+    max_iter: int = 100
+    max_halvings: int = 30
+    ns_tol: float = NS_TOL
+    ns_max_iter: int = NS_MAX_ITER
+
+    def __post_init__(self):
+        checks = [
+            ("tol", self.tol > 0, "> 0"),
+            ("max_iter", int(self.max_iter) >= 1, ">= 1"),
+            ("max_halvings", int(self.max_halvings) >= 0, ">= 0"),
+            ("ns_tol", 0 < self.ns_tol < 1, "in (0, 1)"),
+            ("ns_max_iter", int(self.ns_max_iter) >= 1, ">= 1"),
+        ]
+        for name, ok, what in checks:
+            if not ok:
+                raise ValueError(f"{name}={getattr(self, name)!r} is invalid: it must be {what}")
+
+
+class _Inverse:
+    """The equilibration and the Newton-Schulz inverse, carried from iteration to iteration."""
+
+    def __init__(self, objective: Objective, config: NewtonSchulzConfig):
+        self.objective = objective
+        self.config = config
+        self.eq: Preconditioner | None = None
+        self.X: np.ndarray | None = None
+
+    def step(self, grad: np.ndarray, hess: np.ndarray) -> tuple[np.ndarray, dict]:
+        """``(-H)^-1 g`` (damped if needed) and the iteration's Newton-Schulz figures."""
+        cfg = self.config
+        products = 0
+        r = None
+        if self.eq is not None and self.X is not None:
+            r = newton_schulz_inverse(
+                self.eq.equilibrate(hess), self.X, tol=cfg.ns_tol, max_iter=cfg.ns_max_iter, warm_only=True
+            )
+            products += r.products
+        mu = 0.0
+        if r is None or not r.converged:
+            # cold start, equilibrated at this Hessian
+            ob = self.objective
+            self.eq = Preconditioner.from_hessian(hess, ob.intercept_index, ob.n_beta)
+            r, mu, more = damped_inverse(self.eq.equilibrate(hess), tol=cfg.ns_tol, max_iter=cfg.ns_max_iter)
+            products += more
+        self.X = r.X if mu == 0.0 else None
+        info = {
+            "ns_iterations": r.iterations,
+            "ns_products": products,
+            "ns_residual": r.residual,
+            "ns_warm": r.warm,
+            "damping": mu,
+        }
+        return self.eq.from_equilibrated(r.X, grad), info
+
+
+def newton_schulz(
+    objective: Objective,
+    start: np.ndarray,
+    config: NewtonSchulzConfig = NewtonSchulzConfig(),
+    callback=None,
+) -> SolverResult:
+    """Maximise the objective by inverse-free Newton-Raphson from ``start`` (module docstring)."""
+    log = IterationLog(objective, callback)
+    x = np.asarray(start, dtype=np.float64).copy()
+    e = objective(x, hessian=True)
+    if not (np.isfinite(e.ll) and np.all(np.isfinite(e.grad)) and np.all(np.isfinite(e.hess))):
+        raise FloatingPointError(
+            "the log-likelihood or its derivatives are not finite at the starting values; "
+            "check the data's scale or pass start_params"
+        )
+    log.add(0, e, 0.0, decrement=np.nan)
+    inverse = _Inverse(objective, config)
+    message = f"reached max_iter={config.max_iter} iterations"
+    converged = False
+    it = 0
+    for it in range(1, config.max_iter + 1):
+        step, info = inverse.step(e.grad, e.hess)
+        damped = info["damping"] > 0
+        phi = objective.dispersion(e)
+        lam2 = float(e.grad @ step) / phi
+        if lam2 <= config.tol and lam2 <= config.tol * (abs(e.deviance) / phi + 0.1) and not damped:
+            x = x + step
+            converged = True
+            message = f"Newton decrement {lam2:.3g} <= tol={config.tol:g}"
+            log.rows[-1]["decrement"] = lam2
+            break
+        t = 1.0
+        for _ in range(config.max_halvings + 1):
+            trial = objective(x + t * step, hessian=True)
+            if (
+                np.isfinite(trial.ll)
+                and np.all(np.isfinite(trial.hess))
+                and trial.ll >= e.ll - 1e-12 * (abs(e.ll) + 1.0)
+            ):
+                break
+            t *= 0.5
+        else:
+            message = (
+                f"step halving failed to raise the log-likelihood after max_halvings="
+                f"{config.max_halvings} halvings (Newton decrement {lam2:.3g})"
+            )
+            break
+        x = x + t * step
+        e = trial
+        log.add(it, e, t, decrement=lam2, **info)
+    if not converged:
+        warn_not_converged("Newton-Schulz", message)
+    return SolverResult(x, converged, it, log.rows, message, "newton_schulz")
