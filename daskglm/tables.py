@@ -57,7 +57,7 @@ log = logging.getLogger("daskglm")
 #: rows per piece when the table is read in slices (parquet row groups may set their own size)
 PIECE_ROWS = 1 << 18
 #: default number of cells in one chunk of a store written by ``from_long(..., to=...)``
-CHUNK_CELLS = 1 << 20
+CHUNK_CELLS = 1 << 19
 #: a grid this many times larger than the table gets a warning
 SPARSE_FACTOR = 20
 
@@ -84,7 +84,7 @@ class _Source:
 def _pandas_batches(df: pd.DataFrame, columns: list[str], piece_rows: int) -> Iterator[pa.RecordBatch]:
     for start in range(0, len(df), piece_rows):
         piece = df.iloc[start : start + piece_rows][columns]
-        yield pa.RecordBatch.from_pandas(piece, preserve_index=False)
+        yield from pa.Table.from_pandas(piece, preserve_index=False).combine_chunks().to_batches()
 
 
 def _is_dask_dataframe(obj) -> bool:
@@ -454,11 +454,17 @@ class DuplicateCells(ValueError):
     """Two or more rows of the long table name the same cell."""
 
 
+def _show(label) -> str:
+    if isinstance(label, pd.Timestamp):
+        return repr(str(label.date()) if label == label.normalize() else str(label))
+    return repr(label.item() if isinstance(label, np.generic) else label)
+
+
 def _duplicates_error(flat: np.ndarray, shape, coders, dims, where: str) -> DuplicateCells:
     cells = np.unravel_index(flat[:5], shape)
     shown = "; ".join(
         "("
-        + ", ".join(f"{d}={c.index[int(k[i])]!r}" for d, c, k in zip(dims, coders, cells, strict=True))
+        + ", ".join(f"{d}={_show(c.index[int(k[i])])}" for d, c, k in zip(dims, coders, cells, strict=True))
         + ")"
         for i in range(len(flat[:5]))
     )
@@ -663,6 +669,12 @@ def _progress(show: bool | None, total, desc: str):
     )
 
 
+def release() -> None:
+    """Hand the memory arrow's pool keeps from freed pieces back to the system (mimalloc holds
+    tens of MB otherwise)."""
+    pa.default_memory_pool().release_unused()
+
+
 def _where(dims: Sequence[str], s: tuple) -> str:
     return "(" + ", ".join(dims[a] for a in s) + ")"
 
@@ -697,7 +709,7 @@ def from_long(
         opened lazily. Without it the panel is built in memory (numpy-backed).
     chunks : dict or int, optional
         Chunk lengths of the store per dim (``{"exporter": 50}``; other dims whole), or a number
-        of cells per chunk (default ``CHUNK_CELLS`` = 2**20, splitting the leading dims).
+        of cells per chunk (default ``CHUNK_CELLS`` = 2**19, splitting the leading dims).
     values : list of str, optional
         The value columns to keep (default: every column that is not a key).
     y : str or list of str, optional
@@ -762,6 +774,7 @@ def from_long(
             detector.update(codes, vals, [len(c.index) for c in coders], n)
             n_rows += n
             bar.update(n)
+            release()
     except pa.ArrowException as err:
         raise ValueError(f"could not read {source.describe}: {err}") from err
     finally:
@@ -813,6 +826,7 @@ def from_long(
                 sink.add(codes, {v: _column(batch, v) for v in on_grid}, n)
                 done += n
                 bar.update(n)
+                release()
         finally:
             bar.close()
         if done != n_rows:
