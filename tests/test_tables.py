@@ -189,12 +189,15 @@ def test_exact_detection_over_all_rows():
     assert list(ds.data_vars) == ["y", "almost_ij", "nan_i", "n_k"]
 
 
-def test_response_forced_onto_the_grid_and_fit_takes_a_long_table():
-    """dg.fit(table, ..., dims=) equals statsmodels and pyfixest on the same long rows (1e-6)."""
-    pf = pytest.importorskip("pyfixest")
+def _long_for_fits():
     df, _ = make_long(seed=3, keep=0.9)
     df = pd.concat([df, make_long(seed=3, keep=0.9)[0].assign(i=lambda d: d["i"] + "2")], ignore_index=True)
-    x = ["x_ijk", "x_ij", "x_ik", "x_i", "n_k", "flag_j"]
+    return df, ["x_ijk", "x_ij", "x_ik", "x_i", "n_k", "flag_j"]
+
+
+def test_fit_takes_a_long_table_equal_to_statsmodels():
+    """dg.fit(table, ..., dims=) equals statsmodels' GLM on the same long rows (1e-6)."""
+    df, x = _long_for_fits()
     res = dg.fit(df, "y", x, "poisson", dims=DIMS, progress=False, tol=1e-12)
     X = sm.add_constant(df[x].astype(float)).rename(columns={"const": "Intercept"})
     ref = sm.GLM(df["y"], X, family=sm.families.Poisson()).fit(tol=1e-13)
@@ -203,6 +206,13 @@ def test_response_forced_onto_the_grid_and_fit_takes_a_long_table():
         assert res.bse[name] == pytest.approx(ref.bse[name], rel=1e-5), name
     assert res.llf == pytest.approx(ref.llf, rel=1e-9)
     assert res.nobs == len(df)
+
+
+def test_fit_takes_a_long_table_equal_to_pyfixest():
+    """The same through pyfixest's fepois and feols (no fixed effects), coefficients to 1e-6."""
+    pf = pytest.importorskip("pyfixest")
+    df, x = _long_for_fits()
+    res = dg.fit(df, "y", x, "poisson", dims=DIMS, progress=False, tol=1e-12)
     data = df.assign(flag_j=df["flag_j"].astype(float))
     fe = pf.fepois("y ~ " + " + ".join(x), data=data, vcov="iid")
     np.testing.assert_allclose(res.params[["Intercept"] + x], fe.coef().to_numpy(), atol=1e-6)
