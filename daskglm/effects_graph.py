@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import itertools
 import operator
+import os
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 
@@ -23,7 +25,7 @@ import dask
 import numpy as np
 
 from .effects import Effect, fe_counts_chunk, fe_eval_chunk, fe_matvec_chunk, fe_scores_chunk
-from .graph import PassCounter, run
+from .graph import PASS_COMPUTE, PassCounter, run
 from .layout import Layout
 
 __all__ = ["ChunkPlan", "FixedEffectPasses"]
@@ -88,10 +90,26 @@ class FixedEffectPasses:
         self.counter = counter
         self.plan = ChunkPlan.build(layout, arrays, chunks)
         self._W: list | None = None
+        #: the chunks' W as numpy arrays when the passes run on dask's threaded scheduler
+        self._W_local: list | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+        return self._executor
 
     def _run(self, what: str, tasks: list, persist: bool = False):
         t0 = time.perf_counter()
-        if persist:
+        if persist and PASS_COMPUTE.get() is None:
+            # dask's threaded scheduler: results, W included, are in this process anyway, and
+            # the inner products run here on the chunks' W without a dask pass each
+            out = run(None, what, *tasks, optimize=False)
+            self._W, self._W_local = None, [o.pop("W", None) for o in out]
+            if any(w is None for w in self._W_local):
+                self._W_local = None
+        elif persist:
+            self._W_local = None
             held = dask.persist(*tasks)
             out = run(None, what, *[dask.delayed(_small, pure=False)(t) for t in held], optimize=False)
             self._W = [dask.delayed(operator.getitem, pure=False)(t, "W") for t in held]
@@ -133,9 +151,20 @@ class FixedEffectPasses:
     def product(self, V: list) -> list:
         """``A V``: the effects' block of the information at the last evaluation with the
         Hessian, times level arrays ``V`` (grid + (k,)); one pass over the kept ``W``."""
+        func = partial(fe_matvec_chunk, self.effects)
+        if self._W_local is not None:
+            t0 = time.perf_counter()
+            cuts = [_cut(self.effects, V, ix) for ix in self.plan.index]
+            if len(cuts) == 1:
+                parts = [func(self._W_local[0], *cuts[0])]
+            else:
+                parts = list(
+                    self._pool().map(lambda wc: func(wc[0], *wc[1]), zip(self._W_local, cuts, strict=True))
+                )
+            self.counter.record("fe-product", time.perf_counter() - t0)
+            return _gather(self.effects, self.plan, parts, (V[0].shape[-1],))
         if self._W is None:
             raise RuntimeError("product() needs an evaluation with the Hessian first")
-        func = partial(fe_matvec_chunk, self.effects)
         tasks = [
             dask.delayed(func, pure=False)(W, *_cut(self.effects, V, ix))
             for ix, W in zip(self.plan.index, self._W, strict=True)

@@ -47,11 +47,14 @@ log = logging.getLogger("daskglm")
 #: ``collin.tol``
 ABSORBED_TOL = 1e-9
 
-#: tightest relative residual of the inner conjugate-gradient solves of the Newton steps
+#: relative residual of the first Newton step's inner solve (it also decides absorption)
 INNER_RTOL = 1e-11
 
+#: tightest relative residual of the inner solves of the later Newton steps
+STEP_RTOL = 1e-9
+
 #: relative residual of the inner solve for the covariance at the estimates
-FINAL_RTOL = 1e-10
+FINAL_RTOL = 1e-9
 
 
 class AbsorbedWarning(UserWarning):
@@ -302,7 +305,11 @@ class FixedEffectsObjective:
         # inexact Newton: the inner solve need only be as accurate as the step still to take
         # (the gradient itself is always exact, so the fit converges to the same optimum)
         # (the first step's solve is tight: it also decides which covariates are absorbed)
-        rtol = float(np.clip(1e-3 * self._progress, INNER_RTOL, 1e-4)) if self._checked else INNER_RTOL
+        # (a relative error r in the step moves the next iterate by r times the step, whose size
+        # is about the square root of the decrement)
+        rtol = (
+            float(np.clip(1e-2 * np.sqrt(self._progress), STEP_RTOL, 1e-4)) if self._checked else INNER_RTOL
+        )
         S, gc, Z, z = self.schur(st, rtol)
         if not self._checked:
             self._checked = True
