@@ -301,7 +301,19 @@ def test_cli_fe_matches_api(tmp_path):
     store = str(tmp_path / "p.zarr")
     ds[["y", "x1", "x2"]].to_zarr(store, mode="w")
     out = str(tmp_path / "r.json")
-    cmd = [sys.executable, "-m", "daskglm.cli", "fit", store, "--y", "y", "--x", "x1,x2", "--family", "poisson"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "daskglm.cli",
+        "fit",
+        store,
+        "--y",
+        "y",
+        "--x",
+        "x1,x2",
+        "--family",
+        "poisson",
+    ]
     cmd += ["--fe", "i^k,j^k", "--cov-type", "cluster", "--cluster", "i+j", "--no-progress", "--out", out]
     subprocess.run(cmd, check=True, capture_output=True)
     got = json.load(open(out))
@@ -309,3 +321,24 @@ def test_cli_fe_matches_api(tmp_path):
     np.testing.assert_allclose(list(got["params"].values()), res.params.to_numpy(), rtol=1e-8)
     np.testing.assert_allclose(list(got["bse"].values()), res.bse.to_numpy(), rtol=1e-6)
     assert got["diagnostics"]["fixed_effects"] == {"i^k": 84, "j^k": 72}
+
+
+@pytest.mark.slow
+def test_fixed_effects_on_a_distributed_cluster(tmp_path):
+    """A zarr store fitted by two worker processes (W persisted on the workers, inner products
+    as dask passes) equals the threaded in-process fit."""
+    from distributed import Client, LocalCluster
+
+    ds, _, effects = make_fe_panel(3, "poisson", seed=9, missing=0.0)
+    store = str(tmp_path / "p.zarr")
+    ds[["y", "x1", "x2"]].chunk({"i": 7, "j": 6}).to_zarr(store, mode="w")
+    kw = dict(fe=effects, cov_type="cluster", cluster="i + j", progress=False)
+    ref = dg.fit(store, "y", ["x1", "x2"], "poisson", **kw)
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
+        res = dg.fit(store, "y", ["x1", "x2"], "poisson", client=client, **kw)
+    assert res.persisted
+    np.testing.assert_allclose(res.params.to_numpy(), ref.params.to_numpy(), rtol=1e-9)
+    np.testing.assert_allclose(res.bse.to_numpy(), ref.bse.to_numpy(), rtol=1e-7)
