@@ -16,8 +16,9 @@ of the cells present) to one parquet file in row groups of 2**20 rows:
 | gdp_d    | (importer, year)                  | float64 |
 
 Keys: exporter, importer and product are strings, year an integer. Then, each in a fresh
-process of its own, measures the seconds and peak resident memory (``ru_maxrss``: Python, the
-libraries and the data) of
+process of its own, measures the seconds and peak resident memory (``VmHWM``, the process's
+own high-water mark: Python, the libraries and the data; ``ru_maxrss`` could carry this parent's
+over fork+exec) of
 
 * ``pandas``: ``pd.read_parquet(file)``, the memory needed just to hold the table;
 * ``daskglm``: ``dg.from_long(file, dims=[...], to="panel.zarr")``, the streaming ingest;
@@ -69,7 +70,8 @@ def measure(name: str, path: str, store: str) -> dict:
         f"PATH, STORE, DIMS = {path!r}, {store!r}, {DIMS!r}\nt0 = time.perf_counter()\n"
         + body
         + "out['seconds'] = time.perf_counter() - t0\n"
-        "out['peak_bytes'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+        "hwm = [int(x.split()[1]) * 1024 for x in open('/proc/self/status') if x.startswith('VmHWM:')]\n"
+        "out['peak_bytes'] = hwm[0] if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
         "print(json.dumps(out))\n"
     )
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=3600)
