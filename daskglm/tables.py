@@ -659,13 +659,13 @@ def _check_args(source: _Source, dims, values, full) -> tuple[list[str], list[st
     return dims, values, full
 
 
-def _progress(show: bool | None, total, desc: str):
+def _progress(show: bool | None, total, desc: str, unit: str = "rows"):
     from tqdm.auto import tqdm
 
     if show is None:
         show = bool(getattr(sys.stderr, "isatty", lambda: False)())
     return tqdm(
-        total=total, desc=desc, unit="rows", unit_scale=True, disable=not show, file=sys.stderr, leave=False
+        total=total, desc=desc, unit=unit, unit_scale=True, disable=not show, file=sys.stderr, leave=False
     )
 
 
@@ -924,8 +924,7 @@ def _write_store(
         group = zarr.open_group(path, mode="r+", storage_options=storage_options)
         arrays = [group[v] for v in on_grid]
         ids = sink.chunk_ids()
-        bar = _progress(progress, len(ids), "daskglm write chunks")
-        bar.unit = "chunks"
+        bar = _progress(progress, len(ids), "daskglm write chunks", unit="chunks")
         # compressing and writing a chunk overlaps with assembling the next (at most 2 in flight)
         with ThreadPoolExecutor(max_workers=2) as pool:
             flight: list = []

@@ -174,6 +174,21 @@ def test_every_kind_of_table_gives_the_same_panel(tmp_path):
             raise AssertionError(f"from {name}: {err}") from err
 
 
+def test_urls_through_fsspec():
+    """A table and a store at fsspec URLs (the in-memory filesystem stands in for s3:// etc.)."""
+    import fsspec
+
+    df, truth = make_long(seed=6)
+    fs = fsspec.filesystem("memory")
+    with fs.open("memory://daskglm-test/flows/a.parquet", "wb") as f:
+        df.to_parquet(f, index=False)
+    try:
+        ds = dg.from_long("memory://daskglm-test/flows", DIMS, to="memory://daskglm-test/panel.zarr")
+        check_panel(ds.load(), df, truth)
+    finally:
+        fs.rm("memory://daskglm-test", recursive=True)
+
+
 def test_exact_detection_over_all_rows():
     """A column constant on (i, j) except in one row of the last piece lives on the full grid;
     NaN counts as a value; a column varying only along k in the first pieces still lands on k."""
