@@ -222,14 +222,27 @@ class _Run:
         ``sqrt(tol)`` standard errors) to that of the gradient's rounding error, which
         matters for coefficients far smaller than their standard errors (NIST's Wampler4-5).
         It is kept only if neither the log-likelihood (beyond rounding) nor the decrement
-        rises. Returns the estimates and the iteration count (one more if the step was kept).
+        rises. Either way it is logged as one more iteration (with ``polish=True``, and
+        ``rejected=True`` and the previous evaluation if it was not kept), so the history's last
+        row is at the estimates. Returns the estimates and the iteration count.
         """
         e = self.log_last
         trial = self.objective(x + self.pre.direction(e.grad), hessian=False)
-        if not (np.isfinite(trial.ll) and trial.ll >= e.ll - _noise(e.ll)):
-            return x, iteration
-        if self.pre.decrement(trial.grad) > self.pre.decrement(e.grad):
-            return x, iteration
+        kept = (
+            np.isfinite(trial.ll)
+            and trial.ll >= e.ll - _noise(e.ll)
+            and self.pre.decrement(trial.grad) <= self.pre.decrement(e.grad)
+        )
+        if not kept:
+            self.add(
+                iteration + 1,
+                e,
+                0.0,
+                decrement=self.pre.decrement(e.grad) / self.phi(e),
+                polish=True,
+                rejected=True,
+            )
+            return x, iteration + 1
         dec = self.pre.decrement(trial.grad) / self.phi(trial)
         rel = abs(trial.ll - e.ll) / self.phi(trial) / (abs(trial.ll) / self.phi(trial) + 1.0)
         self.add(iteration + 1, trial, 1.0, decrement=dec, rel_change=rel, polish=True)

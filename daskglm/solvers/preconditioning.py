@@ -89,9 +89,9 @@ class NSResult:
 
 
 def _floor_reached(res: float, prev: float) -> bool:
-    # once small, the residual squares every iteration; when it stops doing so it has reached
+    # below 1/2 the residual squares every iteration; when it stops doing so it has reached
     # rounding error (about cond(C) * eps): further iterations cannot improve it
-    return res < 1e-4 and res > 0.5 * prev
+    return prev < 0.5 and res > 0.5 * prev
 
 
 def newton_schulz_inverse(
@@ -137,14 +137,14 @@ def newton_schulz_inverse(
         R = eye - C / norm_inf
         res = _fro(R)
     else:
-        X = _sym(np.asarray(X0, dtype=np.float64))
+        X = np.asarray(X0, dtype=np.float64)
     prev = np.inf
     for it in range(max_iter + 1):
         if res <= tol or _floor_reached(res, prev):
-            return NSResult(X, min(res, prev), it, products, True, warm)
+            return NSResult(_sym(X), min(res, prev), it, products, True, warm)
         if not np.isfinite(res) or res > 1e8 or it == max_iter:
-            return NSResult(X, res, it, products, False, warm)
-        X = _sym(X + X @ R)
+            return NSResult(_sym(X), res, it, products, False, warm)
+        X = X + X @ R
         R = eye - C @ X
         products += 2
         prev, res = res, _fro(R)
