@@ -94,6 +94,16 @@ class PanelObjective:
             return max(e.deviance / sw, 1e-16 * self.setup.sums["swy2"] / sw, 1e-300)
         return 1.0
 
+    @property
+    def qr_cond(self) -> float:
+        """Condition number of the equilibrated Hessian above which Newton switches to QR steps
+        by default: 1e6 for the Gaussian (its residual is exact, so the extended-precision
+        refinement buys digits on large-residual fits such as NIST's Wampler5, and a linear fit
+        takes two or three passes), 1e10 for the other families (the QR pass forms the design
+        of each chunk, several times the cost of a Hessian pass; below 1e10 the normal
+        equations refined by the Newton iterations are accurate to 1e-6 or better)."""
+        return 1e6 if self.layout.family.name == "gaussian" else 1e10
+
     def _unpack_qr(self, vec) -> TSQR:
         return qr_unpack(vec, qr_width(self.layout, "newton"), qr_grad_size(self.layout, "newton"))
 

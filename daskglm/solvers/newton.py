@@ -15,15 +15,16 @@ further. That is accurate while ``cond(-H)`` (equilibrated) is well below ``1 / 
 (a degree-10 polynomial: ``cond(-H)`` about 3e16 after scaling) have no correct digit by
 that route. When the objective offers ``qr_evaluation`` (one pass giving the evaluation and the
 tall-skinny QR factor ``[R, Q'r]`` of ``sqrt(W) [X | r]``, :mod:`daskglm.qr`) and the
-equilibrated condition number exceeds ``NewtonConfig.qr_cond`` (default 1e6: the normal
-equations would keep fewer than about 10 digits per solve, and large-residual problems lose
-``cond * eps * |r|`` in the gradient), the solver switches to steps ``R^{-1} Q' r``, whose error
-is ``cond * eps`` instead of ``cond^2 * eps``, for the rest of the fit (and the objective then
-gives ``R`` for the standard errors). For the Gaussian family the QR pass also returns the
-gradient accumulated in extended precision and the step is refined by the corrected
-semi-normal equations (:func:`qr_direction`). The switch costs one extra
-pass; each later pass costs about twice a Hessian pass. ``qr="always"`` and ``qr="never"``
-force the choice.
+equilibrated condition number exceeds ``NewtonConfig.qr_cond`` (by default the objective's:
+1e6 for the Gaussian family, whose large-residual fits lose ``cond^2 * eps * |r|`` through the
+float64 gradient, 1e10 for the others, where the QR pass's cost, several Hessian passes, is
+only worth it when the normal equations keep fewer than about 6 digits), the solver switches
+to steps ``R^{-1} Q' r``, whose error is ``cond * eps`` instead of ``cond^2 * eps``, for the
+rest of the fit (and the objective then gives ``R`` for the standard errors). For the Gaussian
+family the QR pass also returns the gradient accumulated in extended precision and the step is
+refined by the corrected semi-normal equations (:func:`qr_direction`). The switch costs one
+extra pass; each later pass forms the chunk's design, several times the cost of a Hessian pass
+(which works on the blocks' own grids). ``qr="always"`` and ``qr="never"`` force the choice.
 """
 
 from __future__ import annotations
@@ -62,15 +63,17 @@ class NewtonConfig:
         Newton steps from a tall-skinny QR of the weighted design (see the module docstring):
         ``"auto"`` switches to them when the equilibrated Hessian's condition number exceeds
         ``qr_cond``.
-    qr_cond : float
-        The condition number at which ``qr="auto"`` switches.
+    qr_cond : float, optional
+        The condition number at which ``qr="auto"`` switches; by default the objective's
+        ``qr_cond`` (the panel objective: 1e6 for the Gaussian family, 1e10 for the others),
+        else 1e10.
     """
 
     tol: float = 1e-8
     max_iter: int = 100
     max_halvings: int = 30
     qr: str = "auto"
-    qr_cond: float = 1e6
+    qr_cond: float | None = None
 
     def __post_init__(self):
         if self.qr not in ("auto", "always", "never"):
@@ -201,6 +204,7 @@ def newton(
     x = np.asarray(start, dtype=np.float64).copy()
     orthogonal = getattr(objective, "qr_evaluation", None) if config.qr != "never" else None
     use_qr = orthogonal is not None and config.qr == "always"
+    threshold = config.qr_cond if config.qr_cond is not None else getattr(objective, "qr_cond", 1e10)
 
     def evaluate(params):
         return orthogonal(params) if use_qr else (objective(params, hessian=True), None)
@@ -219,7 +223,7 @@ def newton(
             orthogonal is not None
             and not use_qr
             and e.hess is not None
-            and information_condition(e.hess) > config.qr_cond
+            and information_condition(e.hess) > threshold
         ):
             use_qr = True  # from now on: steps from the QR factor (one more pass, here)
             e, factor = evaluate(x)
