@@ -50,7 +50,7 @@ import pandas as pd
 import pyarrow as pa
 import xarray as xr
 
-__all__ = ["from_long", "PIECE_ROWS", "CHUNK_CELLS", "SPARSE_FACTOR"]
+__all__ = ["from_long", "DuplicateCells", "PIECE_ROWS", "CHUNK_CELLS", "SPARSE_FACTOR"]
 
 log = logging.getLogger("daskglm")
 
@@ -669,7 +669,7 @@ def _progress(show: bool | None, total, desc: str, unit: str = "rows"):
     )
 
 
-def release() -> None:
+def _release() -> None:
     """Hand the memory arrow's pool keeps from freed pieces back to the system (mimalloc holds
     tens of MB otherwise)."""
     pa.default_memory_pool().release_unused()
@@ -774,7 +774,7 @@ def from_long(
             detector.update(codes, vals, [len(c.index) for c in coders], n)
             n_rows += n
             bar.update(n)
-            release()
+            _release()
     except pa.ArrowException as err:
         raise ValueError(f"could not read {source.describe}: {err}") from err
     finally:
@@ -783,7 +783,7 @@ def from_long(
         raise ValueError(f"{source.describe} has no rows")
     orders = [c.freeze() for c in coders]
     sizes = [len(c.index) for c in coders]
-    grid = int(np.prod(sizes, dtype=np.float64)) if nd else 1
+    grid = math.prod(sizes)
     placed = {v: detector.placement(v) for v in values}
     on_grid = [v for v in values if len(placed[v]) == nd]
     coords = {d: c.index.to_numpy() for d, c in zip(dims, coders, strict=True)}
@@ -826,7 +826,9 @@ def from_long(
                 sink.add(codes, {v: _column(batch, v) for v in on_grid}, n)
                 done += n
                 bar.update(n)
-                release()
+                _release()
+        except pa.ArrowException as err:
+            raise ValueError(f"could not read {source.describe}: {err}") from err
         finally:
             bar.close()
         if done != n_rows:
