@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import effects_numba
 from .contract import partial_sum
 from .kernels import ChunkData, _block_matrix, _expand, _quadratic
 from .layout import Layout
@@ -202,9 +203,15 @@ def _cross(W, wcache, blocks, fet, effect: Effect, m: int) -> np.ndarray:
     return np.moveaxis(np.concatenate(cols, axis=0), 0, -1)
 
 
-def fe_matvec_chunk(effects: Sequence[Effect], W: np.ndarray, *local_v) -> list:
+def fe_matvec_chunk(effects: Sequence[Effect], W: np.ndarray, *local_v, engine: str | None = None) -> list:
     """``A v`` on one chunk: spread every effect's local ``v`` (local grid + (k,)) onto the
-    cells, weight by ``W = -w h``, reduce onto each effect's grid."""
+    cells, weight by ``W = -w h``, reduce onto each effect's grid.
+
+    ``engine``: ``"numba"`` (one compiled loop over the cells, :mod:`daskglm.effects_numba`)
+    or ``"numpy"`` (the reference); default :data:`daskglm.effects_numba.ENGINE`.
+    """
+    if (engine or effects_numba.ENGINE) == "numba":
+        return effects_numba.matvec(tuple(e.axes for e in effects), W, local_v)
     shape, m = W.shape, W.ndim
     k = local_v[0].shape[-1]
     u = np.zeros((k,) + shape)
@@ -268,9 +275,10 @@ def fe_scores_chunk(
 
 
 # ------------------------------------------------------------------------------ client side
-#: conjugate gradients stop when no column's best residual has fallen by 10% for this many
-#: iterations (finite precision has reached its floor)
-STALL_ITERATIONS = 200
+#: a column of the conjugate-gradient solve stops when its best residual has not fallen by 10%
+#: for this many iterations (finite precision has reached its floor, e.g. a right-hand side
+#: that is rounding noise and so not exactly in the range of the singular matrix)
+STALL_ITERATIONS = 50
 
 
 def block_pcg(
@@ -280,7 +288,7 @@ def block_pcg(
     x0: LevelArrays | None = None,
     rtol: float = 1e-12,
     max_iter: int = 2000,
-) -> tuple[LevelArrays, int, float]:
+) -> tuple[LevelArrays, int, np.ndarray]:
     """Solve ``A X = R`` column by column, all columns in lockstep (one product per step).
 
     Conjugate gradients preconditioned by ``diag(A)``. ``A`` is the effects' block of the
@@ -302,7 +310,7 @@ def block_pcg(
 
     Returns
     -------
-    X, iterations, largest relative residual
+    X, iterations, relative residual of each column
     """
     inv = [np.where(dg > 0, 1.0 / np.where(dg > 0, dg, 1.0), 0.0)[..., None] for dg in diag]
     active = [(dg > 0)[..., None] for dg in diag]
@@ -333,23 +341,30 @@ def block_pcg(
     rz = dot(R, Zr)
     it = 0
     rel = np.sqrt(dot(R, R)) / bnorm
-    best, best_X, since = rel.copy(), [x.copy() for x in X], 0
-    while it < max_iter and rel.max() > rtol and since < STALL_ITERATIONS:
-        AP = [np.where(a, q, 0.0) for q, a in zip(matvec(Pd), active, strict=True)]
+    best, best_X = rel.copy(), [x.copy() for x in X]
+    stalled = np.zeros(rel.shape, dtype=int)
+    # a column stops on its own once converged or stalled (its recursive residual would go on
+    # falling past what its iterate really achieves): it is frozen and left out of the products
+    live = rel > rtol
+    while it < max_iter and live.any():
+        cols = np.flatnonzero(live)
+        AP = [np.zeros_like(p) for p in Pd]
+        for q, out, a in zip(matvec([p[..., cols] for p in Pd]), AP, active, strict=True):
+            out[..., cols] = np.where(a, q, 0.0)
         it += 1
         pap = dot(Pd, AP)
-        alpha = np.where(pap > 0, rz / np.where(pap > 0, pap, 1.0), 0.0)
+        alpha = np.where(live & (pap > 0), rz / np.where(pap > 0, pap, 1.0), 0.0)
         X = [x + alpha * p for x, p in zip(X, Pd, strict=True)]
         R = [r - alpha * q for r, q in zip(R, AP, strict=True)]
-        rel = np.sqrt(dot(R, R)) / bnorm
-        better = rel < best
-        since = 0 if (better & (rel < 0.9 * best)).any() or (rel <= rtol).all() else since + 1
-        if better.any():
-            best = np.where(better, rel, best)
-            best_X = [np.where(better, x, b) for x, b in zip(X, best_X, strict=True)]
+        rel = np.where(live, np.sqrt(dot(R, R)) / bnorm, rel)
+        better = live & (rel < best)
+        stalled = np.where(better & (rel < 0.9 * best), 0, stalled + 1)
+        best = np.where(better, rel, best)
+        best_X = [np.where(better, x, b) for x, b in zip(X, best_X, strict=True)]
+        live &= (rel > rtol) & (stalled < STALL_ITERATIONS)
         Zr = [i * r for i, r in zip(inv, R, strict=True)]
         rz_new = dot(R, Zr)
-        beta = np.where(rz > 0, rz_new / np.where(rz > 0, rz, 1.0), 0.0)
-        Pd = [z + beta * p for z, p in zip(Zr, Pd, strict=True)]
+        beta = np.where(live & (rz > 0), rz_new / np.where(rz > 0, rz, 1.0), 0.0)
+        Pd = [np.where(live, z + beta * p, 0.0) for z, p in zip(Zr, Pd, strict=True)]
         rz = rz_new
-    return best_X, it, float(best.max())
+    return best_X, it, best

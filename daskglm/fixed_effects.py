@@ -237,8 +237,11 @@ class FixedEffectsObjective:
         return self._last[1]
 
     def _solve(self, st: dict, rhs: list, rtol: float = INNER_RTOL) -> list:
-        Z, it, rel = block_pcg(self.fe.product, rhs, st["diag_fe"], x0=self._warm_for(rhs), rtol=rtol)
+        Z, it, rels = block_pcg(self.fe.product, rhs, st["diag_fe"], x0=self._warm_for(rhs), rtol=rtol)
         self.inner_iterations.append(it)
+        # the covariates' columns decide the standard errors; the gradient column (the last,
+        # when there is one) only the step, which Newton's exact gradient corrects
+        rel = float(np.max(rels[: self.n_small], initial=0.0))
         if rel > max(1e3 * rtol, 1e-6):
             warnings.warn(
                 f"the fixed effects' inner solve stopped at relative residual {rel:.2g} after {it} "
@@ -250,9 +253,18 @@ class FixedEffectsObjective:
         return Z
 
     def _warm_for(self, rhs: list) -> list | None:
-        if self._warm is None or self._warm[0].shape != rhs[0].shape:
+        """The previous solution of the covariates' columns as a start; the gradient column
+        starts from zero (it shrinks towards 0 as Newton converges, and a warm start would
+        leave a rounding floor far above it)."""
+        if self._warm is None:
             return None
-        return self._warm
+        P = self.n_small
+        out = []
+        for w, r in zip(self._warm, rhs, strict=True):
+            x = np.zeros_like(r)
+            x[..., :P] = w[..., :P]
+            out.append(x)
+        return out
 
     def schur(self, st: dict, rtol: float = INNER_RTOL) -> tuple[np.ndarray, np.ndarray, list, list]:
         """Concentrated information ``S = C - B' A^+ B``, the concentrated gradient, the
