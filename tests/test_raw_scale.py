@@ -203,3 +203,22 @@ def test_raw_scale_constant_column_named():
     ds = macro().assign(cpi_base=("obs", np.full(macro().sizes["obs"], 2.5e11)))
     with pytest.raises(dg.DataError, match=r"collinear.*cpi_base = 2\.5e\+11 \* Intercept"):
         dg.fit(ds, "unemployed", ["gdp", "yr", "cpi_base"], dg.Binomial(trials="pop"), progress=False)
+
+
+@pytest.mark.parametrize("qr", ["auto", "never"])
+def test_calendar_year_and_its_square(qr):
+    """The year and its square beside an intercept (a quadratic trend in raw years): the Gram
+    matrix's centred correlation has an eigenvalue of 9e-7, so collinearity is judged on the
+    R factor of a QR pass, and the result still matches statsmodels (fitted in rescaled units)."""
+    ds = macro().assign(n=macro()["pop"])
+    ds["yr2"] = ds["yr"] ** 2
+    x = ["gdp", "yr", "yr2"]
+    res = dg.fit(ds, "unemployed", x, dg.Binomial(trials="n"), progress=False, qr=qr)
+    df = ds.to_dataframe().reset_index().rename(columns={"unemployed": "y"})
+    units = {"gdp": 1e12, "yr": 1e3, "yr2": 1e6}
+    for c in x:
+        df[c] = df[c] / units[c]
+    ref = statsmodels_fit("binomial", df, x, trials="n")
+    factor = np.array([1.0] + [units[c] for c in x])
+    assert rel_err(res.params.to_numpy(), np.asarray(ref.params) / factor) <= 1e-6
+    assert rel_err(res.bse.to_numpy(), np.asarray(ref.bse) / factor) <= 1e-5
