@@ -88,9 +88,18 @@ def run_pyfixest(path: str) -> dict:
     return {"fit_seconds": secs, "params": m.coef().to_list(), "bse": m.se().to_list(), "nobs": int(m._N)}
 
 
+def _peak_rss_gb() -> float:
+    """This process's own high-water mark (``ru_maxrss`` of a child can report its parent's)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1e6
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
 def child(tool: str, path: str) -> None:
     out = {"daskglm": run_daskglm, "pyfixest": run_pyfixest}[tool](path)
-    out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    out["peak_rss_gb"] = _peak_rss_gb()
     print(json.dumps(out))
 
 

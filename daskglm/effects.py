@@ -105,13 +105,16 @@ def _fe_data(layout: Layout, effects: Sequence[Effect], arrays: tuple, levels: t
 def fe_counts_chunk(layout: Layout, effects: Sequence[Effect], levels: tuple, *arrays) -> list:
     """Per effect and local level: used cells and the family's degeneracy sums.
 
-    Returns one array per effect of shape ``local grid + (2 + n_stats,)``: the number of used
-    cells, their summed weight, then the weighted sum of each of the family's
+    Returns one array per effect of shape ``local grid + (3 + n_stats,)``: the number of used
+    cells, their summed weight, their saturated log-likelihood (0 where it depends on a
+    parameter), then the weighted sum of each of the family's
     :meth:`perfect_fit_stats` (a level where one of them sums to 0 has its estimate at infinity).
     """
     with np.errstate(all="ignore"):
         d, _ = _fe_data(layout, effects, arrays, levels)
-        stats = [d.used.astype(np.float64), d.w] + [
+        sat = layout.family.saturated(d.y, d.aux)
+        sat = np.zeros(d.shape) if sat is None else np.where(d.used, d.w * sat, 0.0)
+        stats = [d.used.astype(np.float64), d.w, sat] + [
             np.broadcast_to(d.w * s, d.shape) for s in layout.family.perfect_fit_stats(d.y, d.aux)
         ]
         cell = np.stack([np.broadcast_to(s, d.shape) for s in stats])
@@ -147,10 +150,11 @@ def fe_eval_chunk(
         der = fam.derivatives(d.y, eta, d.aux, theta)
         out: dict = {}
         out["ll"] = float(d.weighted(der.f).sum())
-        out["dev"] = float(d.weighted(fam.unit_deviance(d.y, eta, d.aux, theta)).sum())
-        sep = fam.separated(d.y, eta, d.aux)
-        out["n_separated"] = 0 if sep is None else int(np.count_nonzero(sep & d.used))
+        if final or fam.n_extra:  # else the client has it from the saturated log-likelihood
+            out["dev"] = float(d.weighted(fam.unit_deviance(d.y, eta, d.aux, theta)).sum())
         if final:
+            sep = fam.separated(d.y, eta, d.aux)
+            out["n_separated"] = 0 if sep is None else int(np.count_nonzero(sep & d.used))
             out["ll_const"] = float(d.weighted(np.where(d.used, fam.constant(d.y, d.aux), 0.0)).sum())
         wg = np.broadcast_to(d.w * der.g, shape)
         con = d.contractor

@@ -138,7 +138,8 @@ class FixedEffectPasses:
             for ix, blk in zip(self.plan.index, self.plan.blocks, strict=True)
         ]
         parts = self._run("eval", tasks, persist=hessian)
-        keys = ("ll", "dev", "grad", "n_separated") + (("ll_const",) if final else ())
+        keys = ("ll", "grad") + (("dev", "n_separated", "ll_const") if final else ())
+        keys += ("dev",) if self.layout.family.n_extra and not final else ()
         out = {k: sum(p[k] for p in parts) for k in keys}
         out["grad_fe"] = _gather(self.effects, self.plan, [p["grad_fe"] for p in parts])
         if hessian:

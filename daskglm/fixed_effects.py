@@ -94,6 +94,8 @@ class LevelDrops:
     dropped: list[np.ndarray]
     n_used: list[np.ndarray]
     sum_weights: float
+    #: saturated log-likelihood of the used cells (0 for NB2 with alpha estimated, unused)
+    ll_sat: float
     n_cells_dropped: int
     n_levels_dropped: dict[str, int]
     passes: int
@@ -120,7 +122,7 @@ def drop_degenerate_levels(passes: FixedEffectPasses, singletons: bool = True) -
         new = []
         for c, d in zip(counts, dropped, strict=True):
             n = c[..., 0]
-            bad = (n == 0) | np.any(c[..., 2:] <= 0, axis=-1)
+            bad = (n == 0) | np.any(c[..., 3:] <= 0, axis=-1)
             if singletons:
                 bad |= n == 1
             new.append(d | bad)
@@ -145,6 +147,7 @@ def drop_degenerate_levels(passes: FixedEffectPasses, singletons: bool = True) -
         dropped,
         [c[..., 0] for c in counts],
         float(counts[0][..., 1].sum()),
+        float(counts[0][..., 2].sum()),
         n_first - n_now,
         n_levels,
         rounds,
@@ -222,7 +225,7 @@ class FixedEffectsObjective:
         grad = np.concatenate([st["grad"] * self.active] + [g.ravel() for g in st["grad_fe"]])
         if hessian:
             self._last = (np.array(params), st)
-        dev = st["dev"] if self.setup.ll_sat is None else st["dev"]
+        dev = st["dev"] if "dev" in st else 2.0 * (self.drops.ll_sat - st["ll"])
         return Evaluation(np.array(params), st["ll"], grad, None, dev)
 
     def dispersion(self, e: Evaluation) -> float:
