@@ -102,10 +102,11 @@ def fit(
     intercept : bool
         Add a constant named ``"Intercept"``.
     solver : str
-        A name of :data:`daskglm.registry.SOLVERS`: ``"newton"`` (default), or the
+        A name of :data:`daskglm.registry.SOLVERS`: ``"newton"`` (default), the inverse-free
+        Newton ``"newton_schulz"`` (``H^-1 g`` by Newton-Schulz iterations), or the
         gradient-only ``"lbfgs"``, ``"gd"`` and ``"adam"``, which never solve with the
-        Hessian inside their iterations (``gd`` and ``adam`` call no matrix solve, inverse or
-        factorisation at all there).
+        Hessian (``gd``, ``adam`` and ``newton_schulz`` call no matrix solve, inverse or
+        factorisation at all).
     cov_type : {"nonrobust", "robust", "HC0", "HC1", "cluster"} or None
         Covariance of the estimates, computed once at the end from the Hessian (also after a
         gradient-only fit); ``None`` skips standard errors and that Hessian.
@@ -173,7 +174,9 @@ def fit(
         Fields of the solver's config class: ``max_halvings``, ``qr``, ``qr_cond`` for Newton
         (``qr="auto"`` takes QR steps for ill-conditioned designs); ``step_size``,
         ``armijo``, ``max_backtracks`` for ``gd``; ``learning_rate``, ``beta1``, ``beta2``,
-        ``epsilon``, ``decay`` for ``adam``; ``memory``, ``max_line_search`` for ``lbfgs``.
+        ``epsilon``, ``decay`` for ``adam``; ``memory``, ``max_line_search`` for ``lbfgs``;
+        ``refresh_window`` for the three gradient solvers; ``max_halvings``, ``ns_tol``,
+        ``ns_max_iter`` for ``newton_schulz``.
 
     Returns
     -------
