@@ -529,3 +529,17 @@ def test_newton_schulz_options():
         dg.fit(ds, "y", x, "poisson", solver="newton_schulz", ns_tol=2.0)
     res = dg.fit(ds, "y", x, "poisson", solver="newton_schulz", ns_max_iter=60)
     assert res.converged and res.solver == "newton_schulz"
+
+
+def test_newton_schulz_damps_an_indefinite_hessian():
+    """NB2 started at alpha = exp(-6): the Hessian there is not negative definite, the
+    Newton-Schulz iteration diverges, and damped steps (as Newton's modified ones) still reach
+    Newton's estimates, then undamped steps converge."""
+    ds, cols, fam, newton, _ = _real_case("randhie_nb2")
+    start = np.zeros(len(cols) + 2)
+    start[-1] = -6.0
+    res = dg.fit(ds, "y", cols, fam, solver="newton_schulz", start_params=start)
+    assert res.converged
+    h = res.history
+    assert h["damping"].iloc[1] > 0 and h["damping"].iloc[-1] == 0
+    assert max_rel(res.params, newton.params) <= 1e-9

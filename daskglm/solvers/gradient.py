@@ -8,8 +8,12 @@ Newton-Schulz inverse square root of the scaled curvature, all products and addi
 again, one extra pass each time, when progress stalls (:class:`~.preconditioning.StallMonitor`)
 because the curvature has moved. The solvers run in the whitened coordinates ``z`` (``beta =
 R z``) where that curvature is the identity, so a unit gradient step is a Newton step with the
-last Hessian. Nothing in :func:`gradient_descent` or :func:`adam` solves, inverts or factorises
-a matrix, before or inside their loops.
+last Hessian. At convergence one more full step ``R R' g`` polishes the estimates
+(:meth:`_Run.polish`). Nothing in :func:`gradient_descent` or :func:`adam` solves, inverts or
+factorises a matrix, before or inside their loops.
+
+History columns beyond the common ones: ``decrement`` (``g' R R' g`` in likelihood units),
+``rel_change``, ``refreshes`` (preconditioner rebuilds so far), ``polish`` and ``rejected``.
 """
 
 from __future__ import annotations
