@@ -174,10 +174,8 @@ def fe_eval_chunk(
         W = np.ascontiguousarray(-wh)
         wcache = {frozenset(range(m)): W}
         out["diag_fe"] = [_reduce(wcache, e.axes, m) for e in effects]
-        local = [_expand(a, s, shape) for a, s in zip(arrays, layout.args, strict=True)]
-        blocks = [(b, _block_matrix(layout, local, shape, b, False)) for b in layout.blocks]
         fet = np.broadcast_to(-d.w * der.f_et, shape) if extra else None
-        out["cross_fe"] = [_cross(W, wcache, blocks, fet, e, m) for e in effects]
+        out["cross_fe"] = _cross(wcache, con, layout, fet, effects, m)
         out["W"] = W
     return out
 
@@ -192,19 +190,28 @@ class _Done:
         return self.value
 
 
-def _cross(W, wcache, blocks, fet, effect: Effect, m: int) -> np.ndarray:
-    """``(-w h X) reduced onto the effect's grid``: local grid + (P,)."""
-    cols = []
-    e_axes = frozenset(effect.axes)
-    for block, X in blocks:
-        union = e_axes | frozenset(block.axes)
-        c = partial_sum(wcache, union)
-        prod = c[None] * X  # (p_b,) + union grid (size 1 elsewhere)
-        cache = {frozenset(range(m)): prod}
-        cols.append(_reduce(cache, effect.axes, m, lead=1))
+def _cross(wcache: dict, con, layout: Layout, fet, effects: Sequence[Effect], m: int) -> list:
+    """Per effect: ``(-w h X) reduced onto its grid`` (local grid + (P,)).
+
+    The product of ``-w h`` (reduced onto the union of the block's and the effect's axes) with
+    a block is made once per union and shared by the effects with that union (for a full-grid
+    block: one product for every effect), and so are its partial sums.
+    """
+    prods: dict = {}
+    cols: list[list] = [[] for _ in effects]
+    for k, block in enumerate(layout.blocks):
+        X = con.X[k]  # the contractor's (built once per chunk)
+        for j, e in enumerate(effects):
+            union = frozenset(e.axes) | frozenset(block.axes)
+            cache = prods.get((k, union))
+            if cache is None:
+                cache = prods[k, union] = {frozenset(range(m)): partial_sum(wcache, union)[None] * X}
+            cols[j].append(_reduce(cache, e.axes, m, lead=1))
     if fet is not None:
-        cols.append(_reduce({frozenset(range(m)): fet}, effect.axes, m)[None])
-    return np.moveaxis(np.concatenate(cols, axis=0), 0, -1)
+        fcache = {frozenset(range(m)): fet}
+        for j, e in enumerate(effects):
+            cols[j].append(_reduce(fcache, e.axes, m)[None])
+    return [np.moveaxis(np.concatenate(c, axis=0), 0, -1) for c in cols]
 
 
 def fe_matvec_chunk(effects: Sequence[Effect], W: np.ndarray, *local_v, engine: str | None = None) -> list:
