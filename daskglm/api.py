@@ -18,6 +18,7 @@ from .engine import make_objective, run_setup
 from .families import Family
 from .fe_results import FixedEffectsResults
 from .fixed_effects import fe_covariance, parse_effects
+from .formula import apply_formula, is_formula
 from .inference import covariance, normalize_cov_type
 from .panel import build_panel
 from .progress import Progress
@@ -88,7 +89,10 @@ def fit(
         long table instead (pandas/dask DataFrame, pyarrow Table, path/URL/glob of parquet or
         CSV files), turned into a panel by :func:`daskglm.from_long`.
     y : str
-        The response; its dims are the panel dims.
+        The response; its dims are the panel dims. Or a formula in fixest's syntax,
+        ``"flow ~ tariff + log(dist) + C(region) | exporter^year + importer^year"``, evaluated
+        on the named-dim variables (:mod:`daskglm.formula`); it then gives ``x``, ``fe``, the
+        intercept (``-1`` drops it) and ``offset(...)`` terms.
     x : list of str or DataArray
         Covariates, each spanning a subset of the panel dims, plus optionally one extra
         dim of columns (parameters ``name[label]``).
@@ -182,7 +186,12 @@ def fit(
     -------
     GLMResults
     """
-    if dims is not None:  # a long table, one row per observed cell
+    if is_formula(y):  # "y ~ x + log(z) | fe": derived variables added to a copy of the data
+        data, y, x, fe, offset, intercept = apply_formula(
+            data, y, x=x, fe=fe, offset=offset, intercept=intercept, dims=dims,
+            storage_options=storage_options, progress=progress,
+        )  # fmt: skip
+    elif dims is not None:  # a long table, one row per observed cell
         from .tables import from_long
 
         data = from_long(data, dims, y=y, storage_options=storage_options, progress=progress)
