@@ -8,6 +8,7 @@ from .api import SeparationWarning, fit
 from .checks import DataError
 from .families import Binomial, Exponential, Family, Gaussian, NegativeBinomial, Poisson
 from .registry import FAMILIES, SOLVERS
+from .report import coefplot, etable, plot_convergence, tidy
 from .results import GLMResults
 from .scheduling import ClusterLostError
 from .solvers.base import ConvergenceWarning
@@ -16,6 +17,10 @@ from .tables import from_long
 __all__ = [
     "fit",
     "from_long",
+    "etable",
+    "coefplot",
+    "tidy",
+    "plot_convergence",
     "GLMResults",
     "Family",
     "Gaussian",

@@ -370,5 +370,27 @@ class GLMResults:
         lines.append("=" * 78)
         return "\n".join(lines)
 
+    # ------------------------------------------------------------------ tables and plots
+    def tidy(self, alpha: float = 0.05) -> pd.DataFrame:
+        """Estimate, std error, statistic, p-value and confidence interval per term
+        (:func:`daskglm.report.tidy`)."""
+        from .report import tidy
+
+        return tidy(self, alpha)
+
+    def plot(self, path=None, **kwargs):
+        """A coefficient plot with confidence intervals (:func:`daskglm.report.coefplot`);
+        needs matplotlib (``pip install "daskglm[plot]"``). Returns the Figure."""
+        from .report import coefplot
+
+        return coefplot([self], path=path, **kwargs)
+
+    def plot_convergence(self, path=None, **kwargs):
+        """Log-likelihood, gradient norm and step size per iteration
+        (:func:`daskglm.report.plot_convergence`). Returns the Figure."""
+        from .report import plot_convergence
+
+        return plot_convergence(self, path=path, **kwargs)
+
     def __repr__(self) -> str:
         return f"<GLMResults {self.family!r}, {len(self.param_names)} coefficients, llf={self.llf:.6g}>"
