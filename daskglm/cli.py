@@ -256,7 +256,13 @@ def _fit(args: argparse.Namespace) -> int:
     solver_options = _given(args, "solver_", _solver_options())
     check_options(solver_options, spec.options(), f"solver {spec.name!r}", _flag)
     family_options = {o.name: getattr(family, o.name) for o in family.options}
-    if args.x:
+    if args.formula:
+        if args.x or args.y:
+            raise ValueError("--formula names the response and covariates: drop --y/--x")
+        x = None
+    elif not args.y:
+        raise ValueError("give the response with --y (and --x), or a --formula 'y ~ x1 + log(x2) | fe'")
+    elif args.x:
         x = [v for part in args.x for v in part.split(",") if v]
     else:
         ds = xr.open_zarr(args.store)
@@ -269,7 +275,24 @@ def _fit(args: argparse.Namespace) -> int:
     with dask.config.set(timeout):
         res = _run_fit(args, x, family, solver_options)
     _report(res, args.out, family_options)
+    _outputs(res, args.table, args.plot)
     return 0
+
+
+def _outputs(res, table: str | None, plot: str | None) -> None:
+    """``--table`` (etable; format from the suffix) and ``--plot`` (coefficient plot)."""
+    import daskglm as dg
+
+    if table:
+        kinds = {".md": "md", ".tex": "tex", ".html": "html", ".htm": "html", ".txt": "text"}
+        suffix = table[table.rfind(".") :].lower() if "." in table else ""
+        if suffix not in kinds:
+            raise ValueError(f"--table {table!r}: the suffix picks the format, one of {sorted(kinds)}")
+        dg.etable([res], type=kinds[suffix], file=table)
+        print(f"wrote {table}")
+    if plot:
+        dg.coefplot([res], path=plot)
+        print(f"wrote {plot}")
 
 
 def _run_fit(args: argparse.Namespace, x: list, family, solver_options: dict):
@@ -277,7 +300,7 @@ def _run_fit(args: argparse.Namespace, x: list, family, solver_options: dict):
 
     return dg.fit(
         args.store,
-        args.y,
+        args.formula or args.y,
         x,
         family,
         exposure=args.exposure,
@@ -409,7 +432,12 @@ def main(argv: list[str] | None = None) -> int:
 
     fit = sub.add_parser("fit", help="fit a GLM to a zarr store and print the summary")
     fit.add_argument("store")
-    fit.add_argument("--y", required=True, help="the response variable")
+    fit.add_argument("--y", default=None, help="the response variable (or give --formula)")
+    fit.add_argument(
+        "--formula",
+        default=None,
+        help="fixest formula instead of --y/--x, e.g. 'flow ~ tariff + log(dist) | exporter^year'",
+    )
     fit.add_argument(
         "--x", action="append", help="covariates, comma-separated or repeated (default: all others)"
     )
@@ -443,6 +471,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     fit.add_argument("--no-progress", action="store_true")
     fit.add_argument("--out", default=None, help="write params, SEs, covariance, diagnostics as JSON")
+    fit.add_argument("--table", default=None, help="write the regression table (.md, .tex, .html, .txt)")
+    fit.add_argument(
+        "--plot", default=None, help="write a coefficient plot (.png, .pdf, .svg; needs matplotlib)"
+    )
     _add_registry_options(fit)
     import warnings
 
@@ -461,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     except ClusterLostError as err:
         print(f"daskglm: error: {err}", file=sys.stderr)
         return 3
-    except (ValueError, TypeError, KeyError, OSError, ConnectionError) as err:
+    except (ValueError, TypeError, KeyError, OSError, ConnectionError, ImportError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"daskglm: error: {msg}", file=sys.stderr)
         return 2
