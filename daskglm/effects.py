@@ -35,6 +35,7 @@ __all__ = [
     "fe_matvec_chunk",
     "fe_counts_chunk",
     "fe_scores_chunk",
+    "slabbed",
     "block_pcg",
 ]
 
@@ -283,6 +284,73 @@ def fe_scores_chunk(
             (np.moveaxis(_reduce(cache, keep, m, lead=1), 0, -1), _reduce(ucache, keep, m)) for keep in keeps
         ]
     return out
+
+
+# ------------------------------------------------------------------------------ slabs
+#: a chunk's cells are processed in slabs of about this many along its first axis, so that
+#: the per-cell temporaries stay in the CPU caches (3-4x faster than whole 2**19-cell chunks)
+SLAB_CELLS = 65536
+
+
+def _merge(parts: list, along: bool | list):
+    """Combine the slabs' results: concatenate along the first axis what spans it, sum the rest.
+
+    ``along`` says, for a list of per-effect (or per-clustering) arrays, which of them span the
+    first panel axis."""
+    if isinstance(parts[0], np.ndarray) and along is True:
+        return np.concatenate(parts, axis=0)
+    return sum(parts[1:], parts[0]) if not isinstance(parts[0], np.ndarray) else np.sum(parts, axis=0)
+
+
+def slabbed(kind: str, layout: Layout, effects: Sequence[Effect], *args):
+    """Run a chunk kernel slab by slab along the chunk's first axis and merge the results.
+
+    ``kind`` is ``"eval"`` (:func:`fe_eval_chunk`; ``args = (params, hessian, final, levels,
+    *arrays)``), ``"counts"`` (:func:`fe_counts_chunk`; ``(levels, *arrays)``) or
+    ``"scores"`` (:func:`fe_scores_chunk`; ``(params, keeps, levels, proj, *arrays)``).
+    """
+    n_lead = {"eval": 3, "counts": 0, "scores": 2}[kind]
+    lead, (levels, *rest) = args[:n_lead], args[n_lead:]
+    proj, arrays = (rest[0], rest[1:]) if kind == "scores" else (None, rest)
+    func = {"eval": fe_eval_chunk, "counts": fe_counts_chunk, "scores": fe_scores_chunk}[kind]
+    shape = np.shape(arrays[layout.role("y")[0]])
+    per_row = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    step = max(SLAB_CELLS // max(per_row, 1), 1)
+    if not shape or step >= shape[0]:
+        return func(layout, effects, *lead, levels, *rest)
+    on_first = [0 in e.axes for e in effects]
+
+    def cut(a, axes, sl):
+        return a[sl] if axes and axes[0] == 0 else a
+
+    outs = []
+    for start in range(0, shape[0], step):
+        sl = slice(start, start + step)
+        lv = tuple(cut(a, e.axes, sl) for a, e in zip(levels, effects, strict=True))
+        ar = [cut(a, spec.axes, sl) for a, spec in zip(arrays, layout.args, strict=True)]
+        if kind == "scores":
+            pj = tuple(cut(a, e.axes, sl) for a, e in zip(proj, effects, strict=True))
+            outs.append(func(layout, effects, *lead, lv, pj, *ar))
+        else:
+            outs.append(func(layout, effects, *lead, lv, *ar))
+    if kind == "counts":
+        return [_merge([o[j] for o in outs], on_first[j]) for j in range(len(effects))]
+    merged = {}
+    for key in outs[0]:
+        vals = [o[key] for o in outs]
+        if key == "W":
+            merged[key] = np.concatenate(vals, axis=0)
+        elif key in ("grad_fe", "diag_fe", "cross_fe"):
+            merged[key] = [_merge([v[j] for v in vals], on_first[j]) for j in range(len(effects))]
+        elif key == "clusters":
+            keeps = lead[1]
+            merged[key] = [
+                tuple(_merge([v[j][q] for v in vals], bool(keeps[j]) and keeps[j][0] == 0) for q in range(2))
+                for j in range(len(keeps))
+            ]
+        else:
+            merged[key] = sum(vals[1:], vals[0])
+    return merged
 
 
 # ------------------------------------------------------------------------------ client side

@@ -24,7 +24,7 @@ from functools import partial
 import dask
 import numpy as np
 
-from .effects import Effect, fe_counts_chunk, fe_eval_chunk, fe_matvec_chunk, fe_scores_chunk
+from .effects import Effect, fe_matvec_chunk, slabbed
 from .graph import PASS_COMPUTE, PassCounter, run
 from .layout import Layout
 
@@ -120,7 +120,7 @@ class FixedEffectPasses:
 
     def counts(self, levels: list) -> list:
         """Per effect: used cells and degeneracy sums per level (grid + (1 + n_stats,))."""
-        func = partial(fe_counts_chunk, self.layout, self.effects)
+        func = partial(slabbed, "counts", self.layout, self.effects)
         tasks = [
             dask.delayed(func, pure=False)(_cut(self.effects, levels, ix), *blk)
             for ix, blk in zip(self.plan.index, self.plan.blocks, strict=True)
@@ -132,7 +132,7 @@ class FixedEffectPasses:
     def evaluate(self, params: np.ndarray, levels: list, hessian: bool = True, final: bool = False) -> dict:
         """LL, covariate gradient/Hessian and the effects' gradients, diagonals and cross
         blocks at ``params`` and effect values ``levels``; keeps ``W`` for :meth:`product`."""
-        func = partial(fe_eval_chunk, self.layout, self.effects, np.asarray(params, float), hessian, final)
+        func = partial(slabbed, "eval", self.layout, self.effects, np.asarray(params, float), hessian, final)
         tasks = [
             dask.delayed(func, pure=False)(_cut(self.effects, levels, ix), *blk)
             for ix, blk in zip(self.plan.index, self.plan.blocks, strict=True)
@@ -175,7 +175,7 @@ class FixedEffectPasses:
 
     def scores(self, params: np.ndarray, levels: list, proj: list, keeps: Sequence[tuple[int, ...]]) -> dict:
         """The partialled-out scores' meat and their sums per cluster for each ``keeps``."""
-        func = partial(fe_scores_chunk, self.layout, self.effects, np.asarray(params, float), tuple(keeps))
+        func = partial(slabbed, "scores", self.layout, self.effects, np.asarray(params, float), tuple(keeps))
         tasks = [
             dask.delayed(func, pure=False)(_cut(self.effects, levels, ix), _cut(self.effects, proj, ix), *blk)
             for ix, blk in zip(self.plan.index, self.plan.blocks, strict=True)
