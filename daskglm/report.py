@@ -173,7 +173,7 @@ def _render_text(frame: pd.DataFrame, sections: list[int], note: str) -> str:
             out.append(line)
         out.append(f"{lab:<{w0}}" + "".join(f"  {v:>{w}}" for v, w in zip(row, widths, strict=True)))
     out += [line, note]
-    return "\n".join(out)
+    return "\n".join(o.rstrip() for o in out)
 
 
 def _render_md(frame: pd.DataFrame, sections: list[int], note: str) -> str:  # noqa: ARG001
