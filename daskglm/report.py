@@ -70,6 +70,13 @@ def _fmt(v: float, digits: int) -> str:
     return f"{v:.{digits}f}"
 
 
+def _fmt_stat(v: float, digits: int) -> str:
+    """A fit statistic: fixed decimals, or scientific notation beyond 1e7 (PPML on euros)."""
+    if v is not None and np.isfinite(v) and abs(v) >= 1e7:
+        return f"{v:.{digits + 1}e}"
+    return _fmt(v, digits)
+
+
 def _maybe(res, attr: str):
     """An attribute, or ``None`` where it is not defined (e.g. ``llnull`` with fixed effects)."""
     try:
@@ -145,7 +152,7 @@ def etable_frame(
     rows["Family"] = [m.family.name for m in models]
     rows["Cov. type"] = [_cov_label(m) for m in models]
     rows["Observations"] = [f"{int(m.nobs):,}" for m in models]
-    rows["Log-likelihood"] = [_fmt(m.llf, digits) for m in models]
+    rows["Log-likelihood"] = [_fmt_stat(m.llf, digits) for m in models]
     r2 = [_maybe(m, "pseudo_rsquared") for m in models]
     rows["Pseudo R2"] = [_fmt(v, digits) if v is not None else "" for v in r2]
     frame = pd.DataFrame(rows, index=cols).T
