@@ -225,32 +225,32 @@ class _Run:
         the estimates from the stopping rule's accuracy (``tol`` in likelihood units, i.e.
         ``sqrt(tol)`` standard errors) to that of the gradient's rounding error, which
         matters for coefficients far smaller than their standard errors (NIST's Wampler4-5).
-        It is kept only if neither the log-likelihood (beyond rounding) nor the decrement
-        rises. Either way it is logged as one more iteration (with ``polish=True``, and
-        ``rejected=True`` and the previous evaluation if it was not kept), so the history's last
-        row is at the estimates. Returns the estimates and the iteration count.
+        If it does not cut the decrement a hundredfold, the preconditioner was built too far
+        away (e.g. a start far from the estimates that never stalled): it is rebuilt here (one
+        Hessian pass) and the step taken again. A step is kept only if neither the
+        log-likelihood (beyond rounding) nor the decrement rises. Each step is logged as one
+        more iteration (``polish=True``; ``rejected=True`` with the previous evaluation if it
+        was not kept), so the history's last row is at the estimates. Returns the estimates and
+        the iteration count.
         """
-        e = self.log_last
-        trial = self.objective(x + self.pre.direction(e.grad), hessian=False)
-        kept = (
-            np.isfinite(trial.ll)
-            and trial.ll >= e.ll - _noise(e.ll)
-            and self.pre.decrement(trial.grad) <= self.pre.decrement(e.grad)
-        )
-        if not kept:
-            self.add(
-                iteration + 1,
-                e,
-                0.0,
-                decrement=self.pre.decrement(e.grad) / self.phi(e),
-                polish=True,
-                rejected=True,
-            )
-            return x, iteration + 1
-        dec = self.pre.decrement(trial.grad) / self.phi(trial)
-        rel = abs(trial.ll - e.ll) / self.phi(trial) / (abs(trial.ll) / self.phi(trial) + 1.0)
-        self.add(iteration + 1, trial, 1.0, decrement=dec, rel_change=rel, polish=True)
-        return trial.params, iteration + 1
+        for attempt in range(2):
+            e = self.log_last
+            before = self.pre.decrement(e.grad)
+            trial = self.objective(x + self.pre.direction(e.grad), hessian=False)
+            after = self.pre.decrement(trial.grad) if np.all(np.isfinite(trial.grad)) else np.inf
+            kept = np.isfinite(trial.ll) and trial.ll >= e.ll - _noise(e.ll) and after <= before
+            iteration += 1
+            if kept:
+                x, e = trial.params, trial
+                rel = abs(trial.ll - self.log_last.ll) / self.phi(e) / (abs(e.ll) / self.phi(e) + 1.0)
+                self.add(iteration, e, 1.0, decrement=after / self.phi(e), rel_change=rel, polish=True)
+            else:
+                self.add(iteration, e, 0.0, decrement=before / self.phi(e), polish=True, rejected=True)
+            if attempt or self.window == 0 or (kept and after <= 1e-2 * before):
+                break
+            fresh = self.refresh(x, e)
+            self.log_last = fresh
+        return x, iteration
 
     def add(self, iteration: int, e: Evaluation, step: float, **extra) -> None:
         self.log_last = e
