@@ -259,19 +259,42 @@ def _label(v) -> str:
     return str(v)
 
 
+#: more distinct values than this in C(v) is refused: such a variable is a fixed effect
+MAX_LEVELS = 1000
+
+
+def _levels(arr: xr.DataArray) -> np.ndarray:
+    """The sorted distinct non-missing values (one pass over a dask-backed variable)."""
+    data = arr.data
+    if hasattr(data, "dask"):
+        import dask.array as da
+
+        values = np.asarray(da.unique(data.ravel()).compute())
+    else:
+        values = pd.unique(np.asarray(data).ravel())
+    values = pd.Series(values).dropna().unique()
+    return np.asarray(sorted(values))
+
+
 def _dummies(name: str, cat: _Categorical, reduced: bool, feature: str) -> xr.DataArray:
-    """Dummy columns of ``C(v)`` on ``v``'s dims plus the feature dim ``feature``."""
+    """Dummy columns of ``C(v)`` on ``v``'s dims plus the feature dim ``feature`` (lazy when
+    ``v`` is dask-backed); NaN where ``v`` is missing."""
     arr = cat.arr.reset_coords(drop=True)
-    values = np.asarray(arr.values)  # categories live on small grids: read them
-    flat = pd.Series(values.ravel())
-    levels = np.sort(flat.dropna().unique()) if flat.dtype.kind != "O" else sorted(flat.dropna().unique())
+    levels = _levels(arr)
     if len(levels) < 2:
         raise ValueError(f"{name}: the variable has {len(levels)} distinct value(s); C() needs at least two")
+    if len(levels) > MAX_LEVELS:
+        raise ValueError(
+            f"{name}: the variable has {len(levels):,} distinct values; dummy columns for that many "
+            f"levels (over {MAX_LEVELS}) belong in a fixed effect: put the dims it is a category of "
+            "after '|' (e.g. '| exporter'), which never builds the columns"
+        )
     kept = levels[1:] if reduced else levels
     labels = [("T." if reduced else "") + _label(v) for v in kept]
-    cols = np.stack([(values == v) for v in kept], axis=-1).astype(np.float64)
-    cols[pd.isna(values)] = np.nan
-    return xr.DataArray(cols, dims=(*arr.dims, feature), coords={**arr.coords, feature: labels})
+    present = arr.notnull()
+    cols = xr.concat([(arr == v).where(present).astype(np.float64) for v in kept], dim=feature)
+    cols = cols.assign_coords({feature: labels})
+    return cols.transpose(*arr.dims, feature)
 
 
 def apply_formula(

@@ -72,6 +72,7 @@ def derived(ds: xr.Dataset) -> xr.Dataset:
         xz=ds.x * ds.zi,
         x2=ds.x**2,
         lk=np.log(ds.k).reset_coords(drop=True),
+        kk=ds.k.astype(float).reset_coords(drop=True),
         le=np.log(ds.e),
         r0=(ds.region == 0).astype(float),
         r1=(ds.region == 1).astype(float),
@@ -90,6 +91,7 @@ CASES = {
     "cross_dims": ("y ~ x + zi:wj", "y", ["x", "zw"], {}, "poisson"),
     "star": ("y ~ x*zi", "y", ["x", "zi", "xz"], {}, "poisson"),
     "dim_coord": ("y ~ x + log(k)", "y", ["x", "lk"], {}, "poisson"),
+    "dim_bare": ("y ~ x + k", "y", ["x", "kk"], {}, "poisson"),
     "offset": ("y ~ x + log(dist) + offset(log(e))", "y", ["x", "ld"], {"offset": "le"}, "poisson"),
     "gaussian": ("g ~ x + log(dist) + C(region) + zi:wj", "g", ["x", "ld", "r1", "r2", "zw"], {}, "gaussian"),
     "fe": (
@@ -150,14 +152,27 @@ def test_names_and_dims_of_the_terms():
     ]
 
 
+def test_categories_with_string_labels_and_too_many_levels():
+    """C() of string labels names the dummies by label; a variable with more levels than
+    MAX_LEVELS is refused and pointed to fixed effects."""
+    ds = make_panel()
+    ds["rname"] = xr.DataArray(np.array(["north", "south", "west"])[ds["region"].values], dims="i")
+    a = dg.fit(ds, "y ~ x + C(rname)", family="poisson", progress=False, tol=1e-12)
+    b = dg.fit(ds, "y ~ x + C(region)", family="poisson", progress=False, tol=1e-12)
+    assert list(a.params.index) == ["Intercept", "x", "C(rname)[T.south]", "C(rname)[T.west]"]
+    np.testing.assert_allclose(a.params.to_numpy(), b.params.to_numpy(), rtol=1e-12)
+    with pytest.raises(ValueError, match="distinct values.*fixed effect"):
+        dg.fit(ds, "y ~ C(x)", family="poisson")
+
+
 def test_a_zarr_store_stays_lazy(tmp_path):
     """On a dask-backed store the derived variables are lazy and the fit equals the in-memory one."""
     ds = make_panel()
     path = str(tmp_path / "p.zarr")
     ds.chunk({"i": 8}).to_zarr(path, mode="w")
-    out = apply_formula(path, "y ~ x + log(dist) + zi:wj")[0]
-    assert out["log(dist)"].chunks is not None and out["zi:wj"].chunks is not None
-    f = "y ~ x + log(dist) + zi:wj + offset(log(e))"
+    out = apply_formula(path, "y ~ x + log(dist) + zi:wj + C(region)")[0]
+    assert all(out[v].chunks is not None for v in ("log(dist)", "zi:wj", "C(region)"))
+    f = "y ~ x + log(dist) + zi:wj + C(region) + offset(log(e))"
     a = dg.fit(path, f, family="poisson", progress=False, tol=1e-12)
     b = dg.fit(ds, f, family="poisson", progress=False, tol=1e-12)
     np.testing.assert_allclose(a.params.to_numpy(), b.params.to_numpy(), rtol=1e-10)
