@@ -18,7 +18,7 @@ from .engine import make_objective, run_setup
 from .families import Family
 from .fe_results import FixedEffectsResults
 from .fixed_effects import fe_covariance, parse_effects
-from .formula import apply_formula, is_formula
+from .formula import FittedFormula, apply_formula, is_formula
 from .inference import covariance, normalize_cov_type
 from .panel import build_panel
 from .progress import Progress
@@ -186,11 +186,13 @@ def fit(
     -------
     GLMResults
     """
+    formula = None
     if is_formula(y):  # "y ~ x + log(z) | fe": derived variables added to a copy of the data
         data, y, x, fe, offset, intercept = apply_formula(
             data, y, x=x, fe=fe, offset=offset, intercept=intercept, dims=dims,
             storage_options=storage_options, progress=progress,
         )  # fmt: skip
+        formula = FittedFormula(**data.attrs["daskglm_formula"])
     elif dims is not None:  # a long table, one row per observed cell
         from .tables import from_long
 
@@ -325,11 +327,12 @@ def fit(
         offset=offset,
         exposure=exposure,
         weights=weights,
-        intercept=intercept,
+        intercept=intercept and effects is None,  # absorbed by the effects (predict on new data)
         solver=spec.name,
         tol=config.tol,
         max_iter=config.max_iter,
         fe=tuple(e.dims for e in effects) if effects else None,
+        formula=formula,
     )
     extra = {} if effects is None else {"objective": objective, "ssc": ssc}
     res = (GLMResults if effects is None else FixedEffectsResults)(

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-__all__ = ["FormulaSpec", "parse_formula", "apply_formula", "is_formula"]
+__all__ = ["FormulaSpec", "FittedFormula", "parse_formula", "apply_formula", "is_formula"]
 
 #: functions a formula may call, by name (numpy ufuncs keep xarray's dims and dask laziness)
 FUNCTIONS = {
@@ -179,6 +179,13 @@ def parse_formula(formula: str) -> FormulaSpec:
     return FormulaSpec(formula, lhs, terms, intercept, offsets, fe, names)
 
 
+def _rhs_names(spec: FormulaSpec) -> set[str]:
+    names: set[str] = set()
+    for expr in [f for t in spec.terms for f in t.factors] + spec.offsets:
+        names |= _names_in(expr)
+    return names
+
+
 class _Categorical:
     """The value of ``C(v)``: a variable whose distinct values are categories."""
 
@@ -276,11 +283,23 @@ def _levels(arr: xr.DataArray) -> np.ndarray:
     return np.asarray(sorted(values))
 
 
-def _dummies(name: str, cat: _Categorical, reduced: bool, feature: str) -> xr.DataArray:
+def _dummies(
+    name: str, cat: _Categorical, reduced: bool, feature: str, fitted: tuple | None = None
+) -> tuple[xr.DataArray, tuple]:
     """Dummy columns of ``C(v)`` on ``v``'s dims plus the feature dim ``feature`` (lazy when
-    ``v`` is dask-backed); NaN where ``v`` is missing."""
+    ``v`` is dask-backed); NaN where ``v`` is missing. ``fitted``: the ``(levels, reduced)`` of
+    the fit, for predictions on new data (a value the fit did not see is an error). Returns the
+    columns and their ``(levels, reduced)``."""
     arr = cat.arr.reset_coords(drop=True)
     levels = _levels(arr)
+    if fitted is not None:
+        unseen = sorted(set(levels.tolist()) - set(np.asarray(fitted[0]).tolist()))
+        if unseen:
+            raise ValueError(
+                f"{name}: value(s) {unseen[:5]} of the new data were not in the fitted data; the "
+                "model has no coefficient for them"
+            )
+        levels, reduced = np.asarray(fitted[0]), fitted[1]
     if len(levels) < 2:
         raise ValueError(f"{name}: the variable has {len(levels)} distinct value(s); C() needs at least two")
     if len(levels) > MAX_LEVELS:
@@ -294,7 +313,21 @@ def _dummies(name: str, cat: _Categorical, reduced: bool, feature: str) -> xr.Da
     present = arr.notnull()
     cols = xr.concat([(arr == v).where(present).astype(np.float64) for v in kept], dim=feature)
     cols = cols.assign_coords({feature: labels})
-    return cols.transpose(*arr.dims, feature)
+    return cols.transpose(*arr.dims, feature), (levels, reduced)
+
+
+@dataclass(frozen=True)
+class FittedFormula:
+    """A formula as fitted: its text and the levels of its ``C()`` terms, to build the same
+    covariates from new data (:meth:`GLMResults.predict`)."""
+
+    formula: str
+    levels: dict
+
+    def transform(self, ds: xr.Dataset) -> tuple[xr.Dataset, list]:
+        """The Dataset with the derived covariates, and the covariates' names (or arrays)."""
+        out, _, x, _, _, _ = apply_formula(ds, self.formula, levels=self.levels, response=False)
+        return out, x
 
 
 def apply_formula(
@@ -308,6 +341,8 @@ def apply_formula(
     dims=None,
     storage_options: dict | None = None,
     progress: bool | None = None,
+    levels: dict | None = None,
+    response: bool = True,
 ):
     """Turn ``(data, formula)`` into the explicit arguments of :func:`daskglm.fit`.
 
@@ -326,6 +361,10 @@ def apply_formula(
         ``False`` drops the intercept too (as ``-1`` does).
     dims : list of str, optional
         The key columns of a long table.
+    levels : dict, optional
+        The ``C()`` terms' levels of a fit (predictions on new data).
+    response : bool
+        Evaluate the response (``False`` for predictions on new data).
 
     Returns
     -------
@@ -333,6 +372,7 @@ def apply_formula(
         ``(dataset, y, x, fe, offset, intercept)``: a copy of the Dataset with the derived
         variables added under their term names, the response's name, the covariates' names,
         the effects (fixest's string) or ``None``, the offset(s), the intercept flag.
+        ``dataset.attrs["daskglm_formula"]`` holds the fields of the :class:`FittedFormula`.
     """
     from .panel import open_data
 
@@ -359,7 +399,8 @@ def apply_formula(
     else:
         ds = open_data(data, storage_options)
     ns = _Namespace(ds, formula)
-    for name in sorted(spec.names):
+    needed = spec.names if response else spec.names - (_names_in(spec.lhs) - _rhs_names(spec))
+    for name in sorted(needed):
         if name not in ns or name in ns.funcs:
             if name in ns.funcs:
                 raise ValueError(f"formula {formula!r}: {name!r} is a function, call it: {name}(...)")
@@ -377,19 +418,23 @@ def apply_formula(
         return name
 
     # response
-    yval = _eval(spec.lhs, ns)
-    if isinstance(yval, _Categorical):
-        raise ValueError(f"formula {formula!r}: the response cannot be C(...)")
-    y = derive(spec.lhs, _numeric(spec.lhs, yval, formula))
+    y = None
+    if response:
+        yval = _eval(spec.lhs, ns)
+        if isinstance(yval, _Categorical):
+            raise ValueError(f"formula {formula!r}: the response cannot be C(...)")
+        y = derive(spec.lhs, _numeric(spec.lhs, yval, formula))
     # covariates
     has_intercept = spec.intercept and intercept
     full_rank_left = not has_intercept and effects is None
     xs: list = []
+    categories: dict = {}
     for term in spec.terms:
         values = [_eval(f, ns) for f in term.factors]
         if isinstance(values[0], _Categorical):
             feature = f"{term.name}__level"
-            val = _dummies(term.name, values[0], not full_rank_left, feature)
+            fitted = None if levels is None else levels[term.name]
+            val, categories[term.name] = _dummies(term.name, values[0], not full_rank_left, feature, fitted)
             full_rank_left = False
         else:
             val = _numeric(term.factors[0], values[0], formula)
@@ -415,5 +460,6 @@ def apply_formula(
         offset_out = passthrough[offset_out]
     elif isinstance(offset_out, list):
         offset_out = [passthrough.get(o, o) if isinstance(o, str) else o for o in offset_out]
-    out.attrs = dict(ds.attrs, formula=formula)
+    cats = {k: [np.asarray(v[0]).tolist(), bool(v[1])] for k, v in categories.items()}  # JSON, as zarr attrs
+    out.attrs = dict(ds.attrs, daskglm_formula={"formula": formula, "levels": cats})
     return out, y, xs, effects, offset_out, has_intercept

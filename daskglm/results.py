@@ -39,6 +39,7 @@ class FitSpec:
     tol: float
     max_iter: int
     fe: tuple | None = None
+    formula: object = None  # a daskglm.formula.FittedFormula for formula fits
 
 
 class GLMResults:
@@ -279,10 +280,13 @@ class GLMResults:
         coords = {d: ds.indexes[d] for d in dims if d in ds.indexes}
         template = xr.DataArray(graph.lazy_zeros(shape), dims=dims, coords=coords, name="__template__")
         s = self._spec
+        x = list(s.x)
+        if s.formula is not None:  # the formula's covariates, built from the new data
+            ds, x = s.formula.transform(ds)
         panel = build_panel(
             ds,
             template,
-            list(s.x),
+            x,
             self.family,
             offset=s.offset,
             exposure=s.exposure,

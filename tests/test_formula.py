@@ -292,3 +292,22 @@ def test_cli_fit_with_a_formula(tmp_path, capsys):
         warnings.simplefilter("ignore")
         assert main(["fit", path, "--formula", "y ~ log(dst)", "--no-progress"]) == 2
     assert "did you mean 'dist'" in capsys.readouterr().err
+
+
+def test_predict_on_new_data_rebuilds_the_formula_terms():
+    """predict(new data) builds the formula's covariates (C() with the fitted levels, offsets,
+    a dim's coordinate) from the new data: equal to the fitted panel's predictions there."""
+    ds = make_panel()
+    f = "y ~ x + log(dist) + C(region) + zi:wj + k + offset(log(e))"
+    res = dg.fit(ds, f, family="poisson", progress=False)
+    sub = ds.drop_vars("y").isel(i=slice(3, 9))  # region takes fewer values here
+    new = res.predict(sub).compute()
+    old = res.predict().isel(i=slice(3, 9)).compute()
+    np.testing.assert_allclose(new.values, old.values, rtol=1e-12)
+    fe = dg.fit(ds, "y ~ x + log(dist) | i^k + j", family="poisson", progress=False)
+    np.testing.assert_allclose(
+        fe.predict(sub).compute().values, fe.predict().isel(i=slice(3, 9)).compute().values, rtol=1e-12
+    )
+    bad = sub.assign(region=sub["region"] + 7)
+    with pytest.raises(ValueError, match="not in the fitted data"):
+        res.predict(bad)
