@@ -191,6 +191,7 @@ def fit(
         data, y, x, fe, offset, intercept = apply_formula(
             data, y, x=x, fe=fe, offset=offset, intercept=intercept, dims=dims,
             storage_options=storage_options, progress=progress,
+            columns=(exposure, weights), family=family,
         )  # fmt: skip
         formula = FittedFormula(**data.attrs["daskglm_formula"])
     elif dims is not None:  # a long table, one row per observed cell

@@ -33,6 +33,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from .families import Family
+
 __all__ = ["FormulaSpec", "FittedFormula", "parse_formula", "apply_formula", "is_formula"]
 
 #: functions a formula may call, by name (numpy ufuncs keep xarray's dims and dask laziness)
@@ -343,6 +345,8 @@ def apply_formula(
     progress: bool | None = None,
     levels: dict | None = None,
     response: bool = True,
+    columns=(),
+    family=None,
 ):
     """Turn ``(data, formula)`` into the explicit arguments of :func:`daskglm.fit`.
 
@@ -365,6 +369,10 @@ def apply_formula(
         The ``C()`` terms' levels of a fit (predictions on new data).
     response : bool
         Evaluate the response (``False`` for predictions on new data).
+    columns : sequence
+        More inputs of the fit that a long table must keep (exposure, weights names).
+    family : str or Family, optional
+        The fit's family: a long table also keeps its trials/event variables.
 
     Returns
     -------
@@ -392,6 +400,9 @@ def apply_formula(
         lhs_names = sorted(_names_in(spec.lhs) - set(keys))
         values = sorted(spec.names - set(keys))
         extra = [o for o in (offset if isinstance(offset, list | tuple) else [offset]) if isinstance(o, str)]
+        extra += [c for c in columns if isinstance(c, str)]
+        if isinstance(family, Family):
+            extra += [v for v in family.aux_sources().values() if isinstance(v, str)]
         values += [v for v in extra if v not in values and v not in keys]
         ds = from_long(
             data, keys, y=lhs_names, values=values, storage_options=storage_options, progress=progress

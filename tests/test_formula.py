@@ -311,3 +311,25 @@ def test_predict_on_new_data_rebuilds_the_formula_terms():
     bad = sub.assign(region=sub["region"] + 7)
     with pytest.raises(ValueError, match="not in the fitted data"):
         res.predict(bad)
+
+
+def test_long_table_keeps_the_other_inputs_of_the_fit():
+    """A long table read for a formula keeps the exposure, weights and trials columns too;
+    exposure= equals offset(log(.)) in the formula, and a binomial with trials= equals the
+    explicit fit."""
+    df = to_long(make_panel(seed=2))
+    df["w"] = 1.0 + (df["k"] % 2)
+    df["n"] = df["y"] + 3.0
+    dims = ["i", "j", "k"]
+    a = dg.fit(
+        df, "y ~ x + log(dist)", family="poisson", dims=dims, exposure="e", weights="w", progress=False
+    )
+    b = dg.fit(
+        df, "y ~ x + log(dist) + offset(log(e))", family="poisson", dims=dims, weights="w", progress=False
+    )
+    np.testing.assert_allclose(a.params.to_numpy(), b.params.to_numpy(), rtol=1e-10)
+    fam = dg.Binomial(trials="n")
+    c = dg.fit(df, "y ~ x + log(dist)", family=fam, dims=dims, progress=False)
+    ds = dg.from_long(df, dims, y="y")
+    d = dg.fit(ds.assign(ld=np.log(ds["dist"])), "y", ["x", "ld"], fam, progress=False)
+    np.testing.assert_allclose(c.params.to_numpy(), d.params.to_numpy(), rtol=1e-10)
