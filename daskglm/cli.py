@@ -143,7 +143,8 @@ def _ingest(args: argparse.Namespace) -> int:
         progress=not args.no_progress and None,
     )
     print(ds.attrs["from_long"])
-    print(f"wrote {args.out} in {time.perf_counter() - t0:.1f}s; fit it with: daskglm fit {args.out} --y ...")
+    took = time.perf_counter() - t0
+    print(f"wrote {args.out} in {took:.1f}s; fit it with: daskglm fit {args.out} --formula 'y ~ x + ...'")
     return 0
 
 
