@@ -231,7 +231,9 @@ class FixedEffectsObjective:
     def dispersion(self, e: Evaluation) -> float:
         """Gaussian fits run with sigma = 1: divide LL differences by the MLE of sigma^2."""
         if self.layout.family.name == "gaussian":
-            return max(e.deviance / max(self.sum_weights, 1.0), 1e-300)
+            # floored so that an exact fit (deviance 0) still meets the stopping rule
+            floor = 1e-16 * self.setup.sums["swy2"] / max(self.setup.sums["sw"], 1.0)
+            return max(e.deviance / max(self.sum_weights, 1.0), floor, 1e-300)
         return 1.0
 
     def _stats(self, params: np.ndarray) -> dict:
