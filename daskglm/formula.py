@@ -92,21 +92,36 @@ class FormulaSpec:
     names: set[str] = field(default_factory=set)
 
 
-def _names_in(expr: str) -> set[str]:
-    """Variable names an expression reads (function names left out)."""
+def _names(expr: str) -> tuple[set[str], set[str]]:
+    """The names an expression calls (functions) and the others it reads (variables)."""
     try:
         tree = ast.parse(expr, mode="eval")
     except SyntaxError as err:
         raise ValueError(f"formula: cannot read the expression {expr!r}: {err.msg}") from err
-    called = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
-    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    calls = [n.func for n in ast.walk(tree) if isinstance(n, ast.Call)]
+    if any(not isinstance(f, ast.Name) for f in calls):
+        raise ValueError(f"formula: {expr!r} calls something other than a function by name (log, exp, ...)")
+    called = {f.id for f in calls}
     unknown_fn = called - set(FUNCTIONS) - set(SPECIAL)
     if unknown_fn:
         raise ValueError(
             f"formula: unknown function {sorted(unknown_fn)[0]!r} in {expr!r}; the functions a formula "
             f"may use are {sorted(FUNCTIONS) + list(SPECIAL)}"
         )
-    return names - called
+    heads = {id(f) for f in calls}
+    variables = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and id(n) not in heads}
+    if any(isinstance(n, ast.Attribute) for n in ast.walk(tree)):
+        raise ValueError(f"formula: {expr!r} reads an attribute; use the variables and functions by name")
+    if variables & called:
+        raise ValueError(
+            f"formula: {expr!r} uses {sorted(variables & called)[0]!r} both as a function and a variable"
+        )
+    return called, variables
+
+
+def _names_in(expr: str) -> set[str]:
+    """Variable names an expression reads (function names left out)."""
+    return _names(expr)[1]
 
 
 def parse_formula(formula: str) -> FormulaSpec:
@@ -204,7 +219,9 @@ def _c(arr, *args, **kwargs):
 
 
 class _Namespace(Mapping):
-    """Names a formula expression can read: functions, data variables, dims' coordinates."""
+    """The variables a formula can read: data variables, dims and their coordinates (a
+    variable may share a function's name, e.g. ``exp`` for experience: called, the name is
+    the function, read, the variable)."""
 
     def __init__(self, ds: xr.Dataset, formula: str):
         self.ds = ds
@@ -217,8 +234,6 @@ class _Namespace(Mapping):
         return [str(v) for v in self.ds.data_vars] + dims + coords
 
     def __getitem__(self, key):
-        if key in self.funcs:
-            return self.funcs[key]
         if key in self.ds.data_vars:
             return self.ds[key]
         if key in self.ds.dims or key in self.ds.coords:
@@ -226,10 +241,10 @@ class _Namespace(Mapping):
         raise KeyError(key)
 
     def __iter__(self):
-        return iter(list(self.funcs) + self.variables())
+        return iter(self.variables())
 
     def __len__(self) -> int:
-        return len(self.funcs) + len(self.variables())
+        return len(self.variables())
 
 
 def _unknown(name: str, ns: _Namespace, formula: str) -> KeyError:
@@ -243,7 +258,9 @@ def _unknown(name: str, ns: _Namespace, formula: str) -> KeyError:
 
 
 def _eval(expr: str, ns: _Namespace):
-    value = eval(compile(expr, "<formula>", "eval"), {"__builtins__": {}}, ns)  # noqa: S307
+    called, variables = _names(expr)
+    local = {n: ns.funcs[n] for n in called} | {n: ns[n] for n in variables}
+    value = eval(compile(expr, "<formula>", "eval"), {"__builtins__": {}}, local)  # noqa: S307
     if isinstance(value, int | float | np.number):
         return xr.DataArray(float(value))
     return value
@@ -412,7 +429,7 @@ def apply_formula(
     ns = _Namespace(ds, formula)
     needed = spec.names if response else spec.names - (_names_in(spec.lhs) - _rhs_names(spec))
     for name in sorted(needed):
-        if name not in ns or name in ns.funcs:
+        if name not in ns:
             if name in ns.funcs:
                 raise ValueError(f"formula {formula!r}: {name!r} is a function, call it: {name}(...)")
             raise _unknown(name, ns, formula)

@@ -333,3 +333,18 @@ def test_long_table_keeps_the_other_inputs_of_the_fit():
     ds = dg.from_long(df, dims, y="y")
     d = dg.fit(ds.assign(ld=np.log(ds["dist"])), "y", ["x", "ld"], fam, progress=False)
     np.testing.assert_allclose(c.params.to_numpy(), d.params.to_numpy(), rtol=1e-10)
+
+
+def test_a_variable_may_share_a_function_name():
+    """``exp`` (experience, a common wage-equation variable) read as a variable, called as a function."""
+    ds = make_panel()
+    ds["exp"] = ds["zi"] * 10
+    a = dg.fit(ds, "y ~ x + exp + I(exp**2) + exp(zi)", family="poisson", progress=False, tol=1e-12)
+    d = ds.assign(e1=ds["exp"], e2=ds["exp"] ** 2, e3=np.exp(ds["zi"]))
+    b = dg.fit(d, "y", ["x", "e1", "e2", "e3"], "poisson", progress=False, tol=1e-12)
+    assert list(a.params.index) == ["Intercept", "x", "exp", "I(exp ** 2)", "exp(zi)"]
+    np.testing.assert_allclose(a.params.to_numpy(), b.params.to_numpy(), rtol=1e-10)
+    with pytest.raises(ValueError, match="both as a function and a variable"):
+        dg.fit(ds, "y ~ exp(exp)", family="poisson")
+    with pytest.raises(ValueError, match="is a function, call it"):
+        dg.fit(make_panel(), "y ~ x + sqrt", family="poisson")
