@@ -1,0 +1,272 @@
+"""Gravity PPML at 1e8 cells, streamed from zarr by two workers whose memory is smaller than the data.
+
+``python benchmarks/gravity_out_of_core.py [--grid 1000x100] [--chunk 100] [--memory-limit 0.7GB]
+[--store DIR] [--out benchmarks/gravity_out_of_core.json]``
+
+1. Writes (once; reused when present) a float32 zarr store of an ``exporter x importer x year``
+   panel (``NxT``: N countries, T years) with a Poisson ``y`` drawn from exporter-year,
+   importer-year and pair effects (each N(0, 0.5^2)) plus three full-grid covariates ``x1..x3``
+   (N(0, 1), coefficients 0.2, -0.1, 0.05), chunked ``chunk x chunk x T``. The store is written
+   chunk by chunk with dask (dask's random generators, one seed per chunk for ``y``), never the
+   whole array in memory.
+2. Fits it with ``dg.fit(store, "y", ["x1", "x2", "x3"], "poisson", fe=[("i","t"), ("j","t"),
+   ("i","j")], cov_type="nonrobust", client=client)`` on a ``LocalCluster`` of two one-thread
+   workers with ``--memory-limit`` each (their total below the data's size).
+3. Records the fit's wall time, passes, Newton and inner iterations, seconds per pass kind, the
+   workers' peak memory (sampled every 2 s by ``client.run``, and each worker process's
+   ``VmHWM``), whether anything spilled to disk, the client's peak memory, the estimates against
+   the truth, and what pyfixest would need for the same long table (its measured peak at 1e7
+   cells in ``benchmarks/gravity.json``, scaled linearly in the cells: an estimate, not a run).
+
+Progress goes to stdout (one line per sample); the results to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+FE = [("i", "t"), ("j", "t"), ("i", "j")]
+X = ["x1", "x2", "x3"]
+TRUTH = {"x1": 0.2, "x2": -0.1, "x3": 0.05}
+#: pyfixest's measured peak RSS at 1e7 cells (benchmarks/GRAVITY.md), used when gravity.json lacks it
+PYFIXEST_1E7_GB = 6.67
+
+
+def write_store(path: Path, n: int, t: int, chunk: int, seed: int = 0) -> dict:
+    """Write the panel to ``path`` chunk by chunk (dask, threaded scheduler); reuse it if present."""
+    import dask
+    import dask.array as da
+    import xarray as xr
+
+    if (path / "zarr.json").exists() or (path / ".zmetadata").exists():
+        ds = xr.open_zarr(path)
+        return {"written": False, "seconds": 0.0, **json.loads(ds.attrs["gravity_out_of_core"])}
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    fe_it = rng.normal(scale=0.5, size=(n, 1, t))  # exporter-year
+    fe_jt = rng.normal(scale=0.5, size=(1, n, t))  # importer-year
+    fe_ij = rng.normal(scale=0.5, size=(n, n, 1))  # pair
+    shape, chunks = (n, n, t), (chunk, chunk, t)
+    rs = da.random.RandomState(seed + 1)
+    xs = [rs.standard_normal(shape, chunks=chunks).astype(np.float32) for _ in X]
+    eta = sum(TRUTH[k] * x.astype(np.float64) for k, x in zip(X, xs, strict=True))
+    eta = (
+        eta
+        + da.from_array(fe_it, chunks=(chunk, 1, t))
+        + da.from_array(fe_jt, chunks=(1, chunk, t))
+        + da.from_array(fe_ij, chunks=(chunk, chunk, 1))
+    )
+
+    def draw(e, block_id=None):
+        return np.random.default_rng([seed, 7, *block_id]).poisson(np.exp(e)).astype(np.float32)
+
+    y = da.map_blocks(draw, eta, dtype=np.float32)
+    meta = {"grid": f"{n} x {n} x {t}", "cells": n * n * t, "chunks": list(chunks), "seed": seed}
+    dims = ("i", "j", "t")
+    ds = xr.Dataset(
+        {"y": (dims, y), **{k: (dims, x) for k, x in zip(X, xs, strict=True)}},
+        coords={d: np.arange(s) for d, s in zip(dims, shape, strict=True)},
+        attrs={"gravity_out_of_core": json.dumps(meta)},
+    )
+    with dask.config.set(scheduler="threads"):
+        ds.to_zarr(path, mode="w")
+    return {"written": True, "seconds": time.perf_counter() - t0, **meta}
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _worker_sample(dask_worker) -> dict:
+    import psutil
+
+    data = dask_worker.data
+    spilled = getattr(data, "spilled_total", None)
+    slow = getattr(data, "slow", None)
+    with open("/proc/self/status") as f:
+        hwm = next((int(ln.split()[1]) * 1024 for ln in f if ln.startswith("VmHWM:")), 0)
+    return {
+        "rss": psutil.Process().memory_info().rss,
+        "hwm": hwm,
+        "keys_in_memory": len(getattr(data, "fast", data)),
+        "keys_on_disk": len(slow) if slow is not None else 0,
+        "disk_bytes": int(spilled.disk) if spilled is not None else 0,
+        "status": str(dask_worker.status),
+    }
+
+
+class Monitor(threading.Thread):
+    """Sample the workers every ``every`` seconds: RSS, keys and bytes spilled to disk."""
+
+    def __init__(self, client, t0: float, every: float = 2.0):
+        super().__init__(daemon=True)
+        self.client, self.t0, self.every = client, t0, every
+        self.stop = threading.Event()
+        self.peak_rss: dict[str, int] = {}
+        self.peak_disk: dict[str, int] = {}
+        self.peak_keys_on_disk: dict[str, int] = {}
+        self.paused = False
+
+    def run(self) -> None:
+        while not self.stop.wait(self.every):
+            try:
+                s = self.client.run(_worker_sample)
+            except Exception as e:  # noqa: BLE001 - a sample lost is not fatal
+                print(f"[{time.perf_counter() - self.t0:7.1f}s] sample failed: {e!r}", flush=True)
+                continue
+            for w, v in s.items():
+                self.peak_rss[w] = max(self.peak_rss.get(w, 0), v["rss"])
+                self.peak_disk[w] = max(self.peak_disk.get(w, 0), v["disk_bytes"])
+                self.peak_keys_on_disk[w] = max(self.peak_keys_on_disk.get(w, 0), v["keys_on_disk"])
+                self.paused |= "paused" in v["status"]
+            line = "  ".join(
+                f"rss {v['rss'] / 1e9:.2f} GB mem {v['keys_in_memory']} disk {v['keys_on_disk']} "
+                f"({v['disk_bytes'] / 1e9:.2f} GB) {v['status'].split('.')[-1]}"
+                for v in s.values()
+            )
+            print(f"[{time.perf_counter() - self.t0:7.1f}s] {line}", flush=True)
+
+
+def _peak_rss_gb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1e6
+    return float("nan")
+
+
+def pyfixest_estimate(cells: int) -> dict:
+    """pyfixest's peak at 1e7 cells (gravity.json if it has it, else GRAVITY.md's figure), scaled."""
+    peak, source = PYFIXEST_1E7_GB, "benchmarks/GRAVITY.md (1e7 cells)"
+    try:
+        for row in json.loads((HERE / "gravity.json").read_text()):
+            pf = row.get("pyfixest", {})
+            if row.get("cells") == 10_000_000 and "peak_rss_gb" in pf:
+                peak, source = pf["peak_rss_gb"], "benchmarks/gravity.json (1e7 cells)"
+    except (OSError, ValueError, TypeError, AttributeError):
+        pass
+    return {
+        "measured_peak_gb_at_1e7": peak,
+        "source": source,
+        "estimated_peak_gb": round(peak * cells / 1e7, 1),
+        "method": "linear in the cells (the long table and pyfixest's per-row arrays); not run",
+    }
+
+
+def fit(path: Path, memory_limit: str, meta: dict) -> dict:
+    from distributed import Client, LocalCluster
+
+    import daskglm as dg
+
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, memory_limit=memory_limit, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        before = set(client.scheduler_info()["workers"])
+        t0 = time.perf_counter()
+        mon = Monitor(client, t0)
+        mon.start()
+        error = None
+        try:
+            res = dg.fit(
+                str(path), "y", X, "poisson", fe=FE, cov_type="nonrobust", client=client, progress=True
+            )
+        except Exception as e:  # noqa: BLE001 - recorded in the JSON
+            res, error = None, f"{type(e).__name__}: {e}"
+        seconds = time.perf_counter() - t0
+        mon.stop.set()
+        mon.join()
+        hwm = client.run(lambda dask_worker: _worker_sample(dask_worker)["hwm"])
+        after = set(client.scheduler_info()["workers"])
+    out = {
+        "workers": 2,
+        "threads_per_worker": 1,
+        "memory_limit_per_worker": memory_limit,
+        "fit_seconds": round(seconds, 1),
+        "workers_restarted": len(before - after),
+        "worker_peak_rss_gb_sampled": {w: round(v / 1e9, 3) for w, v in mon.peak_rss.items()},
+        "worker_vmhwm_gb": {w: round(v / 1e9, 3) for w, v in hwm.items()},
+        "spilled_to_disk_peak_gb": {w: round(v / 1e9, 3) for w, v in mon.peak_disk.items()},
+        "spilled_keys_peak": mon.peak_keys_on_disk,
+        "spilled": any(v > 0 for v in mon.peak_keys_on_disk.values()),
+        "worker_paused_seen": mon.paused,
+        "client_peak_rss_gb": round(_peak_rss_gb(), 3),
+    }
+    if error is not None:
+        out["error"] = error
+        return out
+    log: dict[str, list[float]] = {}
+    for what, secs in res._counter.log:
+        log.setdefault(what, []).append(secs)
+    out.update(
+        {
+            "converged": bool(res.converged),
+            "persisted": getattr(res, "persisted", None),
+            "persist_reason": getattr(res, "persist_reason", None),
+            "nobs": int(res.nobs),
+            "passes": int(res.passes),
+            "newton_iterations": int(res.n_iter),
+            "inner_iterations": [int(v) for v in res.inner_iterations],
+            "pass_seconds": {
+                k: {
+                    "count": len(v),
+                    "total": round(sum(v), 1),
+                    "median": round(float(np.median(v)), 2),
+                    "max": round(max(v), 2),
+                }
+                for k, v in log.items()
+            },
+            "params": {k: float(res.params[k]) for k in X},
+            "bse": {k: float(res.bse[k]) for k in X},
+            "truth": TRUTH,
+            "z_vs_truth": {k: round(float((res.params[k] - v) / res.bse[k]), 2) for k, v in TRUTH.items()},
+        }
+    )
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--grid", default="1000x100", help="NxT: N countries, T years (N*N*T cells)")
+    ap.add_argument("--chunk", type=int, default=100, help="chunk length along exporter and importer")
+    ap.add_argument("--memory-limit", default="0.7GB", help="per worker (two workers)")
+    ap.add_argument("--store", default=None, help="zarr store (default /work/tmp/gravity_NxT.zarr)")
+    ap.add_argument("--out", default=str(HERE / "gravity_out_of_core.json"))
+    args = ap.parse_args()
+    warnings.simplefilter("ignore")
+    n, t = map(int, args.grid.split("x"))
+    store = Path(args.store or f"/work/tmp/gravity_{n}x{t}.zarr")
+    store.parent.mkdir(parents=True, exist_ok=True)
+    print(f"store {store}", flush=True)
+    meta = write_store(store, n, t, args.chunk)
+    cells = n * n * t
+    meta.update(
+        {
+            "store_bytes_on_disk": _dir_bytes(store),
+            "data_bytes_float32": 4 * 4 * cells,
+            "W_bytes_float64": 8 * cells,
+            "levels": 2 * n * t + n * n,
+        }
+    )
+    print(json.dumps(meta), flush=True)
+    result = {
+        "data": meta,
+        "daskglm": fit(store, args.memory_limit, meta),
+        "pyfixest": pyfixest_estimate(cells),
+    }
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1), flush=True)
+
+
+if __name__ == "__main__":
+    main()
