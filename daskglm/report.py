@@ -140,7 +140,8 @@ def etable_frame(
             s = float(m.bse[t] if stats == "se" else m.tvalues[t]) if has_se else np.nan
             sub.append(f"({_fmt(s, digits)})" if has_se else "")
         rows[t] = est
-        rows[f"{t} \x00"] = sub  # the parentheses' row; the key is cleared when rendered
+        if any(sub):  # the parentheses' row (none without standard errors); its label is blank
+            rows[f"{t} \x00"] = sub
     effects: list[str] = []
     for m in models:
         effects += [e for e in _effects(m) if e not in effects]
