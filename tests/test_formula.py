@@ -192,6 +192,8 @@ PYFIXEST = {
     "poisson_fe": ("y ~ x + log(dist) + zi:wj + x:zi | i^k + j", "fepois"),
     "gaussian": ("g ~ x + log(dist) + C(region) + zi:wj", "feols"),
     "gaussian_fe": ("g ~ x + log(dist) + zi:wj | i^k + j^k", "feols"),
+    "gaussian_no_intercept": ("g ~ C(region) + x + log(dist) - 1", "feols"),
+    "poisson_no_intercept": ("y ~ 0 + x + log(dist) + I(zi**2) + exp(wj)", "fepois"),
 }
 
 
