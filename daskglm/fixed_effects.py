@@ -323,10 +323,12 @@ class FixedEffectsObjective:
         # (the gradient itself is always exact, so the fit converges to the same optimum)
         # (the first step's solve is tight: it also decides which covariates are absorbed)
         # (a relative error r in the step moves the next iterate by r times the step, whose size
-        # is about the square root of the decrement)
-        rtol = (
-            float(np.clip(1e-2 * np.sqrt(self._progress), STEP_RTOL, 1e-4)) if self._checked else INNER_RTOL
-        )
+        # is about the square root of the decrement): loose while the steps are large, and
+        # loose again for the last, tiny steps, whose error is that fraction of a tiny step
+        root = np.sqrt(max(self._progress, 1e-300))
+        rtol = float(np.clip(max(1e-2 * root, 1e-10 / root), STEP_RTOL, 1e-4))
+        if not self._checked:
+            rtol = INNER_RTOL
         S, gc, Z, z = self.schur(st, rtol)
         if not self._checked:
             self._checked = True
