@@ -156,6 +156,9 @@ def etable_frame(
     rows["Log-likelihood"] = [_fmt_stat(m.llf, digits) for m in models]
     r2 = [_maybe(m, "pseudo_rsquared") for m in models]
     rows["Pseudo R2"] = [_fmt(v, digits) if v is not None else "" for v in r2]
+    alphas = [_maybe(m, "alpha") for m in models]
+    if any(a is not None for a in alphas):  # NB2's dispersion
+        rows["alpha (NB2)"] = [_fmt(a, digits) if a is not None else "" for a in alphas]
     frame = pd.DataFrame(rows, index=cols).T
     return frame, sections
 
@@ -258,8 +261,8 @@ def etable(
     p < 0.01, ``*`` p < 0.05) and, below it in parentheses, its standard error or z statistic;
     a row per fixed effect marked ``x`` where a fit has it (``-`` where not); the family, the
     covariance type, the number of cells used, the log-likelihood and McFadden's pseudo R2
-    (empty for fixed-effects fits, where it is not defined). Costs one null-model fit per fit
-    without effects, for the pseudo R2 (cached on the result).
+    (empty for fixed-effects fits, where it is not defined), NB2's alpha when a fit has one.
+    Costs one null-model fit per fit without effects, for the pseudo R2 (cached on the result).
 
     Parameters
     ----------

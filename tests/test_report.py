@@ -143,6 +143,9 @@ def test_etable_cells_from_the_fits(fits, tmp_path):
     assert "p &lt; 0.001" in html
     only = dg.etable(list(fits), keep=["x"], type="df")
     assert [r for r in only.index if r][:2] == ["Dep. variable", "x"]
+    nb = dg.fit(make_panel(seed=7), "y ~ x", family=dg.NegativeBinomial(alpha=None), progress=False)
+    both = dg.etable([fits[0], nb], type="df")
+    assert list(both.loc["alpha (NB2)"]) == ["", f"{nb.alpha:.3f}"] and nb.alpha > 0
     with pytest.raises(ValueError, match="type="):
         dg.etable(list(fits), type="xlsx")
     with pytest.raises(ValueError, match="stats="):
