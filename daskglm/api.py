@@ -17,9 +17,9 @@ from .clustering import parse_clusters
 from .engine import make_objective, run_setup
 from .families import Family
 from .fe_results import FixedEffectsResults
-from .fixed_effects import fe_covariance, parse_effects
+from .fixed_effects import parse_effects
 from .formula import FittedFormula, apply_formula, is_formula
-from .inference import covariance, normalize_cov_type
+from .inference import normalize_cov_type
 from .panel import build_panel
 from .progress import Progress
 from .registry import resolve_family, resolve_solver
@@ -29,6 +29,9 @@ from .scheduling import compute_target, persist_decision
 __all__ = ["fit"]
 
 log = logging.getLogger("daskglm")
+
+#: the results class of each kind of objective (``objective.kind``)
+RESULTS = {"glm": GLMResults, "fixed_effects": FixedEffectsResults}
 
 
 def _checkpoint(path, y, x, fam: Family, solver: str, setup, effects=None) -> Checkpoint | None:
@@ -291,37 +294,7 @@ def fit(
         final = objective.final(
             result.params, ways, inference=cov is not None, scores=cov not in (None, "nonrobust")
         )
-    V = None
-    if cov is not None and effects is not None:
-        V = fe_covariance(
-            final,
-            cov,
-            ways,
-            effects=effects,
-            levels=objective.drops.levels(),
-            active=objective.active,
-            nobs=objective.sum_weights,
-            gaussian=fam.name == "gaussian",
-            ssc=ssc,
-        )
-        full = np.full((objective.n_small, objective.n_small), np.nan)
-        act = np.flatnonzero(objective.active)
-        full[np.ix_(act, act)] = V
-        V = full
-    elif cov is not None:
-        nb = setup.layout.n_beta
-        scale = final["dev"] / (setup.sum_weights - nb) if fam.name == "gaussian" else 1.0
-        V = covariance(
-            final["hess"],
-            cov,
-            scale=scale,
-            meat=final["meat"],
-            cluster_meat=final.get("cluster_meat"),
-            n_clusters=final.get("n_clusters"),
-            nobs=setup.sum_weights,
-            k=setup.layout.n_params,
-            r_factor=final.get("r_factor"),
-        )
+    V = None if cov is None else objective.covariance(final, cov, ways, ssc=ssc)
     spec_ = FitSpec(
         y=y,
         x=tuple(x) if isinstance(x, list | tuple) else ((x,) if x is not None else ()),
@@ -335,9 +308,8 @@ def fit(
         fe=tuple(e.dims for e in effects) if effects else None,
         formula=formula,
     )
-    extra = {} if effects is None else {"objective": objective, "ssc": ssc}
-    res = (GLMResults if effects is None else FixedEffectsResults)(
-        **extra,
+    res = RESULTS[objective.kind](
+        **objective.results_options(ssc=ssc),
         panel=panel,
         setup=setup,
         spec=spec_,

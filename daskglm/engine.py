@@ -14,6 +14,7 @@ from .checks import SetupInfo, intercept_position, interpret_setup, needs_orthog
 from .clustering import combine_cluster_meats, intersections
 from .effects_graph import FixedEffectPasses
 from .fixed_effects import FixedEffectsObjective, drop_degenerate_levels
+from .inference import covariance
 from .kernels import finalize_eval, setup_packer
 from .panel import Panel
 from .qr import TSQR, qr_grad_size, qr_unpack, qr_width
@@ -128,6 +129,31 @@ class PanelObjective:
     def start(self) -> np.ndarray:
         """Default starting values (:func:`start_params`)."""
         return start_params(self.setup)
+
+    def covariance(self, final: dict, cov_type: str, ways=None, *, ssc: bool = True) -> np.ndarray:
+        """Covariance of all parameters from :meth:`final`'s statistics (statsmodels'
+        conventions, :func:`daskglm.inference.covariance`; ``ssc`` is for fixed-effects fits)."""
+        layout = self.layout
+        gaussian = layout.family.name == "gaussian"
+        scale = final["dev"] / (self.setup.sum_weights - layout.n_beta) if gaussian else 1.0
+        return covariance(
+            final["hess"],
+            cov_type,
+            scale=scale,
+            meat=final["meat"],
+            cluster_meat=final.get("cluster_meat"),
+            n_clusters=final.get("n_clusters"),
+            nobs=self.setup.sum_weights,
+            k=layout.n_params,
+            r_factor=final.get("r_factor"),
+        )
+
+    #: which results class the public API wraps the fit in
+    kind = "glm"
+
+    def results_options(self, **_) -> dict:
+        """Extra keyword arguments of the results class."""
+        return {}
 
     def final(
         self,

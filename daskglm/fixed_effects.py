@@ -241,8 +241,9 @@ class FixedEffectsObjective:
             self(params, hessian=True)
         return self._last[1]
 
-    def _solve(self, st: dict, rhs: list, rtol: float = INNER_RTOL) -> list:
-        Z, it, rels = block_pcg(self.fe.product, rhs, st["diag_fe"], x0=self._warm_for(rhs), rtol=rtol)
+    def _solve(self, st: dict, rhs: list, rtol: float = INNER_RTOL, x0: list | None = None) -> list:
+        x0 = self._warm_for(rhs) if x0 is None else x0
+        Z, it, rels = block_pcg(self.fe.product, rhs, st["diag_fe"], x0=x0, rtol=rtol)
         self.inner_iterations.append(it)
         # the covariates' columns decide the standard errors; the gradient column (the last,
         # when there is one) only the step, which Newton's exact gradient corrects
@@ -271,13 +272,15 @@ class FixedEffectsObjective:
             out.append(x)
         return out
 
-    def schur(self, st: dict, rtol: float = INNER_RTOL) -> tuple[np.ndarray, np.ndarray, list, list]:
+    def schur(
+        self, st: dict, rtol: float = INNER_RTOL, x0: list | None = None
+    ) -> tuple[np.ndarray, np.ndarray, list, list]:
         """Concentrated information ``S = C - B' A^+ B``, the concentrated gradient, the
         projections ``Z = A^+ B`` and ``z = A^+ g_a`` (one block solve)."""
         P = self.n_small
         B = st["cross_fe"]
         rhs = [np.concatenate([b, g[..., None]], axis=-1) for b, g in zip(B, st["grad_fe"], strict=True)]
-        sol = self._solve(st, rhs, rtol)
+        sol = self._solve(st, rhs, rtol, x0)
         Z = [s[..., :P] for s in sol]
         z = [s[..., P] for s in sol]
         C = -st["hess"]
@@ -333,6 +336,12 @@ class FixedEffectsObjective:
         if not self._checked:
             self._checked = True
             self._check_absorbed(S, -st["hess"])
+        step, damped = self._step(S, gc, Z, z)
+        self._progress = abs(float(e.grad @ step)) / (self.dispersion(e) * (abs(e.deviance) + 1.0))
+        return step, damped
+
+    def _step(self, S, gc, Z, z) -> tuple[np.ndarray, bool]:
+        """The Newton step from the concentrated system and the effects' projections."""
         act = np.flatnonzero(self.active)
         dp = np.zeros(self.n_small)
         damped = False
@@ -341,11 +350,35 @@ class FixedEffectsObjective:
         da = [zz - Zz @ dp for zz, Zz in zip(z, Z, strict=True)]
         for d, drop in zip(da, self.drops.dropped, strict=True):
             d[drop] = 0.0
-        step = np.concatenate([dp] + [d.ravel() for d in da])
-        self._progress = abs(float(e.grad @ step)) / (self.dispersion(e) * (abs(e.deviance) + 1.0))
-        return step, damped
+        return np.concatenate([dp] + [d.ravel() for d in da]), damped
 
     # ------------------------------------------------------------------ inference
+    #: which results class the public API wraps the fit in
+    kind = "fixed_effects"
+
+    def results_options(self, *, ssc: bool = True) -> dict:
+        """Extra keyword arguments of the results class."""
+        return {"objective": self, "ssc": ssc}
+
+    def covariance(self, final: dict, cov_type: str, ways=None, *, ssc: bool = True) -> np.ndarray:
+        """Covariance of the covariates and extra parameters (NaN rows and columns for absorbed
+        covariates); see :func:`fe_covariance`."""
+        V = fe_covariance(
+            final,
+            cov_type,
+            ways,
+            effects=self.effects,
+            levels=self.drops.levels(),
+            active=self.active,
+            nobs=self.sum_weights,
+            gaussian=self.layout.family.name == "gaussian",
+            ssc=ssc,
+        )
+        full = np.full((self.n_small, self.n_small), np.nan)
+        act = np.flatnonzero(self.active)
+        full[np.ix_(act, act)] = V
+        return full
+
     def final(
         self,
         params: np.ndarray,
