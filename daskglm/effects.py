@@ -103,6 +103,14 @@ def _fe_data(layout: Layout, effects: Sequence[Effect], arrays: tuple, levels: t
     return d, np.where(d.used, fe_sum, 0.0)
 
 
+def _fe_state(layout: Layout, effects: Sequence[Effect], params: np.ndarray, levels: tuple, arrays: tuple):
+    """The chunk's data, eta (effects included) and the family's derivatives at ``params``."""
+    nb = layout.n_beta
+    d, fe_sum = _fe_data(layout, effects, arrays, levels)
+    eta = d.eta(params[:nb]) + fe_sum
+    return d, eta, layout.family.derivatives(d.y, eta, d.aux, params[nb:])
+
+
 def fe_counts_chunk(layout: Layout, effects: Sequence[Effect], levels: tuple, *arrays) -> list:
     """Per effect and local level: used cells and the family's degeneracy sums.
 
@@ -143,12 +151,9 @@ def fe_eval_chunk(
     """
     fam = layout.family
     nb = layout.n_beta
-    beta, theta = params[:nb], params[nb:]
     with np.errstate(all="ignore"):
-        d, fe_sum = _fe_data(layout, effects, arrays, levels)
-        shape, m = d.shape, len(d.shape)
-        eta = d.eta(beta) + fe_sum
-        der = fam.derivatives(d.y, eta, d.aux, theta)
+        d, eta, der = _fe_state(layout, effects, params, levels, arrays)
+        shape, m, theta = d.shape, len(d.shape), params[nb:]
         out: dict = {}
         out["ll"] = float(d.weighted(der.f).sum())
         if final or fam.n_extra:  # else the client has it from the saturated log-likelihood
@@ -252,12 +257,9 @@ def fe_scores_chunk(
     """
     fam = layout.family
     nb = layout.n_beta
-    beta, theta = params[:nb], params[nb:]
     with np.errstate(all="ignore"):
-        d, fe_sum = _fe_data(layout, effects, arrays, levels)
+        d, eta, der = _fe_state(layout, effects, params, levels, arrays)
         shape, m = d.shape, len(d.shape)
-        eta = d.eta(beta) + fe_sum
-        der = fam.derivatives(d.y, eta, d.aux, theta)
         local = [_expand(a, s, shape) for a, s in zip(arrays, layout.args, strict=True)]
         P = layout.n_params
         cols = np.zeros((P,) + shape)

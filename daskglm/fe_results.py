@@ -76,18 +76,6 @@ class FixedEffectsResults(GLMResults):
         self.inner_iterations = list(objective.inner_iterations)
 
     # ------------------------------------------------------------------ estimates
-    @cached_property
-    def params(self) -> pd.Series:
-        nb = self.layout.n_beta
-        return pd.Series(self._params_all[:nb][self._order], index=self.param_names, name="coef")
-
-    def cov_params(self) -> pd.DataFrame:
-        if self._cov_all is None:
-            raise ValueError("standard errors were not computed (cov_type=None)")
-        nb = self.layout.n_beta
-        V = self._cov_all[:nb, :nb][np.ix_(self._order, self._order)]
-        return pd.DataFrame(V, index=self.param_names, columns=self.param_names)
-
     @property
     def alpha(self) -> float | None:
         """NB2 dispersion (its log sits after the covariates, before the effect levels)."""
