@@ -120,17 +120,12 @@ class FixedEffectsResults(GLMResults):
             return -0.5 * n * (np.log(2 * np.pi * deviance / n) + 1.0)
         return kernel_ll + self._final.get("ll_const", self._setup.ll_const)
 
-    @property
+    @cached_property
     def llnull(self) -> float:
-        raise AttributeError(
-            "llnull (and pseudo_rsquared) are not computed for fixed-effects fits: the "
-            "constant-only model would be fitted on other cells than the dropped ones. Compare "
-            "res.llf with a fit without effects instead"
-        )
-
-    @property
-    def pseudo_rsquared(self) -> float:
-        return self.llnull
+        """Log-likelihood of the constant-only model on the same cells (those the effects'
+        drops leave; same offsets, exposure, weights), as fixest's ``ll_null``. A few passes."""
+        st = self._objective.null_fit()
+        return float(self._full_ll(st["ll"], st["dev"]))
 
     # ------------------------------------------------------------------ predictions
     def predict(self, data=None, which: str = "mean") -> xr.DataArray:
@@ -164,6 +159,7 @@ class FixedEffectsResults(GLMResults):
             f"Cells used: {self.nobs:<14}Sum of weights: {self.sum_weights:<12.6g}"
             f"Df resid: {self.df_resid:.6g}",
             f"Log-likelihood: {self.llf:<18.6f}Deviance: {self.deviance:.6g}",
+            f"LL-Null: {self.llnull:<25.6f}Pseudo R2 (McFadden): {self.pseudo_rsquared:.4f}",
             f"AIC: {self.aic:<29.6f}BIC: {self.bic:.6f}",
             f"Covariance: {self.cov_type}"
             + (f" by {self.cluster}" if self.cov_type == "cluster" else "")

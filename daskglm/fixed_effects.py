@@ -362,6 +362,41 @@ class FixedEffectsObjective:
             d[drop] = 0.0
         return np.concatenate([dp] + [d.ravel() for d in da]), damped
 
+    def null_fit(self, max_iter: int = 50) -> dict:
+        """The constant-only model on the same cells (the effects' drops kept): Newton on the
+        constant and NB2's log-alpha, a pass per iteration (the constant sits in the first
+        effect's levels). Returns the final statistics of :meth:`FixedEffectsPasses.evaluate`."""
+        fam = self.layout.family
+        nb, P = self.n_beta, self.n_small
+        b0, theta = fam.start(self.setup.sums)
+        theta = np.asarray(theta, dtype=np.float64)
+        masks = [np.where(d, np.nan, 0.0) for d in self.drops.dropped]
+
+        def at(b, t, **kw):
+            small = np.zeros(P)
+            small[nb:] = t
+            return self.fe.evaluate(small, [masks[0] + b] + masks[1:], **kw)
+
+        st = at(b0, theta)
+        for _ in range(max_iter):
+            g = np.concatenate([[st["grad_fe"][0].sum()], st["grad"][nb:]])
+            info = np.zeros((g.size, g.size))
+            info[0, 0] = st["diag_fe"][0].sum()
+            cross = st["cross_fe"][0][..., nb:]
+            info[0, 1:] = info[1:, 0] = cross.sum(axis=tuple(range(cross.ndim - 1)))
+            info[1:, 1:] = -st["hess"][nb:, nb:]
+            step, _ = newton_direction(g, -info)
+            t = 1.0
+            for _ in range(30):
+                trial = at(b0 + t * step[0], theta + t * step[1:])
+                if np.isfinite(trial["ll"]) and trial["ll"] >= st["ll"] - 1e-12 * abs(st["ll"]):
+                    break
+                t *= 0.5
+            b0, theta, st = b0 + t * step[0], theta + t * step[1:], trial
+            if abs(float(g @ step)) < 1e-10 * (abs(st["ll"]) + 1.0):
+                break
+        return at(b0, theta, hessian=False, final=True)
+
     # ------------------------------------------------------------------ inference
     #: which results class the public API wraps the fit in
     kind = "fixed_effects"

@@ -78,7 +78,7 @@ def _fmt_stat(v: float, digits: int) -> str:
 
 
 def _maybe(res, attr: str):
-    """An attribute, or ``None`` where it is not defined (e.g. ``llnull`` with fixed effects)."""
+    """An attribute, or ``None`` where it is not defined (e.g. ``alpha`` outside NB2)."""
     try:
         v = getattr(res, attr)
     except (AttributeError, ValueError):

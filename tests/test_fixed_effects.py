@@ -410,3 +410,30 @@ def test_barely_varying_covariate_beside_effects():
     assert res.converged
     np.testing.assert_allclose(res.params.to_numpy(), ref.coef().to_numpy(), rtol=1e-6)
     np.testing.assert_allclose(res.bse.to_numpy(), ref.se().to_numpy(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["poisson", "gaussian", "binomial", "negative_binomial"])
+def test_llnull_is_the_constant_only_model_on_the_same_cells(family):
+    """``llnull`` (and the pseudo R2 of etable) against statsmodels' constant-only fit of the
+    cells the effects' drops leave (Poisson with its offset; NB2 with alpha estimated)."""
+    ds, df, effects = make_fe_panel(3, family, seed=4)
+    fam = dg.NegativeBinomial(alpha=None) if family == "negative_binomial" else family
+    offset = "off" if family == "poisson" else None
+    res = dg.fit(ds, "y", ["x1", "x2"], fam, fe=effects, offset=offset)
+    kept = res.predict(which="linear").rename("kept").to_dataframe().reset_index()
+    df = df.merge(kept, on=list(ds["y"].dims))
+    df = df[np.isfinite(df["kept"])]
+    ones = np.ones((len(df), 1))
+    if family == "negative_binomial":
+        ref = sm.NegativeBinomial(df["y"].to_numpy(), ones).fit(disp=0)
+    else:
+        smfam = {"poisson": sm.families.Poisson(), "gaussian": sm.families.Gaussian()}
+        model = sm.GLM(
+            df["y"].to_numpy(),
+            ones,
+            family=smfam.get(family, sm.families.Binomial()),
+            offset=df["off"].to_numpy() if offset else None,
+        )
+        ref = model.fit()
+    assert res.llnull == pytest.approx(ref.llf, rel=1e-9)
+    assert res.pseudo_rsquared == pytest.approx(1 - res.llf / ref.llf, rel=1e-8)

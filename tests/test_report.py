@@ -80,7 +80,7 @@ Family            poisson          poisson   gaussian
 Cov. type       nonrobust  cluster (i + j)        HC1
 Observations        1,019            1,019      1,152
 Log-likelihood  -3515.652        -2491.929  -1731.344
-Pseudo R2           0.370                       0.060
+Pseudo R2           0.370            0.553      0.060
 -----------------------------------------------------
 Significance: *** p < 0.001, ** p < 0.01, * p < 0.05. Format: coefficient (Std. error)"""
 
@@ -105,7 +105,7 @@ GOLDEN_MD = r"""| | (1) | (2) |
 | Cov. type | nonrobust | cluster (i + j) |
 | Observations | 1,019 | 1,019 |
 | Log-likelihood | -3515.652 | -2491.929 |
-| Pseudo R2 | 0.370 |  |
+| Pseudo R2 | 0.370 | 0.553 |
 
 Significance: \*\*\* p < 0.001, \*\* p < 0.01, \* p < 0.05. Format: coefficient (z statistic)"""
 
@@ -121,7 +121,8 @@ def _stars(p: float) -> str:
 
 def test_etable_cells_from_the_fits(fits, tmp_path):
     """Every coefficient cell is the estimate to 3 decimals with fixest's stars; the cells under
-    it the SE; effects marked; pseudo R2 empty for the fixed-effects fit."""
+    it the SE; effects marked; the fixed-effects fit's pseudo R2 against its constant-only model
+    on the same cells (checked against statsmodels in test_fixed_effects.py)."""
     assert STARS == ((0.001, "***"), (0.01, "**"), (0.05, "*"))
     frame = dg.etable(list(fits), type="df", digits=4)
     for col, res in zip(frame.columns, fits, strict=True):
@@ -130,7 +131,7 @@ def test_etable_cells_from_the_fits(fits, tmp_path):
             assert frame[col].iloc[k] == f"{res.params[term]:.4f}" + _stars(res.pvalues[term])
             assert frame[col].iloc[k + 1] == f"({res.bse[term]:.4f})"
     assert list(frame.loc["i^k"]) == ["-", "x", "-"]
-    assert frame.loc["Pseudo R2"].iloc[1] == ""
+    assert frame.loc["Pseudo R2"].iloc[1] == f"{fits[1].pseudo_rsquared:.4f}"
     assert frame.loc["Pseudo R2"].iloc[0] == f"{fits[0].pseudo_rsquared:.4f}"
     assert frame.loc["Log-likelihood"].iloc[1] == f"{fits[1].llf:.4f}"
     tex = dg.etable(list(fits), type="tex", file=tmp_path / "t.tex")
