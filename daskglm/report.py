@@ -262,7 +262,7 @@ def etable(
     a row per fixed effect marked ``x`` where a fit has it (``-`` where not); the family, the
     covariance type, the number of cells used, the log-likelihood and McFadden's pseudo R2
     (empty for fixed-effects fits, where it is not defined), NB2's alpha when a fit has one.
-    Costs one null-model fit per fit without effects, for the pseudo R2 (cached on the result).
+    Costs one constant-only fit per model (a few passes), for the pseudo R2 (cached on the result).
 
     Parameters
     ----------
