@@ -261,7 +261,7 @@ def etable(
     p < 0.01, ``*`` p < 0.05) and, below it in parentheses, its standard error or z statistic;
     a row per fixed effect marked ``x`` where a fit has it (``-`` where not); the family, the
     covariance type, the number of cells used, the log-likelihood and McFadden's pseudo R2
-    (empty for fixed-effects fits, where it is not defined), NB2's alpha when a fit has one.
+    (fixed-effects fits: against the constant-only model on the same cells), NB2's alpha when a fit has one.
     Costs one constant-only fit per model (a few passes), for the pseudo R2 (cached on the result).
 
     Parameters
