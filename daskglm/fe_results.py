@@ -109,16 +109,9 @@ class FixedEffectsResults(GLMResults):
         return int(self.k_params + sum(self.n_levels.values()) - (len(self.n_levels) - 1))
 
     @property
-    def scale(self) -> float:
-        if self.family.name == "gaussian":
-            return self.deviance / self.df_resid
-        return 1.0
-
-    def _full_ll(self, kernel_ll: float, deviance: float) -> float:
-        if self.family.name == "gaussian":
-            n = self.sum_weights
-            return -0.5 * n * (np.log(2 * np.pi * deviance / n) + 1.0)
-        return kernel_ll + self._final.get("ll_const", self._setup.ll_const)
+    def _ll_const(self) -> float:
+        """Over the cells the effects' drops leave (the setup's counts every observed cell)."""
+        return self._final["ll_const"]
 
     @cached_property
     def llnull(self) -> float:

@@ -167,11 +167,16 @@ class GLMResults:
             return self.deviance / self.df_resid
         return 1.0
 
+    @property
+    def _ll_const(self) -> float:
+        """The parameter-free part of the log-likelihood over the used cells."""
+        return self._setup.ll_const
+
     def _full_ll(self, kernel_ll: float, deviance: float) -> float:
         if self.family.name == "gaussian":
             n = self.sum_weights
             return -0.5 * n * (np.log(2 * np.pi * deviance / n) + 1.0)
-        return kernel_ll + self._setup.ll_const
+        return kernel_ll + self._ll_const
 
     @property
     def llf(self) -> float:
