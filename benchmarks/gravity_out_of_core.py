@@ -161,7 +161,7 @@ def pyfixest_estimate(cells: int) -> dict:
     }
 
 
-def fit(path: Path, memory_limit: str, meta: dict) -> dict:
+def fit(path: Path, memory_limit: str) -> dict:
     from distributed import Client, LocalCluster
 
     import daskglm as dg
@@ -261,7 +261,7 @@ def main() -> None:
     print(json.dumps(meta), flush=True)
     result = {
         "data": meta,
-        "daskglm": fit(store, args.memory_limit, meta),
+        "daskglm": fit(store, args.memory_limit),
         "pyfixest": pyfixest_estimate(cells),
     }
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
