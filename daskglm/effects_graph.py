@@ -109,10 +109,17 @@ class FixedEffectPasses:
             if any(w is None for w in self._W_local):
                 self._W_local = None
         elif persist:
-            self._W_local = None
-            held = dask.persist(*tasks)
-            out = run(None, what, *[dask.delayed(_small, pure=False)(t) for t in held], optimize=False)
-            self._W = [dask.delayed(operator.getitem, pure=False)(t, "W") for t in held]
+            # keep only W on the workers, as keys of its own (the chunk results that hold it are
+            # released once W and the small statistics are split off), and let the previous
+            # evaluation's W go before this one is made: one W in cluster memory at a time
+            self._W_local, self._W = None, None
+            n = len(tasks)
+            held = dask.persist(
+                *[dask.delayed(operator.getitem, pure=False)(t, "W") for t in tasks],
+                *[dask.delayed(_small, pure=False)(t) for t in tasks],
+            )
+            self._W = list(held[:n])
+            out = run(None, what, *held[n:], optimize=False)
         else:
             out = run(None, what, *tasks, optimize=False)
         self.counter.record(what, time.perf_counter() - t0)
