@@ -131,14 +131,17 @@ class PassWatchdog:
                 with contextlib.suppress(Exception):
                     self.client.cancel(futures)
 
-    def _workers(self) -> int:
-        """Number of workers the scheduler knows of (0 when it cannot be reached)."""
+    def _workers(self) -> tuple[int, int]:
+        """Workers the scheduler knows of, and how many of them run tasks (not paused at their
+        memory limit, not closing); ``(0, 0)`` when it cannot be reached."""
         if self.client.status != "running":
-            return 0
+            return 0, 0
         try:
-            return len(self.client.scheduler_info(n_workers=-1).get("workers", {}))
+            workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
         except (OSError, TimeoutError):
-            return 0
+            return 0, 0
+        running = sum(1 for w in workers.values() if w.get("status", "running") == "running")
+        return len(workers), running
 
     def _wait(self, futures: list) -> None:
         from distributed import wait
@@ -151,21 +154,29 @@ class PassWatchdog:
                 return
             except TimeoutError:
                 pass
-            if self._workers():
+            total, running = self._workers()
+            if running:
                 since = None
                 continue
             now = time.monotonic()
             if since is None:
                 since = now
                 log.warning(
-                    "daskglm: the cluster has no workers; waiting up to %g s (%s) for some",
+                    "daskglm: the cluster has no running workers (%d paused or closing); waiting up "
+                    "to %g s (%s)",
+                    total,
                     self.timeout,
                     NO_WORKERS_TIMEOUT_KEY,
                 )
             if now - since >= self.timeout:
-                raise ClusterLostError(
-                    self._message(f"has had no workers for {now - since:.0f} s while a pass was waiting")
+                what = (
+                    f"has had no workers for {now - since:.0f} s while a pass was waiting"
+                    if not total
+                    else f"has had no running worker for {now - since:.0f} s while a pass was "
+                    f"waiting: all {total} are paused (at their memory limit) or closing. Give the "
+                    "workers more memory (or more workers), or smaller chunks"
                 )
+                raise ClusterLostError(self._message(what))
 
     def _message(self, what: str) -> str:
         address = getattr(getattr(self.client, "scheduler", None), "address", None) or "?"

@@ -155,3 +155,26 @@ def test_scheduler_killed_mid_fit(tmp_path, store):
 def test_watchdog_poll_interval():
     assert PassWatchdog(None, 60.0).poll == 1.0
     assert PassWatchdog(None, 2.0).poll == pytest.approx(0.4)
+
+
+@pytest.mark.slow
+def test_all_workers_paused_raises_instead_of_waiting():
+    """Workers paused at their memory limit run nothing: once every worker has been paused
+    for the bound, the fit stops with an error that says so (helper 6 saw a 1e8-cell fit wait
+    forever on a paused worker after its peer was killed)."""
+    from distributed import LocalCluster
+
+    ds, x = make_panel(2, "poisson")
+    # a pause threshold below any process's memory: the workers are paused from the start
+    with (
+        dask.config.set({"distributed.worker.memory.pause": 0.01, "distributed.worker.memory.spill": False}),
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, memory_limit="2GB", dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as client,
+        dask.config.set({"daskglm.no-workers-timeout": "3s"}),
+    ):
+        t0 = time.monotonic()
+        with pytest.raises(dg.ClusterLostError, match="paused"):
+            dg.fit(ds, "y", x, "poisson", client=client, progress=False)
+        assert time.monotonic() - t0 < 60
