@@ -140,20 +140,9 @@ class FixedEffectsResults(GLMResults):
     # ------------------------------------------------------------------ output
     def summary(self) -> str:
         """A readable table of the fit, with the effects, their sizes and the dropped cells."""
-        fam = self.family
         eff = ", ".join(f"{k} ({v})" for k, v in self.n_levels.items())
-        lines = [
-            f"{'daskglm results (fixed effects)':^78}",
-            "=" * 78,
-            f"Family: {fam!r:<33}Panel dims: {dict(self._panel.sizes)}",
-            f"Fixed effects (levels): {eff}",
-            f"Solver: {self.solver:<12}converged: {str(self.converged):<8}iterations: {self.n_iter:<5}"
-            f"passes: {self.passes}",
-            f"Cells used: {self.nobs:<14}Sum of weights: {self.sum_weights:<12.6g}"
-            f"Df resid: {self.df_resid:.6g}",
-            f"Log-likelihood: {self.llf:<18.6f}Deviance: {self.deviance:.6g}",
-            f"LL-Null: {self.llnull:<25.6f}Pseudo R2 (McFadden): {self.pseudo_rsquared:.4f}",
-            f"AIC: {self.aic:<29.6f}BIC: {self.bic:.6f}",
+        lines = self._header("daskglm results (fixed effects)", [f"Fixed effects (levels): {eff}"])
+        lines += [
             f"Covariance: {self.cov_type}"
             + (f" by {self.cluster}" if self.cov_type == "cluster" else "")
             + (

@@ -336,13 +336,14 @@ class GLMResults:
             }
         )
 
-    def summary(self) -> str:
-        """A readable table of the fit (computes the null model on first call)."""
-        fam = self.family
-        lines = [
-            f"{'daskglm results':^78}",
+    def _header(self, title: str, extra: list[str]) -> list[str]:
+        """The summary's opening lines (shared with the fixed-effects results); ``extra`` goes
+        after the family line."""
+        return [
+            f"{title:^78}",
             "=" * 78,
-            f"Family: {fam!r:<33}Panel dims: {dict(self._panel.sizes)}",
+            f"Family: {self.family!r:<33}Panel dims: {dict(self._panel.sizes)}",
+            *extra,
             f"Solver: {self.solver:<12}converged: {str(self.converged):<8}iterations: {self.n_iter:<5}"
             f"passes: {self.passes}",
             f"Cells used: {self.nobs:<14}Sum of weights: {self.sum_weights:<12.6g}"
@@ -350,9 +351,16 @@ class GLMResults:
             f"Log-likelihood: {self.llf:<18.6f}Deviance: {self.deviance:.6g}",
             f"LL-Null: {self.llnull:<25.6f}Pseudo R2 (McFadden): {self.pseudo_rsquared:.4f}",
             f"AIC: {self.aic:<29.6f}BIC: {self.bic:.6f}",
-            f"Covariance: {self.cov_type}"
-            + (f" by {self.cluster} ({self.n_clusters} clusters)" if self.cov_type == "cluster" else ""),
         ]
+
+    def summary(self) -> str:
+        """A readable table of the fit (computes the null model on first call)."""
+        fam = self.family
+        lines = self._header("daskglm results", [])
+        lines.append(
+            f"Covariance: {self.cov_type}"
+            + (f" by {self.cluster} ({self.n_clusters} clusters)" if self.cov_type == "cluster" else "")
+        )
         if self.n_dropped:
             lines.append(f"Dropped cells (missing='drop'): {self.n_dropped} ({self.dropped_by})")
         lines.append("-" * 78)
