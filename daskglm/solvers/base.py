@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-__all__ = ["ConvergenceWarning", "Evaluation", "Objective", "SolverResult", "IterationLog"]
+__all__ = ["ConvergenceWarning", "Evaluation", "Objective", "SolverResult", "IterationLog", "decrement_small"]
 
 
 class ConvergenceWarning(UserWarning):
@@ -91,6 +91,12 @@ class IterationLog:
         if self.callback is not None:
             self.callback(row)
         return row
+
+
+def decrement_small(lam2: float, deviance: float, phi: float, tol: float) -> bool:
+    """Newton's stopping rule: the decrement (the deviance still to gain, in likelihood units)
+    is below ``tol`` both absolutely and relative to the deviance."""
+    return lam2 <= tol and lam2 <= tol * (abs(deviance) / phi + 0.1)
 
 
 def warn_not_converged(solver: str, message: str) -> None:

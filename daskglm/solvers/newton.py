@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import linalg
 
-from .base import IterationLog, Objective, SolverResult, warn_not_converged
+from .base import IterationLog, Objective, SolverResult, decrement_small, warn_not_converged
 
 __all__ = [
     "NewtonConfig",
@@ -235,7 +235,7 @@ def newton(
             step, damped = direction(e) if direction is not None else newton_direction(e.grad, e.hess)
         phi = objective.dispersion(e)
         lam2 = float(e.grad @ step) / phi
-        if lam2 <= config.tol and lam2 <= config.tol * (abs(e.deviance) / phi + 0.1) and not damped:
+        if decrement_small(lam2, e.deviance, phi, config.tol) and not damped:
             x = x + step
             converged = True
             message = f"Newton decrement {lam2:.3g} <= tol={config.tol:g}"

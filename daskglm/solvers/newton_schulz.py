@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import IterationLog, Objective, SolverResult, warn_not_converged
+from .base import IterationLog, Objective, SolverResult, decrement_small, warn_not_converged
 from .preconditioning import NS_MAX_ITER, NS_TOL, Preconditioner, damped_inverse, newton_schulz_inverse
 
 __all__ = ["NewtonSchulzConfig", "newton_schulz"]
@@ -142,7 +142,7 @@ def newton_schulz(
         damped = info["damping"] > 0
         phi = objective.dispersion(e)
         lam2 = float(e.grad @ step) / phi
-        if lam2 <= config.tol and lam2 <= config.tol * (abs(e.deviance) / phi + 0.1) and not damped:
+        if decrement_small(lam2, e.deviance, phi, config.tol) and not damped:
             x = x + step
             converged = True
             message = f"Newton decrement {lam2:.3g} <= tol={config.tol:g}"
