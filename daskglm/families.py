@@ -130,6 +130,16 @@ def _xlogy(x: Array, y: Array) -> Array:
     return special.xlogy(x, y)
 
 
+def _compiled(kernel: str):
+    """The compiled per-cell kernel ``kernel`` of :mod:`daskglm.families_numba`, or ``None``
+    without numba (imported lazily: this module stays importable without it)."""
+    try:
+        from . import families_numba
+    except ImportError:  # pragma: no cover - numba absent
+        return None
+    return getattr(families_numba, kernel)
+
+
 class Family:
     """Base class of the response families.
 
@@ -179,6 +189,11 @@ class Family:
         """Per-cell deviance ``2 (f_saturated - f)``."""
         raise NotImplementedError
 
+    def cell_kernel(self):
+        """The compiled :meth:`derivatives` and :meth:`unit_deviance` of this family (a
+        :class:`daskglm.families_numba.CellKernel`), or ``None`` when it has none."""
+        return None
+
     def saturated(self, y: Array, aux: dict[str, Array]) -> Array | None:
         """Per-cell ``f`` of the saturated model, or ``None`` if it depends on ``theta``."""
         raise NotImplementedError
@@ -227,6 +242,9 @@ class Gaussian(Family):
     def inverse_link(self, eta):
         return eta
 
+    def cell_kernel(self):
+        return _compiled("GAUSSIAN")
+
     def unit_deviance(self, y, eta, aux, theta):
         r = y - eta
         return r * r
@@ -249,6 +267,9 @@ class Poisson(Family):
     def derivatives(self, y, eta, aux, theta):
         mu = np.exp(eta)
         return Derivatives(f=y * eta - mu, g=y - mu, h=-mu)
+
+    def cell_kernel(self):
+        return _compiled("POISSON")
 
     def constant(self, y, aux):
         return -special.gammaln(y + 1.0)
@@ -304,6 +325,9 @@ class Exponential(Family):
         d = aux["event"]
         mut = np.exp(eta) * y
         return Derivatives(f=d * eta - mut, g=d - mut, h=-mut)
+
+    def cell_kernel(self):
+        return _compiled("EXPONENTIAL")
 
     def unit_deviance(self, y, eta, aux, theta):
         d = aux["event"]
@@ -368,6 +392,9 @@ class Binomial(Family):
 
     def inverse_link(self, eta):
         return special.expit(eta)
+
+    def cell_kernel(self):
+        return _compiled("BINOMIAL")
 
     def constant(self, y, aux):
         m = aux["trials"]
@@ -456,6 +483,13 @@ class NegativeBinomial(Family):
             d.f_tt = r * f_r + r * r * f_rr
             d.f_et = -r * mu * (y - mu) / (rmu * rmu)
         return d
+
+    def cell_kernel(self):
+        # one compiled function for every alpha: the kernel takes theta = [log alpha] either way
+        if self.alpha is None:
+            return _compiled("NEGATIVE_BINOMIAL")
+        kernel = _compiled("NEGATIVE_BINOMIAL_FIXED")
+        return None if kernel is None else kernel._replace(fixed_theta=(float(np.log(self.alpha)),))
 
     def constant(self, y, aux):
         return -special.gammaln(y + 1.0)

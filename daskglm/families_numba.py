@@ -1,0 +1,417 @@
+"""Compiled per-cell family maths (numba): f, g, h (and NB2's theta derivatives) of a slab of cells.
+
+The numpy methods :meth:`Family.derivatives <daskglm.families.Family.derivatives>` and
+:meth:`Family.unit_deviance <daskglm.families.Family.unit_deviance>` are the reference; the
+functions here compute the same numbers with the same formulas (same order of operations, same
+guards), one compiled loop over a slab instead of a numpy temporary per operation, for the fused
+per-chunk sweep to call. A family gives its kernel with ``family.cell_kernel()`` (``None`` when it
+has no compiled path); :func:`cell_kernel` is the same call.
+
+The interface (every function ``numba.njit(cache=True)``, so callable from other compiled code):
+
+``stats(y, eta, trials, event, theta, out)``
+    ``y, eta, trials, event`` are 1-D float64 arrays of one length ``n`` (pass arrays of 1.0 for
+    ``trials`` and 0.0 for ``event`` when the family does not read them); ``out`` is a float64
+    ``(n_rows, n)`` array, filled in place: row 0 ``f``, row 1 ``g``, row 2 ``h`` and, when
+    ``n_rows == 6`` (an estimated extra parameter), rows 3-5 ``f_t``, ``f_et``, ``f_tt``:
+    unweighted, exactly as ``Family.derivatives`` defines them.
+``deviance(y, eta, trials, event, theta, out1d)``
+    fills ``out1d`` (length ``n``) with ``Family.unit_deviance``.
+
+``theta`` is the kernel's parameter vector: empty except for NB2, where it is ``[log alpha]``
+**whether alpha is estimated or fixed** (one compiled function serves every alpha, no recompiling).
+:meth:`CellKernel.theta` builds it from the extra parameters the objective estimates
+(``params[n_beta:]``): ``kernel.theta(params[n_beta:])``.
+
+``exp`` is a vectorisable exponential (Cody-Waite reduction, a degree-13 polynomial, the power of
+two from the exponent bits; within 1 ulp of ``np.exp``, inf/nan/overflow/underflow/subnormals as
+IEEE), about 1.4 ns against ``math.exp``'s ~6 ns scalar libm call. ``digamma`` and ``trigamma``
+are recurrence plus asymptotic series (``x > 0``). NB2 needs ``lgamma``, ``digamma`` and
+``trigamma`` of ``y + r`` less their value at ``r`` (the naive difference, as ``shifted_special``
+computes it): a slab of whole counts whose largest value is below the slab length evaluates them
+once per distinct count (a table), otherwise once per cell; the numbers are the same either way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numba
+import numpy as np
+from numba.core import types
+from numba.core.extending import intrinsic
+
+__all__ = [
+    "CellKernel",
+    "cell_kernel",
+    "digamma",
+    "exp",
+    "exp_array",
+    "trigamma",
+    "GAUSSIAN",
+    "POISSON",
+    "EXPONENTIAL",
+    "BINOMIAL",
+    "NEGATIVE_BINOMIAL_FIXED",
+    "NEGATIVE_BINOMIAL",
+]
+
+
+class CellKernel(NamedTuple):
+    """A family's compiled per-cell functions (see the module docstring for the signatures).
+
+    Attributes
+    ----------
+    stats : callable
+        ``stats(y, eta, trials, event, theta, out)``: fills the ``(n_rows, n)`` array ``out``.
+    deviance : callable
+        ``deviance(y, eta, trials, event, theta, out1d)``: fills the unit deviance.
+    n_rows : int
+        Rows of ``out`` that ``stats`` fills: 3 (f, g, h) or 6 (and f_t, f_et, f_tt).
+    fixed_theta : tuple of float
+        Kernel parameters the objective does not estimate (NB2 with a fixed alpha:
+        ``(log alpha,)``); :meth:`theta` appends them to the estimated ones.
+    """
+
+    stats: Callable
+    deviance: Callable
+    n_rows: int
+    fixed_theta: tuple[float, ...] = ()
+
+    def theta(self, extra: np.ndarray) -> np.ndarray:
+        """The ``theta`` array to pass to :attr:`stats` / :attr:`deviance`, from the extra
+        parameters estimated with beta (``params[n_beta:]``, empty for most families)."""
+        return np.ascontiguousarray(np.concatenate([np.asarray(extra, np.float64).ravel(), self.fixed_theta]))
+
+
+def cell_kernel(family) -> CellKernel | None:
+    """The compiled kernel of ``family`` (``family.cell_kernel()``), or ``None`` if it has none."""
+    method = getattr(family, "cell_kernel", None)
+    return None if method is None else method()
+
+
+# --------------------------------------------------------------------------- exp
+@intrinsic
+def _as_double(typingctx, bits):
+    """Reinterpret the bits of an int64 as a float64 (a register move, vectorisable)."""
+    sig = types.float64(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float64))
+
+    return sig, codegen
+
+
+_INV_LN2 = 1.4426950408889634074
+# ln 2 split so that k * _LN2_HI is exact for |k| < 2**11 (fdlibm's constants)
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+
+
+@numba.njit(inline="always", cache=True)
+def exp(x):  # pragma: no cover - compiled
+    """``exp(x)`` without a libm call, so that loops calling it vectorise.
+
+    ``x = k ln2 + r`` with ``|r| <= ln2 / 2``; ``exp(r)`` by its Taylor polynomial of degree 13
+    (truncation below 5e-18 relative); times ``2**k`` as two halves ``2**(k//2) 2**(k - k//2)``
+    made from exponent bits, so that overflow gives inf and underflow rounds once into the
+    subnormals. ``x`` is clamped to ``[-746, 710]`` first (beyond, the result is 0 or inf
+    anyway); nan returns nan.
+    """
+    xc = min(max(x, -746.0), 710.0)
+    kf = math.floor(xc * _INV_LN2 + 0.5)
+    r = (xc - kf * _LN2_HI) - kf * _LN2_LO
+    p = 1.6059043836821614599e-10
+    p = 2.0876756987868098979e-09 + r * p
+    p = 2.5052108385441718775e-08 + r * p
+    p = 2.7557319223985890653e-07 + r * p
+    p = 2.7557319223985890653e-06 + r * p
+    p = 2.4801587301587301587e-05 + r * p
+    p = 1.9841269841269841270e-04 + r * p
+    p = 1.3888888888888888889e-03 + r * p
+    p = 8.3333333333333333333e-03 + r * p
+    p = 4.1666666666666666667e-02 + r * p
+    p = 1.6666666666666666667e-01 + r * p
+    p = 0.5 + r * p
+    p = 1.0 + r * p
+    er = 1.0 + r * p
+    k = np.int64(kf)
+    k1 = k >> 1
+    k2 = k - k1
+    res = er * _as_double((k1 + 1023) << 52) * _as_double((k2 + 1023) << 52)
+    return res if x == x else x
+
+
+@numba.njit(cache=True)
+def exp_array(x, out):  # pragma: no cover - compiled
+    """``out[:] = exp(x)`` with :func:`exp` (for tests and benchmarks)."""
+    for i in range(x.shape[0]):
+        out[i] = exp(x[i])
+
+
+# --------------------------------------------------------------------------- special functions
+@numba.njit(cache=True)
+def digamma(x):  # pragma: no cover - compiled
+    """The digamma function psi(x) for ``x > 0`` (nan for ``x <= 0`` or nan, inf at inf).
+
+    Recurrence ``psi(x) = psi(x + 1) - 1/x`` up to ``x >= 10``, then the asymptotic series
+    through ``x**-14`` (truncation below 5e-17 there).
+    """
+    if not (x > 0.0):
+        return np.nan
+    if x == np.inf:
+        return x
+    w = 0.0
+    while x < 10.0:
+        w += 1.0 / x
+        x += 1.0
+    z = 1.0 / (x * x)
+    p = 8.33333333333333333333e-2
+    p = -2.10927960927960927961e-2 + z * p
+    p = 7.57575757575757575758e-3 + z * p
+    p = -4.16666666666666666667e-3 + z * p
+    p = 3.96825396825396825397e-3 + z * p
+    p = -8.33333333333333333333e-3 + z * p
+    p = 8.33333333333333333333e-2 + z * p
+    return math.log(x) - 0.5 / x - z * p - w
+
+
+@numba.njit(cache=True)
+def trigamma(x):  # pragma: no cover - compiled
+    """The trigamma function psi'(x) for ``x > 0`` (nan for ``x <= 0`` or nan, 0 at inf).
+
+    Recurrence ``psi'(x) = psi'(x + 1) + 1/x**2`` up to ``x >= 10``, then the asymptotic series
+    ``1/x + 1/(2x^2) + sum B_2k / x^(2k+1)`` through ``B_18`` (truncation below 1e-17 relative).
+    """
+    if not (x > 0.0):
+        return np.nan
+    if x == np.inf:
+        return 0.0
+    w = 0.0
+    while x < 10.0:
+        w += 1.0 / (x * x)
+        x += 1.0
+    z = 1.0 / (x * x)
+    p = 43867.0 / 798.0
+    p = -3617.0 / 510.0 + z * p
+    p = 7.0 / 6.0 + z * p
+    p = -691.0 / 2730.0 + z * p
+    p = 5.0 / 66.0 + z * p
+    p = -1.0 / 30.0 + z * p
+    p = 1.0 / 42.0 + z * p
+    p = -1.0 / 30.0 + z * p
+    p = 1.0 / 6.0 + z * p
+    return w + (1.0 / x + (0.5 * z + (z / x) * p))
+
+
+@numba.njit(inline="always", cache=True)
+def _xlogy(x, y):  # pragma: no cover - compiled
+    """``scipy.special.xlogy``: 0 where ``x == 0`` (and ``y`` is not nan), else ``x log y``."""
+    if x == 0.0 and y == y:
+        return 0.0
+    return x * math.log(y)
+
+
+# --------------------------------------------------------------------------- Gaussian
+@numba.njit(cache=True)
+def _gaussian_stats(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
+    f, g, h = out[0], out[1], out[2]
+    for i in range(y.shape[0]):
+        r = y[i] - eta[i]
+        f[i] = -0.5 * r * r
+        g[i] = r
+        h[i] = -1.0
+
+
+@numba.njit(cache=True)
+def _gaussian_deviance(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
+    for i in range(y.shape[0]):
+        r = y[i] - eta[i]
+        out[i] = r * r
+
+
+# --------------------------------------------------------------------------- Poisson
+@numba.njit(cache=True)
+def _poisson_stats(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
+    f, g, h = out[0], out[1], out[2]
+    for i in range(y.shape[0]):
+        mu = exp(eta[i])
+        f[i] = y[i] * eta[i] - mu
+        g[i] = y[i] - mu
+        h[i] = -mu
+
+
+@numba.njit(cache=True)
+def _poisson_deviance(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
+    for i in range(y.shape[0]):
+        mu = exp(eta[i])
+        out[i] = 2.0 * (_xlogy(y[i], y[i]) - y[i] * eta[i] - (y[i] - mu))
+
+
+# --------------------------------------------------------------------------- exponential
+@numba.njit(cache=True)
+def _exponential_stats(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
+    f, g, h = out[0], out[1], out[2]
+    for i in range(y.shape[0]):
+        d = event[i]
+        mut = exp(eta[i]) * y[i]
+        f[i] = d * eta[i] - mut
+        g[i] = d - mut
+        h[i] = -mut
+
+
+@numba.njit(cache=True)
+def _exponential_deviance(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
+    for i in range(y.shape[0]):
+        d = event[i]
+        mut = exp(eta[i]) * y[i]
+        out[i] = 2.0 * (_xlogy(d, d) - d * math.log(mut) - (d - mut))
+
+
+# --------------------------------------------------------------------------- binomial (logit)
+@numba.njit(inline="always", cache=True)
+def _expit(x):  # pragma: no cover - compiled
+    # scipy.special.expit's formula
+    return 1.0 / (1.0 + exp(-x))
+
+
+@numba.njit(inline="always", cache=True)
+def _log1pexp(x):  # pragma: no cover - compiled
+    # np.logaddexp(0.0, x), numpy's formula
+    if x > 0.0:
+        return x + math.log1p(exp(-x))
+    if x < 0.0:
+        return math.log1p(exp(x))
+    if x == 0.0:
+        return 0.6931471805599453
+    return x  # nan
+
+
+@numba.njit(cache=True)
+def _binomial_stats(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
+    f, g, h = out[0], out[1], out[2]
+    n = y.shape[0]
+    for i in range(n):
+        m = trials[i]
+        p = _expit(eta[i])
+        mp = m * p
+        g[i] = y[i] - mp
+        h[i] = -mp * (1.0 - p)
+    for i in range(n):
+        f[i] = y[i] * eta[i] - trials[i] * _log1pexp(eta[i])
+
+
+@numba.njit(cache=True)
+def _binomial_deviance(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
+    for i in range(y.shape[0]):
+        m = trials[i]
+        mu = m * _expit(eta[i])
+        out[i] = 2.0 * (_xlogy(y[i], y[i] / mu) + _xlogy(m - y[i], (m - y[i]) / (m - mu)))
+
+
+# --------------------------------------------------------------------------- negative binomial (NB2)
+@numba.njit(cache=True)
+def _count_max(y):  # pragma: no cover - compiled
+    """The largest of ``y`` if all are whole numbers >= 0 below ``len(y)``, else -1."""
+    top = 0.0
+    limit = float(y.shape[0])
+    for v in y:
+        if not (v >= 0.0 and v < limit and v == math.floor(v)):
+            return -1
+        if v > top:
+            top = v
+    return int(top)
+
+
+@numba.njit(cache=True)
+def _nb2_special(y, r, derivs, lg, dg, tg):  # pragma: no cover - compiled
+    """``fn(y + r) - fn(r)`` per cell for lgamma (and, if ``derivs``, digamma and trigamma),
+    into ``lg`` (``dg``, ``tg``): from a table over ``0 .. max(y)`` when that is shorter than
+    the slab and ``y`` holds whole counts, else cell by cell."""
+    n = y.shape[0]
+    lg0 = math.lgamma(r)
+    dg0 = digamma(r) if derivs else 0.0
+    tg0 = trigamma(r) if derivs else 0.0
+    top = _count_max(y)
+    if top >= 0:
+        tl = np.empty(top + 1)
+        td = np.empty(top + 1 if derivs else 0)
+        tt = np.empty(top + 1 if derivs else 0)
+        for k in range(top + 1):
+            x = k + r
+            tl[k] = math.lgamma(x) - lg0
+            if derivs:
+                td[k] = digamma(x) - dg0
+                tt[k] = trigamma(x) - tg0
+        for i in range(n):
+            lg[i] = tl[int(y[i])]
+        if derivs:
+            for i in range(n):
+                k = int(y[i])
+                dg[i] = td[k]
+                tg[i] = tt[k]
+    else:
+        for i in range(n):
+            x = y[i] + r
+            lg[i] = math.lgamma(x) - lg0
+            if derivs:
+                dg[i] = digamma(x) - dg0
+                tg[i] = trigamma(x) - tg0
+
+
+@numba.njit(cache=True)
+def _nb2_fill(y, eta, theta, out, derivs):  # pragma: no cover - compiled
+    n = y.shape[0]
+    r = math.exp(-theta[0])
+    log_r = math.log(r)
+    f, g, h = out[0], out[1], out[2]
+    if derivs:
+        lg, dg, tg = f, out[3], out[5]  # special-function differences parked in the output rows
+    else:
+        lg, dg, tg = f, g, h
+    _nb2_special(y, r, derivs, lg, dg, tg)
+    for i in range(n):
+        mu = exp(eta[i])
+        rmu = r + mu
+        log_rmu = math.log(rmu)
+        yi = y[i]
+        f[i] = lg[i] + r * (log_r - log_rmu) + yi * (eta[i] - log_rmu)
+        g[i] = r * (yi - mu) / rmu
+        h[i] = -mu * r * (r + yi) / (rmu * rmu)
+        if derivs:
+            f_r = dg[i] + log_r - log_rmu + (mu - yi) / rmu
+            f_rr = tg[i] + 1.0 / r - 1.0 / rmu - (mu - yi) / (rmu * rmu)
+            out[3, i] = -r * f_r
+            out[5, i] = r * f_r + r * r * f_rr
+            out[4, i] = -r * mu * (yi - mu) / (rmu * rmu)
+
+
+@numba.njit(cache=True)
+def _nb2_fixed_stats(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
+    _nb2_fill(y, eta, theta, out, False)
+
+
+@numba.njit(cache=True)
+def _nb2_stats(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
+    _nb2_fill(y, eta, theta, out, True)
+
+
+@numba.njit(cache=True)
+def _nb2_deviance(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
+    r = math.exp(-theta[0])
+    for i in range(y.shape[0]):
+        mu = exp(eta[i])
+        yi = y[i]
+        out[i] = 2.0 * (_xlogy(yi, yi) - yi * eta[i] - (yi + r) * (math.log(yi + r) - math.log(mu + r)))
+
+
+GAUSSIAN = CellKernel(_gaussian_stats, _gaussian_deviance, 3)
+POISSON = CellKernel(_poisson_stats, _poisson_deviance, 3)
+EXPONENTIAL = CellKernel(_exponential_stats, _exponential_deviance, 3)
+BINOMIAL = CellKernel(_binomial_stats, _binomial_deviance, 3)
+#: NB2 with alpha estimated (``theta = [log alpha]`` from the objective's parameters)
+NEGATIVE_BINOMIAL = CellKernel(_nb2_stats, _nb2_deviance, 6)
+#: NB2 with a fixed alpha: use ``NEGATIVE_BINOMIAL_FIXED._replace(fixed_theta=(log(alpha),))``
+NEGATIVE_BINOMIAL_FIXED = CellKernel(_nb2_fixed_stats, _nb2_deviance, 3)
