@@ -1,0 +1,253 @@
+"""The compiled evaluation kernel (``engine="numba"``) against the numpy kernel and the expanded design.
+
+Hypothesis draws panels of 1-4 dims with blocks on every subset of the axes (so every route of
+the sweep runs: packed full-grid columns, scatter-adds onto small grids, pairs of small blocks
+whose union is or is not the full grid), chunkings, slab sizes, missing cells, weights, offsets
+and float32 inputs, for every family of the registry (NB2 with its log-alpha estimated). The
+reference is the numpy kernel (to 1e-12) and, independently, the log-likelihood, gradient and
+Hessian formed from the expanded N x P design and the family's per-cell derivatives.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import daskglm as dg
+from daskglm import engines, graph, kernels, kernels_numba
+from daskglm.layout import ArgSpec, Block, Layout
+from daskglm.registry import FAMILIES
+
+pytestmark = pytest.mark.skipif(not engines.numba_available(), reason="numba is not installed")
+
+
+def _families():
+    return [pytest.param(cls(), id=name) for name, cls in FAMILIES.items()] + [
+        pytest.param(dg.NegativeBinomial(alpha=0.7), id="nb_fixed_alpha")
+    ]
+
+
+def _response(family, rng, eta, shape):
+    aux = {}
+    if family.name == "gaussian":
+        y = eta + rng.standard_normal(shape)
+    elif family.name in ("poisson", "negative_binomial"):
+        y = rng.poisson(np.exp(np.clip(eta, -5, 3)) * 2).astype(float)
+    elif family.name == "binomial":
+        aux["trials"] = rng.integers(1, 9, shape).astype(float)
+        y = rng.binomial(aux["trials"].astype(int), 0.4).astype(float)
+    else:  # exponential
+        aux["event"] = rng.integers(0, 2, shape).astype(float)
+        y = rng.exponential(1.0, shape)
+    return y, aux
+
+
+@st.composite
+def cases(draw):
+    m = draw(st.integers(1, 4))
+    shape = tuple(draw(st.lists(st.integers(1, 6), min_size=m, max_size=m)))
+    subsets = [tuple(s) for r in range(1, m + 1) for s in itertools.combinations(range(m), r)]
+    blocks = draw(st.lists(st.sampled_from(subsets), min_size=0, max_size=5))
+    sizes = draw(st.lists(st.integers(1, 3), min_size=len(blocks), max_size=len(blocks)))
+    features = draw(st.lists(st.booleans(), min_size=len(blocks), max_size=len(blocks)))
+    cuts = [sorted(set(draw(st.lists(st.integers(1, max(n - 1, 1)), max_size=2)))) for n in shape]
+    return {
+        "shape": shape,
+        "blocks": blocks,
+        "sizes": sizes,
+        "features": features,
+        "intercept": draw(st.booleans()) or not blocks,
+        "cuts": [[c for c in cs if 0 < c < n] for cs, n in zip(cuts, shape, strict=True)],
+        "slab": draw(st.sampled_from([1, 3, 17, 10**6])),
+        "missing": draw(st.sampled_from(["none", "y", "drop"])),
+        "weights": draw(st.sampled_from([None] + subsets)),
+        "offset": draw(st.sampled_from([None] + subsets)),
+        "float32": draw(st.booleans()),
+    }
+
+
+def _model(family, case, seed):
+    """A layout, its chunk arguments (numpy, full panel) and the expanded-design reference."""
+    rng = np.random.default_rng(seed)
+    shape, m = case["shape"], len(case["shape"])
+    args, values, blocks = [], [], []
+
+    def add(name, role, axes, arr, n_features=None):
+        args.append(ArgSpec(name, role, tuple(axes), n_features, sanitize=True))
+        values.append(arr)
+        return len(args) - 1
+
+    iy = add("y", "y", range(m), None)
+    if case["intercept"]:
+        blocks.append(Block((), ("Intercept",), (), intercept=True))
+    for b, (axes, p, feat) in enumerate(zip(case["blocks"], case["sizes"], case["features"], strict=True)):
+        grid = tuple(shape[d] for d in axes)
+        names = tuple(f"x{b}_{q}" for q in range(p))
+        if feat:
+            src = (add(f"x{b}", "x", axes, rng.standard_normal(grid + (p,)) * 0.3, p),)
+        else:
+            src = tuple(add(n, "x", axes, rng.standard_normal(grid) * 0.3) for n in names)
+        blocks.append(Block(tuple(axes), names, src))
+    if case["weights"] is not None:
+        w = rng.integers(0, 4, tuple(shape[d] for d in case["weights"])).astype(float)
+        add("w", "weights", case["weights"], w)
+    if case["offset"] is not None:
+        add("off", "offset", case["offset"], rng.uniform(-0.5, 0.5, tuple(shape[d] for d in case["offset"])))
+    layout0 = Layout(tuple(f"d{d}" for d in range(m)), tuple(args), tuple(blocks), family, "raise")
+    P = layout0.n_params
+    params = rng.standard_normal(P) * 0.3
+    if family.n_extra:
+        params[-1] = np.log(0.5)
+    # the expanded design and the response drawn from it
+    cols = []
+    for blk in blocks:
+        if blk.intercept:
+            cols.append(np.ones(shape))
+            continue
+        for k in blk.sources:
+            a = _full(values[k], args[k], shape)
+            cols += [a] if a.ndim == m else [a[..., q] for q in range(a.shape[-1])]
+    X = np.stack([c.reshape(-1) for c in cols], axis=1) if cols else np.zeros((int(np.prod(shape)), 0))
+    off = np.zeros(shape)
+    if case["offset"] is not None:
+        off = _full(values[-1], args[-1], shape)
+    eta = (X @ params[: layout0.n_beta]).reshape(shape) + off
+    y, aux = _response(family, rng, eta, shape)
+    values[iy] = y
+    for role, arr in aux.items():
+        add(role, role, range(m), arr)
+    used = np.ones(shape, bool)
+    if case["missing"] in ("y", "drop"):
+        hole = rng.random(shape) < 0.2
+        y[hole] = np.nan
+        used &= ~hole
+    missing = "raise"
+    if case["missing"] == "drop" and case["blocks"]:
+        k = blocks[-1].sources[0]
+        values[k] = values[k].copy()
+        bad = rng.random(values[k].shape) < 0.2
+        values[k][bad] = np.nan
+        badcells = _full(bad, args[k], shape)
+        used &= ~(badcells.any(axis=-1) if badcells.ndim > m else badcells)
+        missing = "drop"
+    layout = Layout(layout0.dims, tuple(args), tuple(blocks), family, missing)
+    if case["float32"]:
+        values = [
+            v.astype(np.float32) if a.role in ("x", "y") else v for v, a in zip(values, args, strict=True)
+        ]
+        X = np.stack([np.float64(np.float32(c.reshape(-1))) for c in cols], axis=1) if cols else X
+        y = values[iy].astype(np.float64)
+    w = np.ones(shape)
+    if case["weights"] is not None:
+        w = _full(values[layout.role("weights")[0]], args[layout.role("weights")[0]], shape)
+    used &= w != 0
+    u = used.reshape(-1)
+    Xu, wu = np.nan_to_num(X[u]), w.reshape(-1)[u]
+    etau = Xu @ params[: layout.n_beta] + off.reshape(-1)[u]
+    der = family.derivatives(
+        y.reshape(-1)[u], etau, {k: v.reshape(-1)[u] for k, v in aux.items()}, params[layout.n_beta :]
+    )
+    ref = {"ll": np.sum(wu * der.f), "grad": Xu.T @ (wu * der.g), "hess": Xu.T @ ((wu * der.h)[:, None] * Xu)}
+    if family.n_extra:
+        ref["grad"] = np.append(ref["grad"], np.sum(wu * der.f_t))
+        bt = Xu.T @ (wu * der.f_et)
+        ref["hess"] = np.block([[ref["hess"], bt[:, None]], [bt[None, :], np.sum(wu * der.f_tt)]])
+    return layout, values, params, ref
+
+
+def _full(arr, spec, shape):
+    m = len(shape)
+    target = [1] * m
+    for k, ax in enumerate(spec.axes):
+        target[ax] = arr.shape[k]
+    extra = arr.shape[len(spec.axes) :]
+    return np.broadcast_to(np.reshape(arr, target + list(extra)), tuple(shape) + tuple(extra))
+
+
+def _chunked(func, layout, values, params, hessian, final, cuts):
+    """Sum of ``func`` over the chunks (boundaries ``cuts`` per axis)."""
+    m = layout.ndim
+    edges = [[0] + cs + [n] for cs, n in zip(cuts, np.shape(values[layout.role("y")[0]]), strict=True)]
+    total = 0.0
+    for cell in itertools.product(*[range(len(e) - 1) for e in edges]):
+        sl = [slice(edges[d][c], edges[d][c + 1]) for d, c in enumerate(cell)]
+        part = []
+        for v, spec in zip(values, layout.args, strict=True):
+            idx = tuple(sl[d] for d in spec.axes)
+            part.append(v[idx])
+        total = total + func(layout, params, hessian, final, *part).reshape(-1)
+    assert m >= 1
+    return total
+
+
+def _close(got, want, rtol):
+    got, want = np.asarray(got, float), np.asarray(want, float)
+    scale = max(np.max(np.abs(want)), 1e-300) if want.size else 1.0
+    err = np.max(np.abs(got - want)) / scale if want.size else 0.0
+    assert err <= rtol, f"relative error {err:.3g} > {rtol:g}"
+
+
+@pytest.mark.parametrize("family", _families())
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=cases(), seed=st.integers(0, 2**31 - 1))
+def test_numba_engine_equals_numpy_and_the_expanded_design(family, case, seed, monkeypatch):
+    monkeypatch.setattr(kernels_numba, "SLAB_CELLS", case["slab"])
+    layout, values, params, ref = _model(family, case, seed)
+    for hessian in (True, False):
+        packer = kernels.eval_packer(layout, hessian=hessian)
+        got = packer.unpack(
+            _chunked(kernels_numba.eval_chunk, layout, values, params, hessian, False, case["cuts"])
+        )
+        want = packer.unpack(
+            _chunked(kernels.eval_chunk, layout, values, params, hessian, False, case["cuts"])
+        )
+        for key in want:
+            _close(got[key], want[key], 1e-12)
+        for key in ("ll", "grad") + (("hess",) if hessian else ()):
+            _close(got[key], ref[key], 1e-9)
+
+
+@pytest.mark.parametrize("family", _families())
+def test_final_pass_and_graph_switch(family):
+    """The final pass (meat, deviance, separated cells) through ``graph.eval_graph`` on a
+    dask panel, both engines, and the default engine's name."""
+    import dask.array as da
+
+    case = {
+        "shape": (6, 5, 4), "blocks": [(0, 1, 2), (0, 1), (0, 2), (1,), (2,)], "sizes": [2, 2, 1, 2, 1],
+        "features": [True, False, True, False, False], "intercept": True, "cuts": [[3], [2], []],
+        "slab": 7, "missing": "y", "weights": (0, 2), "offset": (1,), "float32": False,
+    }  # fmt: skip
+    layout, values, params, ref = _model(family, case, 5)
+    arrays = []
+    for v, spec in zip(values, layout.args, strict=True):
+        chunks = tuple(3 if a == 0 else -1 for a in spec.axes) + ((-1,) if spec.n_features else ())
+        arrays.append(da.from_array(v, chunks=chunks))
+    for final in (False, True):
+        out = {}
+        for engine in engines.ENGINES:
+            (vec,) = graph.run(
+                None, "eval", graph.eval_graph(layout, arrays, params, final=final, engine=engine)
+            )
+            out[engine] = kernels.finalize_eval(layout, vec, final=final)
+        for key in out["numpy"]:
+            _close(out["numba"][key], out["numpy"][key], 1e-12)
+        _close(out["numba"]["hess"], ref["hess"], 1e-9)
+
+
+def test_engine_names_and_environment(monkeypatch):
+    monkeypatch.delenv(engines.ENV_VAR, raising=False)
+    assert engines.resolve_engine(None) == "numba"
+    assert engines.resolve_engine("NumPy") == "numpy"
+    monkeypatch.setenv(engines.ENV_VAR, "numpy")
+    assert engines.resolve_engine(None) == "numpy"
+    assert kernels.eval_kernel() is kernels.eval_chunk
+    monkeypatch.setenv(engines.ENV_VAR, "fortran")
+    with pytest.raises(ValueError, match="DASKGLM_ENGINE='fortran' is not an engine"):
+        engines.resolve_engine(None)
+    with pytest.raises(ValueError, match="engine='cuda' is not an engine"):
+        engines.resolve_engine("cuda")
