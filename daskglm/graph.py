@@ -23,7 +23,7 @@ import dask
 import dask.array as da
 import numpy as np
 
-from .kernels import cluster_chunk, eval_chunk, eval_packer, setup_chunk, setup_packer
+from .kernels import cluster_chunk, eval_kernel, eval_packer, setup_chunk, setup_packer
 from .layout import Layout
 
 __all__ = [
@@ -131,10 +131,16 @@ def setup_graph(layout: Layout, arrays: list) -> da.Array:
     return _tree_sum(_map_chunks(partial(setup_chunk, layout), layout, arrays, n), layout.ndim)
 
 
-def eval_graph(layout: Layout, arrays: list, params: np.ndarray, *, hessian=True, final=False) -> da.Array:
-    """LL, gradient and (optionally) Hessian at ``params`` as one tree-summed vector."""
+def eval_graph(
+    layout: Layout, arrays: list, params: np.ndarray, *, hessian=True, final=False, engine: str | None = None
+) -> da.Array:
+    """LL, gradient and (optionally) Hessian at ``params`` as one tree-summed vector.
+
+    ``engine``: ``"numba"`` (the compiled sweep, :mod:`daskglm.kernels_numba`) or ``"numpy"``
+    (the reference kernel); ``None`` for the default (:func:`daskglm.engines.resolve_engine`).
+    """
     n = eval_packer(layout, hessian=hessian, final=final).length
-    func = partial(eval_chunk, layout, np.asarray(params, dtype=np.float64), hessian, final)
+    func = partial(eval_kernel(engine), layout, np.asarray(params, dtype=np.float64), hessian, final)
     return _tree_sum(_map_chunks(func, layout, arrays, n), layout.ndim)
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "eval_packer",
     "setup_chunk",
     "eval_chunk",
+    "eval_kernel",
     "cluster_chunk",
     "finalize_eval",
     "predict_chunk",
@@ -346,6 +347,19 @@ def eval_chunk(
             out["meat"] = _quadratic(acc["meat"], acc.get("meat_bt"), sums["meat_tt"], nb, P)
         vec = eval_packer(layout, hessian=hessian, final=final).pack(out)
     return vec.reshape((1,) * len(shape) + (-1,))
+
+
+def eval_kernel(engine: str | None = None):
+    """The evaluation kernel of ``engine`` (:func:`daskglm.engines.resolve_engine`): this
+    module's :func:`eval_chunk` for ``"numpy"``, the compiled sweep of
+    :mod:`daskglm.kernels_numba` (same arguments and output) for ``"numba"``."""
+    from .engines import resolve_engine
+
+    if resolve_engine(engine) == "numba":
+        from .kernels_numba import eval_chunk as compiled
+
+        return compiled
+    return eval_chunk
 
 
 #: cells per slab inside a chunk: temporaries stay small enough for the CPU caches
