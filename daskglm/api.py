@@ -231,12 +231,7 @@ def fit(
         raise ValueError(
             "give either checkpoint= (which resumes from its saved state) or start_params=, not both"
         )
-    if fe is not None and spec.name != "newton":
-        raise ValueError(
-            f"solver={spec.name!r} with fe=: fixed-effects models are fitted by Newton with the "
-            "effects concentrated out (solver='newton'); the gradient-only solvers do not support "
-            "fe= yet"
-        )
+    fe_mode = spec.check_fixed_effects() if fe is not None else None
     panel = build_panel(
         data,
         y,
@@ -266,7 +261,7 @@ def fit(
         work_panel = replace(work_panel, layout=setup.layout)
         if setup.n_dropped:
             log.info("missing='drop': left out %d cells (%s)", setup.n_dropped, setup.dropped_by)
-        objective = make_objective(work_panel, setup, counter, effects, drop_singletons)
+        objective = make_objective(work_panel, setup, counter, effects, drop_singletons, fe_mode)
         ckpt = _checkpoint(checkpoint, y, x, fam, spec.name, setup, effects)
         resumed_from = None
         x0 = objective.start() if start_params is None else np.asarray(start_params, float)

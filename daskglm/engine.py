@@ -13,6 +13,7 @@ from . import graph
 from .checks import SetupInfo, intercept_position, interpret_setup, needs_orthogonal_check
 from .clustering import combine_cluster_meats, intersections
 from .effects_graph import FixedEffectPasses
+from .fe_gradient import FixedEffectsGradientObjective
 from .fixed_effects import FixedEffectsObjective, drop_degenerate_levels
 from .inference import covariance
 from .kernels import finalize_eval, setup_packer
@@ -22,7 +23,7 @@ from .qr_graph import qr_graph
 from .solvers.base import Evaluation
 from .solvers.newton import newton_direction
 
-__all__ = ["PanelObjective", "make_objective", "run_setup", "start_params"]
+__all__ = ["FE_OBJECTIVES", "PanelObjective", "make_objective", "run_setup", "start_params"]
 
 
 def run_setup(panel: Panel, counter: graph.PassCounter) -> SetupInfo:
@@ -195,12 +196,26 @@ class PanelObjective:
         return st
 
 
-def make_objective(panel: Panel, setup: SetupInfo, counter: graph.PassCounter, effects=None, singletons=True):
-    """The objective of the model: :class:`PanelObjective`, or with ``effects`` a
-    :class:`~daskglm.fixed_effects.FixedEffectsObjective` (after dropping degenerate levels,
-    which costs a few passes)."""
+#: the fixed-effects objective for each :attr:`~daskglm.registry.SolverSpec.fixed_effects` mode
+FE_OBJECTIVES = {"concentrated": FixedEffectsObjective, "parameters": FixedEffectsGradientObjective}
+
+
+def make_objective(
+    panel: Panel,
+    setup: SetupInfo,
+    counter: graph.PassCounter,
+    effects=None,
+    singletons=True,
+    fe_mode: str = "concentrated",
+):
+    """The objective of the model: :class:`PanelObjective`, or with ``effects`` the objective
+    of :data:`FE_OBJECTIVES` for the solver's ``fe_mode`` (its registry entry's
+    ``fixed_effects``: Newton's concentrated step, or every level a parameter for the gradient
+    solvers), after dropping degenerate levels, which costs a few passes."""
     if not effects:
         return PanelObjective(panel, setup, counter)
+    if fe_mode not in FE_OBJECTIVES:
+        raise ValueError(f"fe_mode={fe_mode!r}: use one of {', '.join(map(repr, FE_OBJECTIVES))}")
     passes = FixedEffectPasses(setup.layout, panel.arrays, panel.chunks, effects, counter)
     drops = drop_degenerate_levels(passes, singletons)
-    return FixedEffectsObjective(panel, setup, effects, counter, passes, drops)
+    return FE_OBJECTIVES[fe_mode](panel, setup, effects, counter, passes, drops)

@@ -127,6 +127,22 @@ class SolverSpec:
     config: type
     uses_hessian: bool
     description: str
+    #: how it fits a model with fixed effects (``fe=``): ``"concentrated"`` (it takes the
+    #: objective's ``direction``, the Newton step with the effects concentrated out),
+    #: ``"parameters"`` (gradient-only: every effect level is a parameter and the objective
+    #: builds the preconditioner), or ``None`` (not supported, for the reason in ``fe_refusal``)
+    fixed_effects: str | None = None
+    fe_refusal: str = ""
+
+    def check_fixed_effects(self) -> str:
+        """The solver's :attr:`fixed_effects` mode; a clear error when it has none."""
+        if self.fixed_effects is None:
+            raise ValueError(
+                f"solver={self.name!r} cannot fit models with fe=: {self.fe_refusal}. Use "
+                "solver='newton' (the default: Newton with the effects concentrated out) or "
+                "solver='lbfgs' (gradient-only, every effect level a parameter)"
+            )
+        return self.fixed_effects
 
     def options(self) -> dict[str, ConfigOption]:
         """The solver's own options: its config fields other than :data:`GENERIC_SOLVER_OPTIONS`."""
@@ -152,6 +168,7 @@ SOLVERS: dict[str, SolverSpec] = {
         NewtonConfig,
         True,
         "Newton-Raphson with step halving (one P x P solve per iteration)",
+        fixed_effects="concentrated",
     ),
     "lbfgs": SolverSpec(
         "lbfgs",
@@ -159,6 +176,7 @@ SOLVERS: dict[str, SolverSpec] = {
         LBFGSConfig,
         False,
         "scipy's L-BFGS-B on the client, full-matrix preconditioned (LL and gradient per pass)",
+        fixed_effects="parameters",
     ),
     "gd": SolverSpec(
         "gd",
@@ -166,6 +184,7 @@ SOLVERS: dict[str, SolverSpec] = {
         GradientDescentConfig,
         False,
         "preconditioned gradient ascent, Armijo line search or a fixed step (inverse-free)",
+        fixed_effects="parameters",
     ),
     "adam": SolverSpec(
         "adam",
@@ -173,6 +192,7 @@ SOLVERS: dict[str, SolverSpec] = {
         AdamConfig,
         False,
         "Adam in whitened coordinates with a decaying rate (inverse-free)",
+        fixed_effects="parameters",
     ),
     "newton_schulz": SolverSpec(
         "newton_schulz",
@@ -180,6 +200,8 @@ SOLVERS: dict[str, SolverSpec] = {
         NewtonSchulzConfig,
         True,
         "Newton-Raphson with H^-1 g from Newton-Schulz iterations: products only (inverse-free)",
+        fe_refusal="its Newton-Schulz iterations work on the full Hessian, and with fe= every effect "
+        "level is a parameter (a Hessian over millions of levels is never formed)",
     ),
 }
 

@@ -268,7 +268,7 @@ def test_bad_effects():
     with pytest.raises(ValueError, match="saturated"):
         dg.fit(ds, "y", ["x1"], "poisson", fe=[("i", "j", "k")])
     with pytest.raises(ValueError, match="solver='newton'"):
-        dg.fit(ds, "y", ["x1"], "poisson", fe=effects, solver="adam")
+        dg.fit(ds, "y", ["x1"], "poisson", fe=effects, solver="newton_schulz")
     # a covariate on (i, k) beside an (i, k) effect is absorbed: dropped with a warning
     ds["x_ik"] = (("i", "k"), np.random.default_rng(0).normal(size=(14, 6)))
     with pytest.warns(AbsorbedWarning, match="x_ik"):

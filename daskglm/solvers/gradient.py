@@ -171,6 +171,11 @@ def _noise(ll: float) -> float:
     return LL_NOISE * (abs(ll) + 1.0)
 
 
+def _finite_hessian(e: Evaluation) -> bool:
+    """The evaluation's Hessian is finite (or not formed: the objective preconditions itself)."""
+    return e.hess is None or bool(np.all(np.isfinite(e.hess)))
+
+
 def _require(name: str, value, ok: bool, what: str) -> None:
     if not ok:
         raise ValueError(f"{name}={value!r} is invalid: it must be {what}")
@@ -196,6 +201,11 @@ class _Run:
 
     def _build(self, e: Evaluation) -> MatrixPreconditioner:
         ob = self.objective
+        # an objective whose Hessian is too large to form (fixed effects: a parameter per
+        # level) builds its own preconditioner, with the same interface, from the evaluation
+        own = getattr(ob, "preconditioner", None)
+        if own is not None:
+            return own(e)
         return MatrixPreconditioner.from_hessian(e.hess, ob.intercept_index, ob.n_beta)
 
     def phi(self, e: Evaluation) -> float:
@@ -209,7 +219,7 @@ class _Run:
         """One extra pass at ``x`` with the Hessian; rebuild the preconditioner from it."""
         fresh = self.objective(x, hessian=True)
         if not (
-            np.isfinite(fresh.ll) and np.all(np.isfinite(fresh.grad)) and np.all(np.isfinite(fresh.hess))
+            np.isfinite(fresh.ll) and np.all(np.isfinite(fresh.grad)) and _finite_hessian(fresh)
         ):
             return e
         self.pre = self._build(fresh)
@@ -264,7 +274,7 @@ def _begin(objective: Objective, start: np.ndarray, config, callback):
     """
     x = np.asarray(start, dtype=np.float64).copy()
     e = objective(x, hessian=True)
-    if not (np.isfinite(e.ll) and np.all(np.isfinite(e.grad)) and np.all(np.isfinite(e.hess))):
+    if not (np.isfinite(e.ll) and np.all(np.isfinite(e.grad)) and _finite_hessian(e)):
         raise FloatingPointError(
             "the log-likelihood or its derivatives are not finite at the starting values; "
             "check the data's scale or pass start_params"
