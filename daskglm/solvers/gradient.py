@@ -218,9 +218,7 @@ class _Run:
     def refresh(self, x: np.ndarray, e: Evaluation) -> Evaluation:
         """One extra pass at ``x`` with the Hessian; rebuild the preconditioner from it."""
         fresh = self.objective(x, hessian=True)
-        if not (
-            np.isfinite(fresh.ll) and np.all(np.isfinite(fresh.grad)) and _finite_hessian(fresh)
-        ):
+        if not (np.isfinite(fresh.ll) and np.all(np.isfinite(fresh.grad)) and _finite_hessian(fresh)):
             return e
         self.pre = self._build(fresh)
         self.stop.pre = self.pre
