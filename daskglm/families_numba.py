@@ -104,6 +104,20 @@ def _as_double(typingctx, bits):
     return sig, codegen
 
 
+@intrinsic
+def _muladd(typingctx, a, b, c):
+    """``a * b + c``, fused where the machine has FMA (``llvm.fmuladd``), vectorisable."""
+    sig = types.float64(types.float64, types.float64, types.float64)
+
+    def codegen(context, builder, signature, args):
+        double = context.get_value_type(types.float64)
+        # the type (double, double, double) -> double, borrowed from llvm.fma's declaration
+        fnty = builder.module.declare_intrinsic("llvm.fma", [double] * 3).function_type
+        return builder.call(builder.module.declare_intrinsic("llvm.fmuladd", [double], fnty), args)
+
+    return sig, codegen
+
+
 _INV_LN2 = 1.4426950408889634074
 # ln 2 split so that k * _LN2_HI is exact for |k| < 2**11 (fdlibm's constants)
 _LN2_HI = 6.93147180369123816490e-01
@@ -124,19 +138,19 @@ def exp(x):  # pragma: no cover - compiled
     kf = math.floor(xc * _INV_LN2 + 0.5)
     r = (xc - kf * _LN2_HI) - kf * _LN2_LO
     p = 1.6059043836821614599e-10
-    p = 2.0876756987868098979e-09 + r * p
-    p = 2.5052108385441718775e-08 + r * p
-    p = 2.7557319223985890653e-07 + r * p
-    p = 2.7557319223985890653e-06 + r * p
-    p = 2.4801587301587301587e-05 + r * p
-    p = 1.9841269841269841270e-04 + r * p
-    p = 1.3888888888888888889e-03 + r * p
-    p = 8.3333333333333333333e-03 + r * p
-    p = 4.1666666666666666667e-02 + r * p
-    p = 1.6666666666666666667e-01 + r * p
-    p = 0.5 + r * p
-    p = 1.0 + r * p
-    er = 1.0 + r * p
+    p = _muladd(r, p, 2.0876756987868098979e-09)
+    p = _muladd(r, p, 2.5052108385441718775e-08)
+    p = _muladd(r, p, 2.7557319223985890653e-07)
+    p = _muladd(r, p, 2.7557319223985890653e-06)
+    p = _muladd(r, p, 2.4801587301587301587e-05)
+    p = _muladd(r, p, 1.9841269841269841270e-04)
+    p = _muladd(r, p, 1.3888888888888888889e-03)
+    p = _muladd(r, p, 8.3333333333333333333e-03)
+    p = _muladd(r, p, 4.1666666666666666667e-02)
+    p = _muladd(r, p, 1.6666666666666666667e-01)
+    p = _muladd(r, p, 0.5)
+    p = _muladd(r, p, 1.0)
+    er = _muladd(r, p, 1.0)
     k = np.int64(kf)
     k1 = k >> 1
     k2 = k - k1
