@@ -32,9 +32,10 @@ from functools import lru_cache
 
 import numba
 import numpy as np
+from numba.typed import List as NumbaList
 
-from . import kernels
-from .kernels import ChunkData, _expand, _slabs, build_contractor, eval_packer
+from . import families_numba, kernels
+from .kernels import _expand, build_contractor, eval_packer
 from .layout import Layout
 from .sweep_plan import SweepPlan, grid_shape, make_plan, matrix_result, vector_result
 
@@ -52,42 +53,68 @@ def _jit(fn):
 
 
 # ------------------------------------------------------------------------ compiled loops
-@_jit
-def _pack(src, dst):  # pragma: no cover - compiled
-    """dst[n] = src[n] as float64, 0 where it is not finite."""
-    for n in range(src.shape[0]):
-        v = np.float64(src[n])
-        dst[n] = v if abs(v) < np.inf else 0.0
+# Row loops index views of the rows (``a[b : b + L]``), not ``a[b + t]``: with a signed offset
+# numba must handle negative indices, which keeps the inner loops from vectorising.
+
+#: the compiled family kernels the sweep can call, by code (see :func:`_family_code`)
+_KERNELS = (
+    families_numba.GAUSSIAN,
+    families_numba.POISSON,
+    families_numba.EXPONENTIAL,
+    families_numba.BINOMIAL,
+    families_numba.NEGATIVE_BINOMIAL,
+    families_numba.NEGATIVE_BINOMIAL_FIXED,
+)
+_S0, _S1, _S2, _S3, _S4, _S5 = (k.stats for k in _KERNELS)
+_D0, _D1, _D2, _D3, _D4, _D5 = (k.deviance for k in _KERNELS)
 
 
 @_jit
-def _pack_features(src, dst, row0):  # pragma: no cover - compiled
-    """dst[row0 + c, n] = src[n, c] as float64, 0 where not finite."""
-    n_cells, width = src.shape
-    for c in range(width):
-        row = dst[row0 + c]
-        for n in range(n_cells):
-            v = np.float64(src[n, c])
-            row[n] = v if abs(v) < np.inf else 0.0
+def _stats(code, y, eta, trials, event, theta, out):  # pragma: no cover - compiled
+    if code == 0:
+        _S0(y, eta, trials, event, theta, out)
+    elif code == 1:
+        _S1(y, eta, trials, event, theta, out)
+    elif code == 2:
+        _S2(y, eta, trials, event, theta, out)
+    elif code == 3:
+        _S3(y, eta, trials, event, theta, out)
+    elif code == 4:
+        _S4(y, eta, trials, event, theta, out)
+    else:
+        _S5(y, eta, trials, event, theta, out)
 
 
 @_jit
-def _linear(eta, XF, beta):  # pragma: no cover - compiled
-    """eta = beta @ XF (zeros without columns)."""
-    n = eta.shape[0]
-    if XF.shape[0] == 0:
-        for i in range(n):
-            eta[i] = 0.0
-        return
-    b = beta[0]
-    x = XF[0]
-    for i in range(n):
-        eta[i] = b * x[i]
-    for f in range(1, XF.shape[0]):
-        b = beta[f]
-        x = XF[f]
-        for i in range(n):
-            eta[i] += b * x[i]
+def _deviance(code, y, eta, trials, event, theta, out):  # pragma: no cover - compiled
+    if code == 0:
+        _D0(y, eta, trials, event, theta, out)
+    elif code == 1:
+        _D1(y, eta, trials, event, theta, out)
+    elif code == 2:
+        _D2(y, eta, trials, event, theta, out)
+    elif code == 3:
+        _D3(y, eta, trials, event, theta, out)
+    elif code == 4:
+        _D4(y, eta, trials, event, theta, out)
+    else:
+        _D5(y, eta, trials, event, theta, out)
+
+
+@_jit
+def _gather(dst, vals, base, s, L):  # pragma: no cover - compiled
+    """dst[r L + t] = vals[base[r] + t s]."""
+    for r in range(base.shape[0]):
+        b = base[r]
+        d = dst[r * L : r * L + L]
+        if s == 0:
+            v = vals[b]
+            for t in range(L):
+                d[t] = v
+        else:
+            g = vals[b : b + L]
+            for t in range(L):
+                d[t] = g[t]
 
 
 @_jit
@@ -95,41 +122,15 @@ def _add_grid(eta, vals, base, s, L):  # pragma: no cover - compiled
     """eta[r L + t] += vals[base[r] + t s]."""
     for r in range(base.shape[0]):
         b = base[r]
-        o = r * L
+        e = eta[r * L : r * L + L]
         if s == 0:
             v = vals[b]
             for t in range(L):
-                eta[o + t] += v
+                e[t] += v
         else:
+            g = vals[b : b + L]
             for t in range(L):
-                eta[o + t] += vals[b + t]
-
-
-@_jit
-def _dots(XF, v, out):  # pragma: no cover - compiled
-    """out[f] += sum_n XF[f, n] v[n]."""
-    for f in range(XF.shape[0]):
-        x = XF[f]
-        acc = 0.0
-        for i in range(v.shape[0]):
-            acc += x[i] * v[i]
-        out[f] += acc
-
-
-@_jit
-def _gram(XF, v, out, tmp):  # pragma: no cover - compiled
-    """out[f, g] += sum_n XF[f, n] XF[g, n] v[n] for g <= f."""
-    n = v.shape[0]
-    for f in range(XF.shape[0]):
-        x = XF[f]
-        for i in range(n):
-            tmp[i] = x[i] * v[i]
-        for g in range(f + 1):
-            z = XF[g]
-            acc = 0.0
-            for i in range(n):
-                acc += tmp[i] * z[i]
-            out[f, g] += acc
+                e[t] += g[t]
 
 
 @_jit
@@ -137,85 +138,265 @@ def _scatter(v, acc, base, s, L):  # pragma: no cover - compiled
     """acc[base[r] + t s] += v[r L + t]."""
     for r in range(base.shape[0]):
         b = base[r]
-        o = r * L
+        vr = v[r * L : r * L + L]
         if s == 0:
             tot = 0.0
             for t in range(L):
-                tot += v[o + t]
+                tot += vr[t]
             acc[b] += tot
         else:
+            a = acc[b : b + L]
             for t in range(L):
-                acc[b + t] += v[o + t]
+                a[t] += vr[t]
 
 
 @_jit
-def _scatter_cols(v, X, xbase, xs, acc, base, s, L):  # pragma: no cover - compiled
-    """acc[c, base[r] + t s] += v[r L + t] X[c, xbase[r] + t xs] for every column c."""
+def _scatter_prod(v, x, xbase, xs, acc, base, s, L):  # pragma: no cover - compiled
+    """acc[base[r] + t s] += v[r L + t] x[xbase[r] + t xs]."""
     R = base.shape[0]
-    C = X.shape[0]
     if xs == 0 and s == 0:
         for r in range(R):
-            o = r * L
+            vr = v[r * L : r * L + L]
             tot = 0.0
             for t in range(L):
-                tot += v[o + t]
-            for c in range(C):
-                acc[c, base[r]] += X[c, xbase[r]] * tot
+                tot += vr[t]
+            acc[base[r]] += x[xbase[r]] * tot
     elif xs == 0:
-        for c in range(C):
-            a = acc[c]
-            x = X[c]
-            for r in range(R):
-                xv = x[xbase[r]]
-                b = base[r]
-                o = r * L
-                for t in range(L):
-                    a[b + t] += xv * v[o + t]
+        for r in range(R):
+            xv = x[xbase[r]]
+            b = base[r]
+            a = acc[b : b + L]
+            vr = v[r * L : r * L + L]
+            for t in range(L):
+                a[t] += xv * vr[t]
     elif s == 0:
-        for c in range(C):
-            a = acc[c]
-            x = X[c]
-            for r in range(R):
-                xb = xbase[r]
-                o = r * L
-                tot = 0.0
-                for t in range(L):
-                    tot += x[xb + t] * v[o + t]
-                a[base[r]] += tot
+        for r in range(R):
+            xb = xbase[r]
+            xr = x[xb : xb + L]
+            vr = v[r * L : r * L + L]
+            tot = 0.0
+            for t in range(L):
+                tot += xr[t] * vr[t]
+            acc[base[r]] += tot
     else:
-        for c in range(C):
-            a = acc[c]
-            x = X[c]
-            for r in range(R):
-                xb = xbase[r]
-                b = base[r]
-                o = r * L
-                for t in range(L):
-                    a[b + t] += x[xb + t] * v[o + t]
+        for r in range(R):
+            xb = xbase[r]
+            b = base[r]
+            xr = x[xb : xb + L]
+            a = acc[b : b + L]
+            vr = v[r * L : r * L + L]
+            for t in range(L):
+                a[t] += xr[t] * vr[t]
+
+
+@_jit
+def _pack(src, dst, c0, n):  # pragma: no cover - compiled
+    """dst[i] = src[c0 + i] as float64 for i < n, 0 where it is not finite."""
+    s = src[c0 : c0 + n]
+    for i in range(n):
+        v = np.float64(s[i])
+        dst[i] = v if abs(v) < np.inf else 0.0
+
+
+@_jit
+def _dot(x, v, n):  # pragma: no cover - compiled
+    acc = 0.0
+    for i in range(n):
+        acc += x[i] * v[i]
+    return acc
+
+
+@_jit
+def _sweep(
+    code,
+    theta,
+    n_rows,
+    extra,
+    hessian,
+    y,
+    safe_y,
+    L,
+    slab_rows,
+    src,
+    beta_full,
+    B,
+    S,
+    GV,
+    goff,
+    ggrid,
+    wgrid,
+    WV,
+    tgrid,
+    TV,
+    egrid,
+    EV,
+    drop,
+    ops,
+    XS,
+    A,
+    sums,
+    gfull,
+    efull,
+    ff,
+):  # pragma: no cover - compiled
+    """The whole chunk, slab by slab (``slab_rows`` rows of ``L`` cells each).
+
+    ``B[k, r]`` and ``S[k]``: grid ``k``'s index of row ``r``'s first cell and its step along
+    the row. eta grids: values ``GV[goff[g]:goff[g + 1]]`` on grid ``ggrid[g]``; weights,
+    trials, event: grid index (-1: none) and values. ``ops`` rows: (kind, which, grid, acc
+    offset, acc size, columns, x grid, x offset, x size) with kind 0 ``acc += v``, 1 ``acc +=
+    v x_full[c]``, 2 ``acc += v x_small[c]``; which 0: w g, 1: w h, 2: w f_et. ``sums``: w f,
+    w f_t, w f_tt, w deviance.
+    """  # fmt: skip
+    R = B.shape[1]
+    F = len(src)
+    maxn = slab_rows * L
+    yb = np.empty(maxn)
+    wb = np.empty(maxn)
+    ub = np.empty(maxn, dtype=np.bool_)
+    eta = np.empty(maxn)
+    tb = np.ones(maxn)
+    eb = np.zeros(maxn)
+    XF = np.empty((F, maxn))
+    st = np.empty((n_rows, maxn))
+    dev = np.empty(maxn)
+    tmp = np.empty(maxn)
+    full_rows = np.arange(slab_rows) * L
+    for r0 in range(0, R, slab_rows):
+        r1 = min(r0 + slab_rows, R)
+        ns = (r1 - r0) * L
+        c0 = r0 * L
+        # the mask, y and the weights (as kernels.ChunkData)
+        if wgrid >= 0:
+            _gather(wb, WV, B[wgrid, r0:r1], S[wgrid], L)
+        else:
+            for i in range(ns):
+                wb[i] = 1.0
+        bad = 0
+        yc = y[c0 : c0 + ns]
+        for i in range(ns):
+            v = yc[i]
+            ok = abs(v) < np.inf and wb[i] != 0.0
+            if drop.shape[0]:
+                ok = ok and drop[c0 + i] == 0
+            ub[i] = ok
+            yb[i] = v if ok else safe_y
+            wb[i] = wb[i] if ok else 0.0
+            bad += not ok
+        unit = wgrid < 0 and bad == 0
+        if tgrid >= 0:
+            _gather(tb, TV, B[tgrid, r0:r1], S[tgrid], L)
+            if bad:
+                for i in range(ns):
+                    tb[i] = tb[i] if ub[i] else 1.0
+        if egrid >= 0:
+            _gather(eb, EV, B[egrid, r0:r1], S[egrid], L)
+            if bad:
+                for i in range(ns):
+                    eb[i] = eb[i] if ub[i] else 0.0
+        # the full-grid columns and eta
+        for f in range(F):
+            _pack(src[f], XF[f], c0, ns)
+        for i in range(ns):
+            eta[i] = 0.0
+        for f in range(F):
+            b = beta_full[f]
+            x = XF[f]
+            for i in range(ns):
+                eta[i] += b * x[i]
+        for g in range(ggrid.shape[0]):
+            k = ggrid[g]
+            _add_grid(eta, GV[goff[g] : goff[g + 1]], B[k, r0:r1], S[k], L)
+        if bad:
+            for i in range(ns):
+                eta[i] = eta[i] if ub[i] else 0.0
+        # the family, weighted in place
+        _stats(code, yb[:ns], eta[:ns], tb[:ns], eb[:ns], theta, st)
+        if extra:
+            _deviance(code, yb[:ns], eta[:ns], tb[:ns], eb[:ns], theta, dev)
+        for q in range(n_rows):
+            row = st[q]
+            if not unit:
+                for i in range(ns):
+                    row[i] *= wb[i]
+        acc = 0.0
+        row = st[0]
+        for i in range(ns):
+            acc += row[i]
+        sums[0] += acc
+        if extra:
+            sums[1] += _sum(st[3], ns)
+            sums[2] += _sum(st[5], ns)
+            sums[3] += _dot(dev, wb, ns)
+        # the reductions
+        for f in range(F):
+            gfull[f] += _dot(XF[f], st[1], ns)
+        if hessian:
+            wh = st[2]
+            for f in range(F):
+                x = XF[f]
+                for i in range(ns):
+                    tmp[i] = x[i] * wh[i]
+                for g in range(f + 1):
+                    ff[f, g] += _dot(tmp, XF[g], ns)
+            if extra:
+                for f in range(F):
+                    efull[f] += _dot(XF[f], st[4], ns)
+        for o in range(ops.shape[0]):
+            kind, which, grid, aoff, asize, ncols = (
+                ops[o, 0],
+                ops[o, 1],
+                ops[o, 2],
+                ops[o, 3],
+                ops[o, 4],
+                ops[o, 5],
+            )
+            v = st[1] if which == 0 else (st[2] if which == 1 else st[4])
+            base = B[grid, r0:r1]
+            s = S[grid]
+            if kind == 0:
+                _scatter(v, A[aoff : aoff + asize], base, s, L)
+            elif kind == 1:
+                for c in range(ncols):
+                    a = A[aoff + c * asize : aoff + (c + 1) * asize]
+                    _scatter_prod(v, XF[c], full_rows, 1, a, base, s, L)
+            else:
+                xgrid, xoff, xsize = ops[o, 6], ops[o, 7], ops[o, 8]
+                xb = B[xgrid, r0:r1]
+                for c in range(ncols):
+                    a = A[aoff + c * asize : aoff + (c + 1) * asize]
+                    x = XS[xoff + c * xsize : xoff + (c + 1) * xsize]
+                    _scatter_prod(v, x, xb, S[xgrid], a, base, s, L)
+
+
+@_jit
+def _sum(x, n):  # pragma: no cover - compiled
+    acc = 0.0
+    for i in range(n):
+        acc += x[i]
+    return acc
 
 
 # ------------------------------------------------------------------------ grid indexing
-def _rows(gshape: tuple[int, ...], slab_shape: tuple[int, ...], ax: int | None, start: int):
-    """Row offsets of a grid for a slab: ``(base, s)`` with the grid's flat index of the
-    slab's cell ``(r, t)`` (row ``r`` of the C-ordered outer axes, ``t`` along the last) being
-    ``base[r] + t * s``. ``gshape`` is the grid's expanded shape in chunk coordinates (1
-    off its axes); the slab starts at ``start`` along ``ax`` (``None``: the whole chunk)."""
-    m = len(slab_shape)
-    strides = [0] * m
-    step = 1
+@lru_cache(maxsize=256)
+def _grid_rows(gshape: tuple[int, ...], shape: tuple[int, ...]) -> tuple[np.ndarray, int]:
+    """A chunk-level grid's index of each row's first cell (rows: the chunk's cells in C order
+    in runs along the last axis) and its step along the row (0 or 1). ``gshape`` is the grid's
+    expanded shape (1 off its axes)."""
+    m = len(shape)
+    strides, step = [0] * m, 1
     for d in reversed(range(m)):
         if gshape[d] != 1:
             strides[d] = step
         step *= gshape[d]
-    base = np.zeros(slab_shape[:-1], dtype=np.int64)
+    base = np.zeros(shape[:-1], dtype=np.int64)
     for d in range(m - 1):
         if strides[d]:
-            idx = np.arange(slab_shape[d], dtype=np.int64) + (start if d == ax else 0)
-            base += (idx * strides[d]).reshape([-1 if e == d else 1 for e in range(m - 1)])
-    base = base.reshape(-1)
-    if ax == m - 1 and strides[m - 1]:
-        base = base + start * strides[m - 1]
-    return base, strides[m - 1]
+            idx = np.arange(shape[d], dtype=np.int64) * strides[d]
+            base += idx.reshape([-1 if e == d else 1 for e in range(m - 1)])
+    out = base.reshape(-1)
+    out.flags.writeable = False
+    return out, strides[-1]
 
 
 @lru_cache(maxsize=64)
@@ -231,27 +412,78 @@ def _plan_for(layout: Layout) -> SweepPlan | None:
 
 
 # ------------------------------------------------------------------------ the kernel
-class _Sums:
-    """The chunk-level accumulations of one evaluation sweep."""
+def _family_code(family) -> int | None:
+    """The index in :data:`_KERNELS` of the family's compiled kernel (None: it has none)."""
+    kernel = families_numba.cell_kernel(family)
+    if kernel is None:
+        return None
+    for code, known in enumerate(_KERNELS):
+        if kernel.stats is known.stats:
+            return code
+    return None
 
-    def __init__(self, plan: SweepPlan, con, shape: tuple[int, ...], hessian: bool, extra: bool):
-        F = plan.n_full
-        self.ll = self.f_t = self.f_tt = self.dev = 0.0
-        self.g_full = np.zeros(F)
-        self.g_grids = {U: np.zeros(grid_shape(U, shape)) for U in plan.vec_grids}
-        self.hessian = hessian
-        self.extra = extra and hessian
-        if hessian:
-            self.ff = np.zeros((F, F))
-            self.fx = {U: np.zeros((F,) + grid_shape(U, shape)) for U in plan.vec_grids}
-            self.c = {U: np.zeros(grid_shape(U, shape)) for U in plan.c_grids}
-            self.t = {
-                s: {U: np.zeros((con.sizes[s],) + grid_shape(U, shape)) for U in targets}
-                for s, targets in plan.comp
-            }
-        if self.extra:
-            self.e_full = np.zeros(F)
-            self.e_grids = {U: np.zeros(grid_shape(U, shape)) for U in plan.vec_grids}
+
+class _Grids:
+    """The distinct grids of a chunk (by expanded shape) and their row maps ``B``, ``S``."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        self.shape = shape
+        self.index: dict[tuple[int, ...], int] = {}
+
+    def __call__(self, gshape: tuple[int, ...]) -> int:
+        gshape = tuple(gshape)
+        if gshape not in self.index:
+            self.index[gshape] = len(self.index)
+        return self.index[gshape]
+
+    def tables(self) -> tuple[np.ndarray, np.ndarray]:
+        R = int(np.prod(self.shape[:-1]))
+        B = np.empty((max(len(self.index), 1), R), dtype=np.int64)
+        S = np.zeros(max(len(self.index), 1), dtype=np.int64)
+        for gshape, k in self.index.items():
+            B[k], S[k] = _grid_rows(gshape, self.shape)
+        return B, S
+
+
+class _Accumulators:
+    """Chunk-level accumulation grids laid out in one flat array, and the sweep's ops."""
+
+    def __init__(self, grids: _Grids):
+        self.grids = grids
+        self.size = 0
+        self.ops: list[tuple[int, ...]] = []
+        self.views: list[tuple[int, int, tuple[int, ...]]] = []
+
+    def add(self, kind: int, which: int, gshape, ncols: int = 1, x=(0, 0, 0)) -> int:
+        """Reserve ``(ncols,) + gshape`` (``gshape`` alone for kind 0) and record its op; the
+        number returned retrieves the grid after the sweep (:meth:`view`)."""
+        gsize = int(np.prod(gshape))
+        self.ops.append((kind, which, self.grids(gshape), self.size, gsize, ncols) + tuple(x))
+        self.views.append((self.size, ncols, tuple(gshape), kind))
+        self.size += ncols * gsize
+        return len(self.views) - 1
+
+    def view(self, A: np.ndarray, handle: int) -> np.ndarray:
+        off, ncols, gshape, kind = self.views[handle]
+        piece = A[off : off + ncols * int(np.prod(gshape))]
+        return piece.reshape(gshape) if kind == 0 else piece.reshape((ncols,) + gshape)
+
+
+def _as_columns(layout: Layout, plan: SweepPlan, local: list, n: int):
+    """The full-grid columns as 1-D contiguous arrays of one dtype (a numba typed list)."""
+    cols = []
+    for src, width, feat in plan.sources:
+        a = np.asarray(local[src])
+        if feat:
+            cols += list(np.ascontiguousarray(a.reshape(n, width).T))
+        else:
+            cols.append(np.ascontiguousarray(a).reshape(-1))
+    dtypes = {c.dtype for c in cols}
+    dtype = np.float32 if dtypes == {np.dtype(np.float32)} else np.float64
+    out = NumbaList.empty_list(numba.types.Array(numba.from_dtype(dtype), 1, "C"))
+    for c in cols:
+        out.append(np.ascontiguousarray(c, dtype=dtype))
+    return out
 
 
 def eval_chunk(
@@ -259,114 +491,112 @@ def eval_chunk(
 ) -> np.ndarray:
     """Log-likelihood, gradient and (optionally) Hessian of one chunk at ``params``: the
     compiled sweep. Same arguments and packed output as :func:`daskglm.kernels.eval_chunk`,
-    which it calls for ``final=True`` and for layouts the sweep does not cover."""
+    which it calls for ``final=True``, for families without a compiled cell kernel and for
+    layouts the sweep does not cover."""
     plan = None if final else _plan_for(layout)
-    if plan is None:
-        return kernels.eval_chunk(layout, params, hessian, final, *arrays)
     fam = layout.family
-    nb, extra = layout.n_beta, fam.n_extra > 0
+    code = None if plan is None else _family_code(fam)
+    if code is None:
+        return kernels.eval_chunk(layout, params, hessian, final, *arrays)
     params = np.asarray(params, dtype=np.float64)
+    nb, extra = layout.n_beta, fam.n_extra > 0
     beta, theta = params[:nb], params[nb:]
-    beta_full = np.ascontiguousarray(beta[plan.colpos])
-    shape = tuple(np.shape(arrays[layout.role("y")[0]]))
+    (iy,) = layout.role("y")
+    shape = tuple(np.shape(arrays[iy]))
+    n = int(np.prod(shape))
+    m = len(shape)
     with np.errstate(all="ignore"):
-        local = [_expand(a, s, shape) for a, s in zip(arrays, layout.args, strict=True)]
+        local = [_expand(a, sp, shape) for a, sp in zip(arrays, layout.args, strict=True)]
         con = build_contractor(layout, local, shape)
-        grids = [(g.reshape(-1), g.shape) for g in con.linear_grids(beta)]
-        gathered = {s: (con.X[s].reshape(con.sizes[s], -1), con.X[s].shape[1:]) for s, _ in plan.comp}
-        sums = _Sums(plan, con, shape, hessian, extra)
+        grids = _Grids(shape)
+        # eta's small grids and the offset
+        parts = list(con.linear_grids(beta))
+        off = 0.0
+        for k in layout.role("offset"):
+            off = off + local[k].astype(np.float64, copy=False)
+        for k in layout.role("exposure"):
+            off = off + np.log(local[k].astype(np.float64, copy=False))
+        if np.ndim(off):
+            parts.append(np.asarray(off, dtype=np.float64))
+        ggrid = np.array([grids(g.shape) for g in parts], dtype=np.int64)
+        GV = np.concatenate([np.ascontiguousarray(g).reshape(-1) for g in parts]) if parts else np.zeros(0)
+        goff = np.concatenate([[0], np.cumsum([g.size for g in parts])]).astype(np.int64)
+
+        def aux_grid(k):
+            if k is None:
+                return -1, np.zeros(0)
+            a = np.ascontiguousarray(local[k], dtype=np.float64)
+            return grids(a.shape), a.reshape(-1)
+
+        iw = layout.role("weights")
+        wgrid, WV = aux_grid(iw[0] if iw else None)
+        tgrid, TV = aux_grid(layout.role("trials")[0] if "trials" in fam.aux_roles else None)
+        egrid, EV = aux_grid(layout.role("event")[0] if "event" in fam.aux_roles else None)
+        drop = np.zeros(0, dtype=np.uint8)
+        if layout.missing == "drop":
+            bad = np.zeros(shape, dtype=bool)
+            for k, sp in enumerate(layout.args):
+                if sp.role != "y":
+                    ok = np.isfinite(local[k])
+                    bad |= ~(ok.all(axis=-1) if sp.n_features is not None else ok)
+            drop = bad.reshape(-1).astype(np.uint8)
+        # the accumulations
+        accs = _Accumulators(grids)
         F = plan.n_full
-        for (ax, start, _stop), slab_arrays in _slabs(layout, arrays, shape, SLAB_CELLS):
-            _sweep(layout, plan, slab_arrays, ax, start, beta_full, theta, grids, gathered, sums, F)
-        out: dict[str, object] = {"ll": sums.ll, "dev": sums.dev}
-        grad = vector_result(plan, con, sums.g_full, sums.g_grids)
-        out["grad"] = np.concatenate([grad, [sums.f_t]]) if extra else grad
+        h_vec = {U: accs.add(0, 0, grid_shape(U, shape)) for U in plan.vec_grids}
+        if hessian:
+            h_fx = {U: accs.add(1, 1, grid_shape(U, shape), F) for U in plan.vec_grids} if F else {}
+            h_c = {U: accs.add(0, 1, grid_shape(U, shape)) for U in plan.c_grids}
+            XS_parts, xoff, h_t = [], 0, {}
+            for s, targets in plan.comp:
+                X = np.ascontiguousarray(con.X[s])
+                xgrid, xsize = grids(X.shape[1:]), int(np.prod(X.shape[1:]))
+                XS_parts.append(X.reshape(-1))
+                x = (xgrid, xoff, xsize)
+                h_t[s] = {U: accs.add(2, 1, grid_shape(U, shape), con.sizes[s], x) for U in targets}
+                xoff += X.size
+            XS = np.concatenate(XS_parts) if XS_parts else np.zeros(0)
+            if extra:
+                h_e = {U: accs.add(0, 2, grid_shape(U, shape)) for U in plan.vec_grids}
+        else:
+            XS = np.zeros(0)
+        B, S = grids.tables()
+        ops = np.array(accs.ops, dtype=np.int64).reshape(-1, 9)
+        A = np.zeros(accs.size)
+        sums = np.zeros(4)
+        gfull, efull, ff = np.zeros(F), np.zeros(F), np.zeros((F, F))
+        kernel = _KERNELS[code]
+        cell_theta = families_numba.cell_kernel(fam).theta(theta)
+        L = shape[-1] if m else 1
+        slab_rows = max(1, SLAB_CELLS // max(L, 1))
+        y = np.ascontiguousarray(local[iy], dtype=np.float64).reshape(-1)
+        src = _as_columns(layout, plan, local, n)
+        if n:
+            _sweep(
+                code, cell_theta, kernel.n_rows, extra, hessian, y, float(fam.safe_y), L, slab_rows, src,
+                np.ascontiguousarray(beta[plan.colpos]), B, S, GV, goff, ggrid, wgrid, WV, tgrid, TV, egrid,
+                EV, drop, ops, XS, A, sums, gfull, efull, ff,
+            )  # fmt: skip
+        # the once-per-chunk contractions
+        out: dict[str, object] = {"ll": sums[0], "dev": sums[3]}
+        grad = vector_result(plan, con, gfull, {U: accs.view(A, h) for U, h in h_vec.items()})
+        out["grad"] = np.concatenate([grad, [sums[1]]]) if extra else grad
         if hessian:
             P = layout.n_params
             M = np.zeros((P, P))
-            M[:nb, :nb] = matrix_result(plan, con, sums.ff, sums.fx, sums.c, sums.t)
+            M[:nb, :nb] = matrix_result(
+                plan,
+                con,
+                ff,
+                {U: accs.view(A, h) for U, h in h_fx.items()},
+                {U: accs.view(A, h) for U, h in h_c.items()},
+                {s: {U: accs.view(A, h) for U, h in hs.items()} for s, hs in h_t.items()},
+            )
             if extra:
-                v = vector_result(plan, con, sums.e_full, sums.e_grids)
+                v = vector_result(plan, con, efull, {U: accs.view(A, h) for U, h in h_e.items()})
                 M[:nb, nb] = v
                 M[nb, :nb] = v
-                M[nb, nb] = sums.f_tt
+                M[nb, nb] = sums[2]
             out["hess"] = M
         vec = eval_packer(layout, hessian=hessian, final=False).pack(out)
-    return vec.reshape((1,) * len(shape) + (-1,))
-
-
-def _sweep(layout, plan, slab_arrays, ax, start, beta_full, theta, grids, gathered, sums: _Sums, F) -> None:
-    """One slab: eta, the family, the reductions (adds into ``sums``)."""
-    fam = layout.family
-    d = ChunkData(layout, slab_arrays)
-    sshape = d.shape
-    n = int(np.prod(sshape))
-    if n == 0:
-        return
-    L = sshape[-1]
-    # 1. the packed full-grid columns
-    XF = np.empty((F, n))
-    row = 0
-    for src, width, feat in plan.sources:
-        a = np.asarray(d.local[src])
-        if feat:
-            _pack_features(np.ascontiguousarray(a).reshape(n, width), XF, row)
-        else:
-            _pack(np.ascontiguousarray(a).reshape(-1), XF[row])
-        row += width
-    # 2. eta
-    eta = np.empty(n)
-    _linear(eta, XF, beta_full)
-    for vals, gshape in grids:
-        base, s = _rows(gshape, sshape, ax, start)
-        _add_grid(eta, vals, base, s, L)
-    off = d.offset
-    if np.ndim(off):
-        off = np.ascontiguousarray(off, dtype=np.float64)
-        base, s = _rows(off.shape, sshape, None, 0)
-        _add_grid(eta, off.reshape(-1), base, s, L)
-    elif off:
-        eta += off
-    if not d.all_used:
-        eta[~d.used.reshape(-1)] = 0.0
-    # 3. the family
-    y = d.y.reshape(-1)
-    aux = {k: np.broadcast_to(v, sshape).reshape(-1) for k, v in d.aux.items()}
-    der = fam.derivatives(y, eta, aux, theta)
-    w = None if d.unit_weights else np.broadcast_to(d.w, sshape).reshape(-1)
-
-    def weighted(a):
-        return a if w is None else w * a
-
-    sums.ll += float(weighted(der.f).sum())
-    wg = np.ascontiguousarray(weighted(der.g))
-    # 4. the reductions
-    rows = {U: _rows(acc.shape, sshape, ax, start) for U, acc in sums.g_grids.items()}
-    _dots(XF, wg, sums.g_full)
-    for U, acc in sums.g_grids.items():
-        _scatter(wg, acc.reshape(-1), *rows[U], L)
-    if layout.family.n_extra:
-        sums.f_t += float(weighted(der.f_t).sum())
-        sums.dev += float(weighted(fam.unit_deviance(y, eta, aux, theta)).sum())
-    if not sums.hessian:
-        return
-    wh = np.ascontiguousarray(weighted(der.h))
-    tmp = np.empty(n)
-    _gram(XF, wh, sums.ff, tmp)
-    full_rows = np.arange(0, n, L, dtype=np.int64)
-    for U, acc in sums.fx.items() if F else ():
-        _scatter_cols(wh, XF, full_rows, 1, acc.reshape(F, -1), *rows[U], L)
-    for acc in sums.c.values():
-        _scatter(wh, acc.reshape(-1), *_rows(acc.shape, sshape, ax, start), L)
-    for s, targets in sums.t.items():
-        X, xshape = gathered[s]
-        xbase, xs = _rows(xshape, sshape, ax, start)
-        for acc in targets.values():
-            flat = acc.reshape(acc.shape[0], -1)
-            _scatter_cols(wh, X, xbase, xs, flat, *_rows(acc.shape[1:], sshape, ax, start), L)
-    if sums.extra:
-        we = np.ascontiguousarray(weighted(der.f_et))
-        sums.f_tt += float(weighted(der.f_tt).sum())
-        _dots(XF, we, sums.e_full)
-        for U, acc in sums.e_grids.items():
-            _scatter(we, acc.reshape(-1), *rows[U], L)
+    return vec.reshape((1,) * m + (-1,))
