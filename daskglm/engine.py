@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import graph
+from .accurate import accurate_unpack
+from .accurate_graph import accurate_graph
 from .checks import SetupInfo, intercept_position, interpret_setup, needs_orthogonal_check
 from .clustering import combine_cluster_meats, intersections
 from .effects_graph import FixedEffectPasses
@@ -122,6 +124,21 @@ class PanelObjective:
         factor = self._unpack_qr(qvec)
         e = self._evaluation(params, finalize_eval(self.layout, vec, hessian=True))
         return e, (factor if factor.n_negative == 0 else None)
+
+    def accurate_evaluation(self, params: np.ndarray) -> Evaluation | None:
+        """One pass: the evaluation without the Hessian, its gradient replaced by ``X' w (y -
+        offset - X b)`` summed in double-double (:mod:`daskglm.accurate`), for the gradient
+        solvers' and Newton-Schulz's last step. Gaussian family only, as Newton's
+        extended-precision gradient (its large residuals are where a float64 gradient's
+        rounding moves the estimates); ``None`` (and no pass) for the other families."""
+        if self.layout.family.name != "gaussian":
+            return None
+        g = graph.eval_graph(self.layout, self.panel.arrays, params, hessian=False)
+        a = accurate_graph(self.layout, self.panel.arrays, params)
+        vec, avec = graph.run(self.counter, "eval", g, a, optimize=self.optimize)
+        e = self._evaluation(params, finalize_eval(self.layout, vec, hessian=False))
+        e.grad = accurate_unpack(avec, self.layout.n_beta)
+        return e
 
     def direction(self, e: Evaluation) -> tuple[np.ndarray, bool]:
         """The Newton step from the evaluation's gradient and Hessian."""

@@ -1,0 +1,54 @@
+"""The double-double Gaussian gradient pass as a dask reduction (the graph side of
+:mod:`daskglm.accurate`).
+
+Declared like the TSQR pass of :mod:`daskglm.qr_graph`: **chunk** =
+:func:`~daskglm.accurate.accurate_chunk` mapped with ``blockwise`` over the aligned chunks (one
+packed (hi, lo) gradient per chunk), **combine** = a tree (``split_every=8``) whose nodes add
+their children's pairs in double-double (:func:`~daskglm.accurate.accurate_combine`: a float64
+tree sum would bring back the rounding the chunks avoided), **finalize** =
+:func:`~daskglm.accurate.accurate_unpack` on the client. It is computed in the same
+``dask.compute`` as an evaluation pass.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import dask.array as da
+import numpy as np
+
+from .accurate import accurate_chunk, accurate_combine, accurate_length
+from .graph import _map_chunks
+from .layout import Layout
+
+__all__ = ["accurate_graph"]
+
+
+def _identity(x, axis=None, keepdims=True):
+    return x
+
+
+def _combine(n: int, x: np.ndarray, axis=None, keepdims: bool = True) -> np.ndarray:
+    out = accurate_combine(x, n)
+    return out.reshape((1,) * (x.ndim - 1) + (-1,)) if keepdims else out
+
+
+def accurate_graph(layout: Layout, arrays: list, params: np.ndarray) -> da.Array:
+    """``X' w (y - offset - X b)`` at ``params`` over the whole panel, packed as (hi, lo)
+    halves in a 1-D dask array (Gaussian family)."""
+    n = layout.n_beta
+    func = partial(accurate_chunk, layout, np.asarray(params, dtype=np.float64))
+    blocks = _map_chunks(func, layout, arrays, accurate_length(layout))
+    return da.reduction(
+        blocks,
+        chunk=_identity,
+        combine=partial(_combine, n),
+        aggregate=partial(_combine, n),
+        axis=tuple(range(layout.ndim)),
+        keepdims=False,
+        dtype=np.float64,
+        split_every=8,
+        concatenate=True,
+        meta=np.empty((0,)),
+        name="daskglm-accurate-gradient",
+    )
