@@ -76,7 +76,15 @@ def cases(rng):
     yield "poisson", Poisson(), counts, eta, ones, zeros, np.zeros(0)
     yield "poisson (PPML, y real)", Poisson(), mu * rng.lognormal(0, 1, N), eta, ones, zeros, np.zeros(0)
     event = (rng.random(N) < 0.7).astype(np.float64)
-    yield "exponential (censored)", Exponential("d"), rng.exponential(1, N) / mu, eta, ones, event, np.zeros(0)
+    yield (
+        "exponential (censored)",
+        Exponential("d"),
+        rng.exponential(1, N) / mu,
+        eta,
+        ones,
+        event,
+        np.zeros(0),
+    )
     y_b = rng.binomial(m.astype(np.int64), 1 / (1 + np.exp(-eta))).astype(np.float64)
     yield "binomial (trials 1-100)", Binomial("m"), y_b, eta, m, zeros, np.zeros(0)
     r = 2.0
@@ -85,6 +93,26 @@ def cases(rng):
     yield "NB2 estimated alpha", NegativeBinomial(), y_nb, eta, ones, zeros, np.array([np.log(0.5)])
     y_big = y_nb * 3000.0  # counts up to ~1e5-1e6: more distinct values than cells, no table
     yield "NB2 estimated, large counts", NegativeBinomial(), y_big, eta + 8.0, ones, zeros, np.array([0.0])
+
+
+def row(label, family, y, eta, m, d, extra, out1) -> str:
+    """One line of the table: ns/cell of numpy, the kernel and the kernel with math.exp."""
+    kernel = family.cell_kernel()
+    theta = kernel.theta(extra)
+    aux = {"trials": m, "event": d}
+    out = np.empty((kernel.n_rows, N))
+    slow_stats, slow_dev = with_math_exp(kernel.stats), with_math_exp(kernel.deviance)
+    with np.errstate(all="ignore"):
+        t_np = ns_per_cell(lambda: family.derivatives(y, eta, aux, extra), reps=10)
+        t_npd = ns_per_cell(lambda: family.unit_deviance(y, eta, aux, extra), reps=10)
+    t_nb = ns_per_cell(lambda: kernel.stats(y, eta, m, d, theta, out))
+    t_me = ns_per_cell(lambda: slow_stats(y, eta, m, d, theta, out))
+    t_nbd = ns_per_cell(lambda: kernel.deviance(y, eta, m, d, theta, out1))
+    t_med = ns_per_cell(lambda: slow_dev(y, eta, m, d, theta, out1))
+    return (
+        f"{label:28s} {t_np:8.2f} {t_nb:8.2f} {t_me:9.2f} {t_np / t_nb:8.1f}x | "
+        f"{t_npd:8.2f} {t_nbd:8.2f} {t_med:8.2f}"
+    )
 
 
 def main() -> None:
@@ -105,23 +133,8 @@ def main() -> None:
     head = ("family", "numpy", "numba", "math.exp", "speed-up", "numpy", "numba", "math.exp")
     print(f"{'':28s} {'stats (f, g, h[, theta rows])':^36s} | {'unit deviance':^26s}")
     print("{:28s} {:>8s} {:>8s} {:>9s} {:>9s} | {:>8s} {:>8s} {:>8s}".format(*head))
-    for label, family, y, eta, m, d, extra in cases(rng):
-        kernel = family.cell_kernel()
-        theta = kernel.theta(extra)
-        aux = {"trials": m, "event": d}
-        out = np.empty((kernel.n_rows, N))
-        slow_stats, slow_dev = with_math_exp(kernel.stats), with_math_exp(kernel.deviance)
-        with np.errstate(all="ignore"):
-            t_np = ns_per_cell(lambda: family.derivatives(y, eta, aux, extra), reps=10)
-            t_npd = ns_per_cell(lambda: family.unit_deviance(y, eta, aux, extra), reps=10)
-        t_nb = ns_per_cell(lambda: kernel.stats(y, eta, m, d, theta, out))
-        t_me = ns_per_cell(lambda: slow_stats(y, eta, m, d, theta, out))
-        t_nbd = ns_per_cell(lambda: kernel.deviance(y, eta, m, d, theta, out1))
-        t_med = ns_per_cell(lambda: slow_dev(y, eta, m, d, theta, out1))
-        print(
-            f"{label:28s} {t_np:8.2f} {t_nb:8.2f} {t_me:9.2f} {t_np / t_nb:8.1f}x | "
-            f"{t_npd:8.2f} {t_nbd:8.2f} {t_med:8.2f}"
-        )
+    for case in cases(rng):
+        print(row(*case, out1))
 
 
 if __name__ == "__main__":

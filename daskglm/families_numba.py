@@ -23,13 +23,18 @@ The interface (every function ``numba.njit(cache=True)``, so callable from other
 :meth:`CellKernel.theta` builds it from the extra parameters the objective estimates
 (``params[n_beta:]``): ``kernel.theta(params[n_beta:])``.
 
-``exp`` is a vectorisable exponential (Cody-Waite reduction, a degree-13 polynomial, the power of
-two from the exponent bits; within 1 ulp of ``np.exp``, inf/nan/overflow/underflow/subnormals as
-IEEE), about 1.4 ns against ``math.exp``'s ~6 ns scalar libm call. ``digamma`` and ``trigamma``
-are recurrence plus asymptotic series (``x > 0``). NB2 needs ``lgamma``, ``digamma`` and
-``trigamma`` of ``y + r`` less their value at ``r`` (the naive difference, as ``shifted_special``
-computes it): a slab of whole counts whose largest value is below the slab length evaluates them
-once per distinct count (a table), otherwise once per cell; the numbers are the same either way.
+``exp``, ``log`` and ``log1p`` are vectorisable versions of the libm functions (exponent bits
+and polynomials, no call; within 1 ulp of numpy's, with IEEE inf/nan/overflow/underflow and
+subnormals): a libm call per cell (~4 ns) keeps a loop scalar, with them the loops over a slab
+vectorise (~0.9 ns per exp or log). Every function is compiled with ``error_model="numpy"``
+(a division by zero gives inf/nan as in numpy instead of raising, and the division's check does
+not block vectorisation). ``digamma`` and ``trigamma`` are recurrence plus asymptotic series
+(``x > 0``), digamma with a fit around its root so that it keeps its relative accuracy there.
+
+NB2 needs ``lgamma``, ``digamma`` and ``trigamma`` of ``y + r`` less their value at ``r`` (the
+naive difference, as ``shifted_special`` computes it): whole counts below the slab length are
+looked up in a table made per call, other cells are evaluated one by one; the numbers are the
+same either way.
 """
 
 from __future__ import annotations
@@ -49,6 +54,10 @@ __all__ = [
     "digamma",
     "exp",
     "exp_array",
+    "log",
+    "log1p",
+    "log1p_array",
+    "log_array",
     "trigamma",
     "GAUSSIAN",
     "POISSON",
@@ -124,7 +133,7 @@ _LN2_HI = 6.93147180369123816490e-01
 _LN2_LO = 1.90821492927058770002e-10
 
 
-@numba.njit(inline="always", cache=True)
+@numba.njit(inline="always", cache=True, error_model="numpy")
 def exp(x):  # pragma: no cover - compiled
     """``exp(x)`` without a libm call, so that loops calling it vectorise.
 
@@ -158,7 +167,84 @@ def exp(x):  # pragma: no cover - compiled
     return res if x == x else x
 
 
-@numba.njit(cache=True)
+@intrinsic
+def _as_bits(typingctx, value):
+    """Reinterpret the bits of a float64 as an int64 (a register move, vectorisable)."""
+    sig = types.int64(types.float64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.int64))
+
+    return sig, codegen
+
+
+#: bits of sqrt(2)/2: subtracting them puts the mantissa of every x in [sqrt(2)/2, sqrt(2))
+_SQRT_HALF_BITS = 0x3FE6A09E667F3BCD
+_TWO54 = 18014398509481984.0
+# fdlibm's log1p(f) coefficients: log(1 + f) = f - hfsq + s (hfsq + R(s^2)), s = f / (2 + f)
+_LG1 = 6.666666666666735130e-01
+_LG2 = 3.999999999940941908e-01
+_LG3 = 2.857142874366239149e-01
+_LG4 = 2.222219843214978396e-01
+_LG5 = 1.818357216161805012e-01
+_LG6 = 1.531383769920937332e-01
+_LG7 = 1.479819860511658591e-01
+
+
+@numba.njit(inline="always", cache=True, error_model="numpy")
+def log(x):  # pragma: no cover - compiled
+    """``log(x)`` without a libm call, so that loops calling it vectorise.
+
+    ``x = 2**k (1 + f)`` with ``1 + f`` in ``[sqrt(2)/2, sqrt(2))`` (exponent bits; subnormals
+    scaled by 2**54 first), then fdlibm's ``log1p(f)``: ``s = f / (2 + f)`` and a degree-14
+    polynomial in ``s`` (its ``Lg1..Lg7``), ``k ln2`` added in two parts. Within 1 ulp of
+    ``np.log``; 0 gives -inf, negatives and nan give nan, inf gives inf.
+    """
+    tiny = x < 2.2250738585072014e-308
+    xs = x * _TWO54 if tiny else x
+    ix = _as_bits(xs)
+    top = ix - _SQRT_HALF_BITS
+    k = (top >> 52) - (54 if tiny else 0)
+    f = _as_double(ix - ((top >> 52) << 52)) - 1.0
+    hfsq = 0.5 * f * f
+    s = f / (2.0 + f)
+    z = s * s
+    w = z * z
+    t1 = w * _muladd(w, _muladd(w, _LG6, _LG4), _LG2)
+    t2 = z * _muladd(w, _muladd(w, _muladd(w, _LG7, _LG5), _LG3), _LG1)
+    big_r = t2 + t1
+    dk = float(k)
+    res = dk * _LN2_HI - ((hfsq - (s * (hfsq + big_r) + dk * _LN2_LO)) - f)
+    if x > 0.0 and x < np.inf:
+        return res
+    if x == 0.0:
+        return -np.inf
+    return x if x == np.inf else np.nan
+
+
+@numba.njit(inline="always", cache=True, error_model="numpy")
+def log1p(x):  # pragma: no cover - compiled
+    """``log(1 + x)`` for ``x > -1`` with :func:`log`: ``log(u) + (x - (u - 1)) / u`` where
+    ``u = 1 + x`` rounded (the correction restores what the rounding of ``u`` lost)."""
+    u = 1.0 + x
+    return log(u) + (x - (u - 1.0)) / u
+
+
+@numba.njit(cache=True, error_model="numpy")
+def log_array(x, out):  # pragma: no cover - compiled
+    """``out[:] = log(x)`` with :func:`log` (for tests and benchmarks)."""
+    for i in range(x.shape[0]):
+        out[i] = log(x[i])
+
+
+@numba.njit(cache=True, error_model="numpy")
+def log1p_array(x, out):  # pragma: no cover - compiled
+    """``out[:] = log1p(x)`` with :func:`log1p` (for tests and benchmarks)."""
+    for i in range(x.shape[0]):
+        out[i] = log1p(x[i])
+
+
+@numba.njit(cache=True, error_model="numpy")
 def exp_array(x, out):  # pragma: no cover - compiled
     """``out[:] = exp(x)`` with :func:`exp` (for tests and benchmarks)."""
     for i in range(x.shape[0]):
@@ -171,7 +257,7 @@ _PSI_ROOT_HI = 1.4616321449683622
 _PSI_ROOT_LO = 9.549995429965697e-17
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def digamma(x):  # pragma: no cover - compiled
     """The digamma function psi(x) for ``x > 0`` (nan for ``x <= 0`` or nan, inf at inf).
 
@@ -228,7 +314,7 @@ def digamma(x):  # pragma: no cover - compiled
     return ((x - _PSI_ROOT_HI) - _PSI_ROOT_LO) * p + w
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def trigamma(x):  # pragma: no cover - compiled
     """The trigamma function psi'(x) for ``x > 0`` (nan for ``x <= 0`` or nan, 0 at inf).
 
@@ -256,16 +342,14 @@ def trigamma(x):  # pragma: no cover - compiled
     return w + (1.0 / x + (0.5 * z + (z / x) * p))
 
 
-@numba.njit(inline="always", cache=True)
+@numba.njit(inline="always", cache=True, error_model="numpy")
 def _xlogy(x, y):  # pragma: no cover - compiled
     """``scipy.special.xlogy``: 0 where ``x == 0`` (and ``y`` is not nan), else ``x log y``."""
-    if x == 0.0 and y == y:
-        return 0.0
-    return x * math.log(y)
+    return 0.0 if x == 0.0 and y == y else x * log(y)
 
 
 # --------------------------------------------------------------------------- Gaussian
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _gaussian_stats(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
     f, g, h = out[0], out[1], out[2]
     for i in range(y.shape[0]):
@@ -275,7 +359,7 @@ def _gaussian_stats(y, eta, trials, event, theta, out):  # pragma: no cover - co
         h[i] = -1.0
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _gaussian_deviance(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
     for i in range(y.shape[0]):
         r = y[i] - eta[i]
@@ -283,7 +367,7 @@ def _gaussian_deviance(y, eta, trials, event, theta, out):  # pragma: no cover -
 
 
 # --------------------------------------------------------------------------- Poisson
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _poisson_stats(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
     f, g, h = out[0], out[1], out[2]
     for i in range(y.shape[0]):
@@ -293,7 +377,7 @@ def _poisson_stats(y, eta, trials, event, theta, out):  # pragma: no cover - com
         h[i] = -mu
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _poisson_deviance(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
     for i in range(y.shape[0]):
         mu = exp(eta[i])
@@ -301,7 +385,7 @@ def _poisson_deviance(y, eta, trials, event, theta, out):  # pragma: no cover - 
 
 
 # --------------------------------------------------------------------------- exponential
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _exponential_stats(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
     f, g, h = out[0], out[1], out[2]
     for i in range(y.shape[0]):
@@ -312,34 +396,30 @@ def _exponential_stats(y, eta, trials, event, theta, out):  # pragma: no cover -
         h[i] = -mut
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _exponential_deviance(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
     for i in range(y.shape[0]):
         d = event[i]
         mut = exp(eta[i]) * y[i]
-        out[i] = 2.0 * (_xlogy(d, d) - d * math.log(mut) - (d - mut))
+        out[i] = 2.0 * (_xlogy(d, d) - d * log(mut) - (d - mut))
 
 
 # --------------------------------------------------------------------------- binomial (logit)
-@numba.njit(inline="always", cache=True)
+@numba.njit(inline="always", cache=True, error_model="numpy")
 def _expit(x):  # pragma: no cover - compiled
     # scipy.special.expit's formula
     return 1.0 / (1.0 + exp(-x))
 
 
-@numba.njit(inline="always", cache=True)
+@numba.njit(inline="always", cache=True, error_model="numpy")
 def _log1pexp(x):  # pragma: no cover - compiled
-    # np.logaddexp(0.0, x), numpy's formula
-    if x > 0.0:
-        return x + math.log1p(exp(-x))
-    if x < 0.0:
-        return math.log1p(exp(x))
-    if x == 0.0:
-        return 0.6931471805599453
-    return x  # nan
+    # np.logaddexp(0.0, x), numpy's formula: x + log1p(exp(-x)) for x > 0, else log1p(exp(x))
+    # (log1p(exp(0)) = log(2) exactly, as numpy's special case; nan stays nan)
+    v = log1p(exp(-abs(x)))
+    return x + v if x > 0.0 else v
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _binomial_stats(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
     f, g, h = out[0], out[1], out[2]
     n = y.shape[0]
@@ -353,7 +433,7 @@ def _binomial_stats(y, eta, trials, event, theta, out):  # pragma: no cover - co
         f[i] = y[i] * eta[i] - trials[i] * _log1pexp(eta[i])
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _binomial_deviance(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
     for i in range(y.shape[0]):
         m = trials[i]
@@ -362,56 +442,59 @@ def _binomial_deviance(y, eta, trials, event, theta, out):  # pragma: no cover -
 
 
 # --------------------------------------------------------------------------- negative binomial (NB2)
-@numba.njit(cache=True)
-def _count_max(y):  # pragma: no cover - compiled
-    """The largest of ``y`` if all are whole numbers >= 0 below ``len(y)``, else -1."""
-    top = 0.0
+@numba.njit(cache=True, error_model="numpy")
+def _table_top(y):  # pragma: no cover - compiled
+    """The largest whole number among the cells of ``y`` in ``0 .. len(y) - 1`` (-1 if none)."""
+    top = -1.0
     limit = float(y.shape[0])
     for v in y:
-        if not (v >= 0.0 and v < limit and v == math.floor(v)):
-            return -1
-        if v > top:
+        if v >= 0.0 and v < limit and v == math.floor(v) and v > top:
             top = v
     return int(top)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _nb2_special(y, r, derivs, lg, dg, tg):  # pragma: no cover - compiled
     """``fn(y + r) - fn(r)`` per cell for lgamma (and, if ``derivs``, digamma and trigamma),
-    into ``lg`` (``dg``, ``tg``): from a table over ``0 .. max(y)`` when that is shorter than
-    the slab and ``y`` holds whole counts, else cell by cell."""
+    into ``lg`` (``dg``, ``tg``).
+
+    The whole counts ``0 .. top`` (``top`` below the slab length, so the table never costs more
+    than the cells) are looked up in a table made here; other cells (larger or non-integer
+    ``y``) are evaluated one by one. The numbers are the same either way.
+    """
     n = y.shape[0]
     lg0 = math.lgamma(r)
     dg0 = digamma(r) if derivs else 0.0
     tg0 = trigamma(r) if derivs else 0.0
-    top = _count_max(y)
-    if top >= 0:
-        tl = np.empty(top + 1)
-        td = np.empty(top + 1 if derivs else 0)
-        tt = np.empty(top + 1 if derivs else 0)
-        for k in range(top + 1):
-            x = k + r
-            tl[k] = math.lgamma(x) - lg0
-            if derivs:
-                td[k] = digamma(x) - dg0
-                tt[k] = trigamma(x) - tg0
-        for i in range(n):
-            lg[i] = tl[int(y[i])]
+    top = _table_top(y)
+    size = top + 1
+    tl = np.empty(size)
+    td = np.empty(size if derivs else 0)
+    tt = np.empty(size if derivs else 0)
+    for k in range(size):
+        x = k + r
+        tl[k] = math.lgamma(x) - lg0
         if derivs:
-            for i in range(n):
-                k = int(y[i])
+            td[k] = digamma(x) - dg0
+            tt[k] = trigamma(x) - tg0
+    ftop = float(top)
+    for i in range(n):
+        v = y[i]
+        if v >= 0.0 and v <= ftop and v == math.floor(v):
+            k = int(v)
+            lg[i] = tl[k]
+            if derivs:
                 dg[i] = td[k]
                 tg[i] = tt[k]
-    else:
-        for i in range(n):
-            x = y[i] + r
+        else:
+            x = v + r
             lg[i] = math.lgamma(x) - lg0
             if derivs:
                 dg[i] = digamma(x) - dg0
                 tg[i] = trigamma(x) - tg0
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _nb2_fill(y, eta, theta, out, derivs):  # pragma: no cover - compiled
     n = y.shape[0]
     r = math.exp(-theta[0])
@@ -425,7 +508,7 @@ def _nb2_fill(y, eta, theta, out, derivs):  # pragma: no cover - compiled
     for i in range(n):
         mu = exp(eta[i])
         rmu = r + mu
-        log_rmu = math.log(rmu)
+        log_rmu = log(rmu)
         yi = y[i]
         f[i] = lg[i] + r * (log_r - log_rmu) + yi * (eta[i] - log_rmu)
         g[i] = r * (yi - mu) / rmu
@@ -438,23 +521,23 @@ def _nb2_fill(y, eta, theta, out, derivs):  # pragma: no cover - compiled
             out[4, i] = -r * mu * (yi - mu) / (rmu * rmu)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _nb2_fixed_stats(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
     _nb2_fill(y, eta, theta, out, False)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _nb2_stats(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
     _nb2_fill(y, eta, theta, out, True)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _nb2_deviance(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
     r = math.exp(-theta[0])
     for i in range(y.shape[0]):
         mu = exp(eta[i])
         yi = y[i]
-        out[i] = 2.0 * (_xlogy(yi, yi) - yi * eta[i] - (yi + r) * (math.log(yi + r) - math.log(mu + r)))
+        out[i] = 2.0 * (_xlogy(yi, yi) - yi * eta[i] - (yi + r) * (log(yi + r) - log(mu + r)))
 
 
 GAUSSIAN = CellKernel(_gaussian_stats, _gaussian_deviance, 3)

@@ -190,20 +190,21 @@ def test_nb2_theta_is_log_alpha_fixed_or_estimated():
 
 
 def test_nb2_table_and_cellwise_paths_agree_bitwise(compiled):
-    """Whole counts below the slab length go through a table; others cell by cell: same numbers."""
+    """Whole counts below the slab length come from a table, others are evaluated cell by cell
+    (here: each cell alone, a slab of one): the same numbers, to the bit."""
     rng = np.random.default_rng(5)
-    eta = rng.uniform(-5, 5, 512)
-    y = rng.integers(0, 400, 512).astype(np.float64)
+    n = 300
+    eta = rng.uniform(-5, 5, n)
+    y = rng.integers(0, 400, n).astype(np.float64)  # some below n (table), some above
+    y[:3] = [0.0, 2.5, 1e5]
     kernel = NegativeBinomial().cell_kernel()
     theta = np.array([np.log(0.3)])
-    table = np.empty((6, 512))
-    kernel.stats(y, eta, np.ones(512), np.zeros(512), theta, table)  # max(y) < 512: table
-    for part in (slice(0, 64), slice(100, 101)):  # max(y) >= length: cell by cell
-        n = part.stop - part.start
-        cells = np.empty((6, n))
-        kernel.stats(y[part], eta[part], np.ones(n), np.zeros(n), theta, cells)
-        assert y[part].max() >= n
-        np.testing.assert_array_equal(cells, table[:, part])
+    slab = np.empty((6, n))
+    kernel.stats(y, eta, np.ones(n), np.zeros(n), theta, slab)
+    alone = np.empty((6, n))
+    for i in range(n):
+        kernel.stats(y[i : i + 1], eta[i : i + 1], np.ones(1), np.zeros(1), theta, alone[:, i : i + 1])
+    np.testing.assert_array_equal(alone, slab)
 
 
 def _apply(f, x):
@@ -260,3 +261,29 @@ def test_exp_against_numpy_in_ulps():
     finite = np.isfinite(want) & (want > 0)
     assert _ulps(got[finite], want[finite]).max() <= 1
     np.testing.assert_array_equal(got[~finite], want[~finite])  # inf, 0 and nan exactly
+
+
+def test_log_and_log1p_against_numpy_in_ulps():
+    rng = np.random.default_rng(4)
+    x = np.concatenate(
+        [
+            np.exp(rng.uniform(-744, 709, 200_000)),
+            rng.uniform(0.5, 2.0, 100_000),
+            1.0 + rng.uniform(-1e-6, 1e-6, 10_000),
+            [5e-324, 1e-310, 2.2250738585072014e-308, 1.0, 2.0, np.nextafter(1, 2), 1.7976931348623157e308],
+        ]
+    )
+    got = np.empty_like(x)
+    fn.log_array(x, got)
+    assert _ulps(got, np.log(x)).max() <= 1
+    special_x = np.array([0.0, -0.0, -1.0, np.inf, -np.inf, np.nan])
+    got = np.empty_like(special_x)
+    fn.log_array(special_x, got)
+    with np.errstate(all="ignore"):
+        np.testing.assert_array_equal(got, np.log(special_x))
+    u = np.concatenate(
+        [np.exp(rng.uniform(-744, 0, 100_000)), rng.uniform(-0.9, 3.0, 100_000), [0.0, 5e-324]]
+    )
+    got = np.empty_like(u)
+    fn.log1p_array(u, got)
+    assert _ulps(got, np.log1p(u)).max() <= 1
