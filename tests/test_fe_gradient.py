@@ -247,3 +247,25 @@ def test_trade_gravity_lbfgs_against_pyfixest():
         assert res.nobs == ref._N
         print(f"trade {rhs}: lbfgs {res.n_iter} it., {dict(_kinds(res))}")
     assert res.params["log_dist"] == pytest.approx(-1.52787, abs=5e-6)
+
+
+@pytest.mark.slow
+def test_lbfgs_fe_on_a_distributed_cluster(tmp_path):
+    """Two worker processes (the data and W persisted on them; the preconditioner's products
+    are dask passes over W, the gradient-only evaluations keep nothing) give the threaded
+    Newton fit."""
+    from distributed import Client, LocalCluster
+
+    ds, _, effects = make_fe_panel(3, "poisson", seed=9, missing=0.1)
+    store = str(tmp_path / "p.zarr")
+    ds[["y", "x1", "x2"]].chunk({"i": 7, "j": 6}).to_zarr(store, mode="w")
+    kw = dict(fe=effects, cov_type="cluster", cluster="i + j", progress=False)
+    ref = dg.fit(store, "y", ["x1", "x2"], "poisson", **kw)
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
+        res = dg.fit(store, "y", ["x1", "x2"], "poisson", client=client, solver="lbfgs", **kw)
+    assert res.persisted and res.converged
+    np.testing.assert_allclose(res.params.to_numpy(), ref.params.to_numpy(), rtol=1e-8)
+    np.testing.assert_allclose(res.bse.to_numpy(), ref.bse.to_numpy(), rtol=1e-7)
