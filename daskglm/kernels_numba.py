@@ -190,12 +190,41 @@ def _scatter_prod(v, x, xbase, xs, acc, base, s, L):  # pragma: no cover - compi
 
 
 @_jit
-def _pack(src, dst, c0, n):  # pragma: no cover - compiled
-    """dst[i] = src[c0 + i] as float64 for i < n, 0 where it is not finite."""
-    s = src[c0 : c0 + n]
+def _pack_linear(src, dst, eta, b, first):  # pragma: no cover - compiled
+    """dst = src as float64, 0 where it is not finite; eta (=, if ``first``) += b dst."""
+    n = src.shape[0]
+    if first:
+        for i in range(n):
+            v = np.float64(src[i])
+            v = v if abs(v) < np.inf else 0.0
+            dst[i] = v
+            eta[i] = b * v
+    else:
+        for i in range(n):
+            v = np.float64(src[i])
+            v = v if abs(v) < np.inf else 0.0
+            dst[i] = v
+            eta[i] += b * v
+
+
+@_jit
+def _mask(y, wb, weighted, drop, c0, safe_y, ub, yb):  # pragma: no cover - compiled
+    """ub = the used cells (finite y, non-zero weight, not dropped), yb = y there (safe_y
+    elsewhere); returns the number of unused cells."""
+    n = y.shape[0]
+    bad = 0
+    has_drop = drop.shape[0] > 0
     for i in range(n):
-        v = np.float64(s[i])
-        dst[i] = v if abs(v) < np.inf else 0.0
+        v = y[i]
+        ok = abs(v) < np.inf
+        if weighted:
+            ok = ok & (wb[i] != 0.0)
+        if has_drop:
+            ok = ok & (drop[c0 + i] == 0)
+        ub[i] = ok
+        yb[i] = v if ok else safe_y
+        bad += 0 if ok else 1
+    return bad
 
 
 @_jit
@@ -267,23 +296,17 @@ def _sweep(
         ns = (r1 - r0) * L
         c0 = r0 * L
         # the mask, y and the weights (as kernels.ChunkData)
-        if wgrid >= 0:
+        weighted = wgrid >= 0
+        if weighted:
             _gather(wb, WV, B[wgrid, r0:r1], S[wgrid], L)
-        else:
+        bad = _mask(y[c0 : c0 + ns], wb, weighted, drop, c0, safe_y, ub, yb)
+        unit = not weighted and bad == 0
+        if bad:
             for i in range(ns):
-                wb[i] = 1.0
-        bad = 0
-        yc = y[c0 : c0 + ns]
-        for i in range(ns):
-            v = yc[i]
-            ok = abs(v) < np.inf and wb[i] != 0.0
-            if drop.shape[0]:
-                ok = ok and drop[c0 + i] == 0
-            ub[i] = ok
-            yb[i] = v if ok else safe_y
-            wb[i] = wb[i] if ok else 0.0
-            bad += not ok
-        unit = wgrid < 0 and bad == 0
+                if weighted:
+                    wb[i] = wb[i] if ub[i] else 0.0
+                else:
+                    wb[i] = 1.0 if ub[i] else 0.0
         if tgrid >= 0:
             _gather(tb, TV, B[tgrid, r0:r1], S[tgrid], L)
             if bad:
@@ -294,16 +317,12 @@ def _sweep(
             if bad:
                 for i in range(ns):
                     eb[i] = eb[i] if ub[i] else 0.0
-        # the full-grid columns and eta
-        for f in range(F):
-            _pack(src[f], XF[f], c0, ns)
-        for i in range(ns):
-            eta[i] = 0.0
-        for f in range(F):
-            b = beta_full[f]
-            x = XF[f]
+        # the full-grid columns (packed as float64, 0 where not finite) and eta
+        if F == 0:
             for i in range(ns):
-                eta[i] += b * x[i]
+                eta[i] = 0.0
+        for f in range(F):
+            _pack_linear(src[f][c0 : c0 + ns], XF[f], eta, beta_full[f], f == 0)
         for g in range(ggrid.shape[0]):
             k = ggrid[g]
             _add_grid(eta, GV[goff[g] : goff[g + 1]], B[k, r0:r1], S[k], L)
@@ -327,7 +346,7 @@ def _sweep(
         if extra:
             sums[1] += _sum(st[3], ns)
             sums[2] += _sum(st[5], ns)
-            sums[3] += _dot(dev, wb, ns)
+            sums[3] += _sum(dev, ns) if unit else _dot(dev, wb, ns)
         # the reductions
         for f in range(F):
             gfull[f] += _dot(XF[f], st[1], ns)

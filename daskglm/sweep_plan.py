@@ -162,6 +162,17 @@ def grid_shape(axes: frozenset, shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(n if d in axes else 1 for d, n in enumerate(shape))
 
 
+def _positions(plan: SweepPlan, con: BlockContractor) -> tuple[dict, np.ndarray]:
+    """Each small block's slice in *plan order* (the packed full-grid columns first, then the
+    small blocks' columns) and the parameter index of every position in that order."""
+    pos, start, order = {}, plan.n_full, [plan.colpos]
+    for k in plan.small:
+        pos[k] = slice(start, start + con.sizes[k])
+        order.append(np.arange(con.offsets[k], con.offsets[k + 1]))
+        start += con.sizes[k]
+    return pos, np.concatenate(order).astype(np.intp)
+
+
 def vector_result(plan: SweepPlan, con: BlockContractor, full_part: np.ndarray, acc: dict) -> np.ndarray:
     """``X' v`` of a chunk from the sweep's sums: ``full_part`` (the packed columns times
     ``v``) and ``acc`` (``v`` accumulated onto each of ``plan.vec_grids``)."""
@@ -189,23 +200,21 @@ def matrix_result(
     ``plan.c_grids``; ``acc_t``: for each gathered block ``s`` of ``plan.comp``, its columns
     times ``c`` on each of its grids (``(p_s,) +`` grid).
     """
-    out = np.zeros((con.n, con.n))
+    pos, order = _positions(plan, con)
+    M = np.zeros((con.n, con.n))  # in plan order
 
-    def put(a_rows, b_rows, block):
-        out[np.ix_(a_rows, b_rows)] += block
-        out[np.ix_(b_rows, a_rows)] += block.T
-
-    def cols(k):
-        return np.arange(con.offsets[k], con.offsets[k + 1])
+    def put(a, b, block):
+        M[a, b] += block
+        M[b, a] += block.T
 
     F = plan.n_full
+    full = slice(0, F)
     if F:
-        full = np.tril(ff) + np.tril(ff, -1).T
-        out[np.ix_(plan.colpos, plan.colpos)] = full
+        M[full, full] = np.tril(ff) + np.tril(ff, -1).T
         cache = dict(acc_fx)
         for b in sorted(plan.small, key=lambda k: -len(plan.axes[k])):
             R = partial_sum(cache, plan.axes[b], lead=1)
-            put(plan.colpos, cols(b), _inner(R.reshape(F, -1), con.flat[b]))
+            put(full, pos[b], _inner(R.reshape(F, -1), con.flat[b]))
     cache_c = dict(acc_c)
     products: dict = {}
     for a0, b0 in sorted(plan.small_pairs, key=lambda p: -len(plan.axes[p[0]] | plan.axes[p[1]])):
@@ -221,11 +230,13 @@ def matrix_result(
             R = partial_sum(products[key], plan.axes[b], lead=1)
             block = _inner(R.reshape(R.shape[0], -1), con.flat[b])
         if a == b:
-            out[np.ix_(cols(a), cols(a))] += block
+            M[pos[a], pos[a]] += block
         else:
-            put(cols(a), cols(b), block)
+            put(pos[a], pos[b], block)
     caches_t = {s: dict(acc_t[s]) for s in acc_t}
     for s, t in plan.comp_pairs:
         R = partial_sum(caches_t[s], plan.axes[t], lead=1)
-        put(cols(s), cols(t), _inner(R.reshape(R.shape[0], -1), con.flat[t]))
+        put(pos[s], pos[t], _inner(R.reshape(R.shape[0], -1), con.flat[t]))
+    out = np.empty_like(M)
+    out[np.ix_(order, order)] = M
     return out
