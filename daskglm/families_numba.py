@@ -50,7 +50,9 @@ from numba.core.extending import intrinsic
 
 __all__ = [
     "CellKernel",
+    "cell_deviance",
     "cell_kernel",
+    "cell_stats",
     "digamma",
     "exp",
     "exp_array",
@@ -82,12 +84,18 @@ class CellKernel(NamedTuple):
     fixed_theta : tuple of float
         Kernel parameters the objective does not estimate (NB2 with a fixed alpha:
         ``(log alpha,)``); :meth:`theta` appends them to the estimated ones.
+    code : int
+        The kernel's number for :func:`cell_stats` / :func:`cell_deviance`. A compiled function
+        that takes ``stats`` as an argument (or closes over it) is not cached by numba: it
+        compiles again in every process. One that calls ``cell_stats(kernel.code, ...)`` is
+        cached (``code`` is a runtime integer: one compiled sweep serves every family).
     """
 
     stats: Callable
     deviance: Callable
     n_rows: int
     fixed_theta: tuple[float, ...] = ()
+    code: int = -1
 
     def theta(self, extra: np.ndarray) -> np.ndarray:
         """The ``theta`` array to pass to :attr:`stats` / :attr:`deviance`, from the extra
@@ -540,11 +548,47 @@ def _nb2_deviance(y, eta, trials, event, theta, out):  # pragma: no cover - comp
         out[i] = 2.0 * (_xlogy(yi, yi) - yi * eta[i] - (yi + r) * (log(yi + r) - log(mu + r)))
 
 
-GAUSSIAN = CellKernel(_gaussian_stats, _gaussian_deviance, 3)
-POISSON = CellKernel(_poisson_stats, _poisson_deviance, 3)
-EXPONENTIAL = CellKernel(_exponential_stats, _exponential_deviance, 3)
-BINOMIAL = CellKernel(_binomial_stats, _binomial_deviance, 3)
+@numba.njit(cache=True, error_model="numpy")
+def cell_stats(code, y, eta, trials, event, theta, out):  # pragma: no cover - compiled
+    """``stats`` of the kernel numbered ``code`` (:attr:`CellKernel.code`)."""
+    if code == 0:
+        _gaussian_stats(y, eta, trials, event, theta, out)
+    elif code == 1:
+        _poisson_stats(y, eta, trials, event, theta, out)
+    elif code == 2:
+        _exponential_stats(y, eta, trials, event, theta, out)
+    elif code == 3:
+        _binomial_stats(y, eta, trials, event, theta, out)
+    elif code == 4:
+        _nb2_stats(y, eta, trials, event, theta, out)
+    elif code == 5:
+        _nb2_fixed_stats(y, eta, trials, event, theta, out)
+    else:
+        raise ValueError("cell_stats: unknown kernel code")
+
+
+@numba.njit(cache=True, error_model="numpy")
+def cell_deviance(code, y, eta, trials, event, theta, out):  # pragma: no cover - compiled
+    """``deviance`` of the kernel numbered ``code`` (:attr:`CellKernel.code`)."""
+    if code == 0:
+        _gaussian_deviance(y, eta, trials, event, theta, out)
+    elif code == 1:
+        _poisson_deviance(y, eta, trials, event, theta, out)
+    elif code == 2:
+        _exponential_deviance(y, eta, trials, event, theta, out)
+    elif code == 3:
+        _binomial_deviance(y, eta, trials, event, theta, out)
+    elif code == 4 or code == 5:
+        _nb2_deviance(y, eta, trials, event, theta, out)
+    else:
+        raise ValueError("cell_deviance: unknown kernel code")
+
+
+GAUSSIAN = CellKernel(_gaussian_stats, _gaussian_deviance, 3, code=0)
+POISSON = CellKernel(_poisson_stats, _poisson_deviance, 3, code=1)
+EXPONENTIAL = CellKernel(_exponential_stats, _exponential_deviance, 3, code=2)
+BINOMIAL = CellKernel(_binomial_stats, _binomial_deviance, 3, code=3)
 #: NB2 with alpha estimated (``theta = [log alpha]`` from the objective's parameters)
-NEGATIVE_BINOMIAL = CellKernel(_nb2_stats, _nb2_deviance, 6)
+NEGATIVE_BINOMIAL = CellKernel(_nb2_stats, _nb2_deviance, 6, code=4)
 #: NB2 with a fixed alpha: use ``NEGATIVE_BINOMIAL_FIXED._replace(fixed_theta=(log(alpha),))``
-NEGATIVE_BINOMIAL_FIXED = CellKernel(_nb2_fixed_stats, _nb2_deviance, 3)
+NEGATIVE_BINOMIAL_FIXED = CellKernel(_nb2_fixed_stats, _nb2_deviance, 3, code=5)

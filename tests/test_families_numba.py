@@ -175,6 +175,12 @@ def test_kernel_matches_numpy(compiled, name, variant):
     dev = np.full(N, np.nan)
     kernel.deviance(y, eta, m, d, theta, dev)
     _assert_close(dev, dev_ref, dev_scale, f"{name} {variant} deviance")
+    # the same kernel through the numbered dispatch that cached sweeps call
+    by_code, dev_by_code = np.full_like(out, np.nan), np.full(N, np.nan)
+    fn.cell_stats(kernel.code, y, eta, m, d, theta, by_code)
+    fn.cell_deviance(kernel.code, y, eta, m, d, theta, dev_by_code)
+    np.testing.assert_array_equal(by_code, out)
+    np.testing.assert_array_equal(dev_by_code, dev)
 
 
 def test_every_family_has_a_case_and_a_kernel(compiled):
