@@ -15,6 +15,7 @@ from . import graph
 from .checkpoint import Checkpoint, model_fingerprint
 from .clustering import parse_clusters
 from .engine import make_objective, run_setup
+from .engines import resolve_engine
 from .families import Family
 from .fe_results import FixedEffectsResults
 from .fixed_effects import parse_effects
@@ -81,6 +82,7 @@ def fit(
     fe=None,
     ssc: bool = True,
     drop_singletons: bool = True,
+    engine: str | None = None,
     **solver_options,
 ) -> GLMResults:
     """Fit a generalized linear model to a panel without forming its design matrix.
@@ -179,6 +181,12 @@ def fit(
     drop_singletons : bool
         With ``fe=``: drop levels with a single used cell (pyfixest's default
         ``fixef_rm="singleton"``; it changes standard errors, not estimates).
+    engine : {"numba", "numpy"}, optional
+        The per-chunk kernel of the evaluation passes: ``"numba"`` (a compiled sweep per slab,
+        the default when numba imports) or ``"numpy"`` (the reference kernel, the same numbers
+        to about 1e-15); ``None`` reads the environment variable ``DASKGLM_ENGINE``, else the
+        default. ``res.engine`` records it. With ``fe=`` the effects' passes follow
+        ``DASKGLM_ENGINE``.
     **solver_options
         Fields of the solver's config class: ``max_halvings``, ``qr``, ``qr_cond`` for Newton
         (``qr="auto"`` takes QR steps for ill-conditioned designs); ``step_size``,
@@ -208,6 +216,7 @@ def fit(
     fam = resolve_family(family)
     spec = resolve_solver(solver)
     cov = normalize_cov_type(cov_type)
+    engine = resolve_engine(engine)
     if cov == "cluster" and cluster is None:
         raise ValueError("cov_type='cluster' needs cluster=, the panel dim(s) defining the clusters")
     if cluster is not None and cov != "cluster":
@@ -263,7 +272,7 @@ def fit(
         work_panel = replace(work_panel, layout=setup.layout)
         if setup.n_dropped:
             log.info("missing='drop': left out %d cells (%s)", setup.n_dropped, setup.dropped_by)
-        objective = make_objective(work_panel, setup, counter, effects, drop_singletons, fe_mode)
+        objective = make_objective(work_panel, setup, counter, effects, drop_singletons, fe_mode, engine)
         ckpt = _checkpoint(checkpoint, y, x, fam, spec.name, setup, effects)
         resumed_from = None
         x0 = objective.start() if start_params is None else np.asarray(start_params, float)
@@ -320,6 +329,7 @@ def fit(
     res.compute_target = target.description
     res.persisted, res.persist_reason = persisted, persist_reason
     res.resumed_from = resumed_from
+    res.engine = engine
     if res.n_separated:
         what = (
             "fitted probabilities of 0 or 1"

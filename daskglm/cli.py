@@ -319,6 +319,7 @@ def _run_fit(args: argparse.Namespace, x: list, family, solver_options: dict):
         client=args.scheduler,
         progress=not args.no_progress and None,
         checkpoint=args.checkpoint,
+        engine=args.engine,
         **solver_options,
     )
 
@@ -469,6 +470,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DURATION",
         help="give up when the cluster has had no workers this long, e.g. 30s, 10m (default: dask "
         "config daskglm.no-workers-timeout, 60s); exit code 3",
+    )
+    fit.add_argument(
+        "--engine",
+        default=None,
+        choices=["numba", "numpy"],
+        help="per-chunk kernel: compiled (numba, the default when it imports) or the numpy reference; "
+        "default: the DASKGLM_ENGINE environment variable, else numba",
     )
     fit.add_argument("--no-progress", action="store_true")
     fit.add_argument("--out", default=None, help="write params, SEs, covariance, diagnostics as JSON")

@@ -7,15 +7,17 @@ over a ``(k,) + chunk`` temporary; here it is one loop over the cells that gathe
 cell-to-level indices depend only on the chunk's shape and the effects, so they are made once
 per process and shape (:func:`level_index`).
 
-``ENGINE`` is ``"numba"`` when numba imports and ``DASKGLM_ENGINE`` is not ``"numpy"``.
+``ENGINE`` is the process's default engine (:func:`daskglm.engines.default_engine`:
+``DASKGLM_ENGINE``, else ``"numba"`` when numba imports).
 """
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 
 import numpy as np
+
+from .engines import default_engine
 
 __all__ = ["ENGINE", "level_index", "matvec"]
 
@@ -24,8 +26,10 @@ try:  # numba is an optional accelerator: the numpy kernel is the reference and 
 except ImportError:  # pragma: no cover - exercised where numba is absent
     numba = None
 
-#: which kernel the products with the effects' block use
-ENGINE = "numba" if numba is not None and os.environ.get("DASKGLM_ENGINE", "numba") != "numpy" else "numpy"
+try:  #: which kernel the products with the effects' block use
+    ENGINE = default_engine()
+except ValueError:  # an unknown DASKGLM_ENGINE: dg.fit reports it (engines.resolve_engine)
+    ENGINE = "numba" if numba is not None else "numpy"
 
 
 @lru_cache(maxsize=64)

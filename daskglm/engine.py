@@ -56,8 +56,10 @@ def start_params(setup: SetupInfo) -> np.ndarray:
 class PanelObjective:
     """Log-likelihood of the model over a panel; each call is one pass over the data."""
 
-    def __init__(self, panel: Panel, setup: SetupInfo, counter: graph.PassCounter):
+    def __init__(self, panel: Panel, setup: SetupInfo, counter: graph.PassCounter, engine: str | None = None):
         self.panel = panel
+        #: the per-chunk kernel of the evaluation passes (:func:`daskglm.engines.resolve_engine`)
+        self.engine = engine
         self.layout = setup.layout
         self.setup = setup
         self.counter = counter
@@ -83,7 +85,7 @@ class PanelObjective:
         return Evaluation(np.array(params), ll, st["grad"], st.get("hess"), dev)
 
     def __call__(self, params: np.ndarray, *, hessian: bool = True) -> Evaluation:
-        g = graph.eval_graph(self.layout, self.panel.arrays, params, hessian=hessian)
+        g = graph.eval_graph(self.layout, self.panel.arrays, params, hessian=hessian, engine=self.engine)
         (vec,) = graph.run(self.counter, "eval", g, optimize=self.optimize)
         return self._evaluation(params, finalize_eval(self.layout, vec, hessian=hessian))
 
@@ -118,7 +120,7 @@ class PanelObjective:
         ``W < 0``. From the first call on, :meth:`final` also returns ``R`` (``r_factor``) for
         the inverse information."""
         self.orthogonal = True
-        g = graph.eval_graph(self.layout, self.panel.arrays, params, hessian=True)
+        g = graph.eval_graph(self.layout, self.panel.arrays, params, hessian=True, engine=self.engine)
         q = qr_graph(self.layout, self.panel.arrays, params, "newton")
         vec, qvec = graph.run(self.counter, "eval", g, q, optimize=self.optimize)
         factor = self._unpack_qr(qvec)
@@ -190,7 +192,11 @@ class PanelObjective:
         of clusters of the ways). ``inference=False`` skips the P x P matrices
         (``cov_type=None``); ``scores`` is accepted for the protocol (the meat comes free).
         """
-        graphs = [graph.eval_graph(self.layout, self.panel.arrays, params, hessian=inference, final=True)]
+        graphs = [
+            graph.eval_graph(
+                self.layout, self.panel.arrays, params, hessian=inference, final=True, engine=self.engine
+            )
+        ]
         parts = intersections(ways) if ways else []
         for axes, _ in parts:
             graphs += list(graph.cluster_graph(self.layout, self.panel.arrays, params, axes))
@@ -224,13 +230,16 @@ def make_objective(
     effects=None,
     singletons=True,
     fe_mode: str = "concentrated",
+    engine: str | None = None,
 ):
     """The objective of the model: :class:`PanelObjective`, or with ``effects`` the objective
     of :data:`FE_OBJECTIVES` for the solver's ``fe_mode`` (its registry entry's
     ``fixed_effects``: Newton's concentrated step, or every level a parameter for the gradient
-    solvers), after dropping degenerate levels, which costs a few passes."""
+    solvers), after dropping degenerate levels, which costs a few passes. ``engine`` picks the
+    evaluation kernel of the passes without effects (``"numba"`` or ``"numpy"``; the effects'
+    passes follow ``DASKGLM_ENGINE``)."""
     if not effects:
-        return PanelObjective(panel, setup, counter)
+        return PanelObjective(panel, setup, counter, engine)
     if fe_mode not in FE_OBJECTIVES:
         raise ValueError(f"fe_mode={fe_mode!r}: use one of {', '.join(map(repr, FE_OBJECTIVES))}")
     passes = FixedEffectPasses(setup.layout, panel.arrays, panel.chunks, effects, counter)

@@ -18,6 +18,10 @@ The interface (every function ``numba.njit(cache=True)``, so callable from other
 ``deviance(y, eta, trials, event, theta, out1d)``
     fills ``out1d`` (length ``n``) with ``Family.unit_deviance``.
 
+``cell_stats(code, ...)`` and ``cell_deviance(code, ...)`` call the kernel numbered
+``kernel.code``: call these from other cached compiled code (numba does not cache a function
+that takes ``stats`` as an argument, so it would compile again in every process and worker).
+
 ``theta`` is the kernel's parameter vector: empty except for NB2, where it is ``[log alpha]``
 **whether alpha is estimated or fixed** (one compiled function serves every alpha, no recompiling).
 :meth:`CellKernel.theta` builds it from the extra parameters the objective estimates

@@ -293,3 +293,35 @@ def test_log_and_log1p_against_numpy_in_ulps():
     got = np.empty_like(u)
     fn.log1p_array(u, got)
     assert _ulps(got, np.log1p(u)).max() <= 1
+
+
+@pytest.mark.parametrize(
+    "name, variant",
+    [(n, v[0]) for n, v in VARIANTS.items()] + [("binomial", "trials"), ("negative_binomial", "fixed-1")],
+)
+def test_kernel_matches_numpy_at_extreme_eta(compiled, name, variant):
+    """eta far beyond any fit (|eta| up to 1e300, inf, nan): the same infinities and nans as numpy."""
+    family, y, eta, m, d, extra = _case(name, variant)
+    eta = eta.copy()
+    k = 64
+    eta[:k] = np.resize(
+        [-1e300, -1000.0, -745.5, -709.0, 709.0, 710.0, 1000.0, 1e300, -np.inf, np.inf, np.nan], k
+    )
+    kernel = family.cell_kernel()
+    theta = kernel.theta(extra)
+    out = np.empty((kernel.n_rows, N))
+    kernel.stats(y, eta, m, d, theta, out)
+    dev = np.empty(N)
+    kernel.deviance(y, eta, m, d, theta, dev)
+    aux = {"trials": m, "event": d}
+    with np.errstate(all="ignore"):
+        ref = family.derivatives(y, eta, aux, extra)
+        rows = [ref.f, ref.g, ref.h] + ([ref.f_t, ref.f_et, ref.f_tt] if family.n_extra else [])
+        rows.append(family.unit_deviance(y, eta, aux, extra))
+        r = 1.0 / family.alpha if getattr(family, "alpha", None) else np.exp(-extra[0]) if extra.size else 0.0
+        scales, dev_scale = _scales(family, y, eta, m, d, r)
+    for got, want, scale in zip([*out, dev], rows, [*scales[: len(rows) - 1], dev_scale], strict=True):
+        finite = np.isfinite(want[:k])
+        np.testing.assert_array_equal(np.isfinite(got[:k]), finite)
+        np.testing.assert_array_equal(got[:k][~finite], want[:k][~finite])  # same inf / nan
+        _assert_close(got[:k][finite], want[:k][finite], scale[:k][finite], f"{name} {variant}")
