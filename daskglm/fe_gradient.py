@@ -40,8 +40,9 @@ from .solvers.preconditioning import MatrixPreconditioner
 __all__ = ["EffectsPreconditioner", "FixedEffectsGradientObjective", "REBUILD_RTOL"]
 
 #: relative residual of the inner solve when the preconditioner is rebuilt (warm-started from
-#: the previous projections; a preconditioner need not be exact)
-REBUILD_RTOL = 1e-8
+#: the previous projections; a preconditioner need not be exact: on a thin 3-effect panel,
+#: 1e-6 took 35% fewer products than 1e-8 for the same evaluations and estimates)
+REBUILD_RTOL = 1e-6
 
 
 class EffectsPreconditioner:
