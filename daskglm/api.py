@@ -169,8 +169,8 @@ def fit(
         (``"exporter^year + importer^year"``). The intercept is absorbed; covariates absorbed by
         the effects are dropped with a warning. Fitted by Newton with the effects concentrated
         out (conjugate gradients over the effects' grids, never a dense matrix over levels), or
-        by ``"lbfgs"``, ``"gd"`` and ``"adam"`` with every effect level a parameter
-        (:mod:`daskglm.fe_gradient`); ``"newton_schulz"`` refuses ``fe=``.
+        by ``"lbfgs"`` and ``"gd"`` with every effect level a parameter
+        (:mod:`daskglm.fe_gradient`); ``"newton_schulz"`` and ``"adam"`` refuse ``fe=``.
         Levels whose estimate is infinite (all counts 0; all 0 or all trials; no event) and,
         with ``drop_singletons``, levels with one used cell are dropped with their cells,
         repeatedly, as fixest and pyfixest do (``res.n_dropped``). Returns

@@ -1,6 +1,6 @@
 """Fixed-effects models for the gradient-only solvers: every effect level is a parameter.
 
-Front-end layer beside :mod:`daskglm.fixed_effects`. ``lbfgs``, ``gd`` and ``adam`` run on the
+Front-end layer beside :mod:`daskglm.fixed_effects`. ``lbfgs`` and ``gd`` run on the
 full parameter vector ``[beta, extra, a_1.ravel(), ..., a_E.ravel()]``; each function call is one
 evaluation pass (``hessian=False``) that spreads the effects onto the cells, adds them to
 ``X beta`` and returns the log-likelihood, the covariates' gradient and every effect's gradient
