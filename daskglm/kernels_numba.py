@@ -49,57 +49,12 @@ _FM = {"reassoc", "contract", "nsz"}
 
 
 def _jit(fn):
-    return numba.njit(cache=True, nogil=True, fastmath=_FM)(fn)
+    return numba.njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")(fn)
 
 
 # ------------------------------------------------------------------------ compiled loops
 # Row loops index views of the rows (``a[b : b + L]``), not ``a[b + t]``: with a signed offset
 # numba must handle negative indices, which keeps the inner loops from vectorising.
-
-#: the compiled family kernels the sweep can call, by code (see :func:`_family_code`)
-_KERNELS = (
-    families_numba.GAUSSIAN,
-    families_numba.POISSON,
-    families_numba.EXPONENTIAL,
-    families_numba.BINOMIAL,
-    families_numba.NEGATIVE_BINOMIAL,
-    families_numba.NEGATIVE_BINOMIAL_FIXED,
-)
-_S0, _S1, _S2, _S3, _S4, _S5 = (k.stats for k in _KERNELS)
-_D0, _D1, _D2, _D3, _D4, _D5 = (k.deviance for k in _KERNELS)
-
-
-@_jit
-def _stats(code, y, eta, trials, event, theta, out):  # pragma: no cover - compiled
-    if code == 0:
-        _S0(y, eta, trials, event, theta, out)
-    elif code == 1:
-        _S1(y, eta, trials, event, theta, out)
-    elif code == 2:
-        _S2(y, eta, trials, event, theta, out)
-    elif code == 3:
-        _S3(y, eta, trials, event, theta, out)
-    elif code == 4:
-        _S4(y, eta, trials, event, theta, out)
-    else:
-        _S5(y, eta, trials, event, theta, out)
-
-
-@_jit
-def _deviance(code, y, eta, trials, event, theta, out):  # pragma: no cover - compiled
-    if code == 0:
-        _D0(y, eta, trials, event, theta, out)
-    elif code == 1:
-        _D1(y, eta, trials, event, theta, out)
-    elif code == 2:
-        _D2(y, eta, trials, event, theta, out)
-    elif code == 3:
-        _D3(y, eta, trials, event, theta, out)
-    elif code == 4:
-        _D4(y, eta, trials, event, theta, out)
-    else:
-        _D5(y, eta, trials, event, theta, out)
-
 
 @_jit
 def _gather(dst, vals, base, s, L):  # pragma: no cover - compiled
@@ -330,9 +285,9 @@ def _sweep(
             for i in range(ns):
                 eta[i] = eta[i] if ub[i] else 0.0
         # the family, weighted in place
-        _stats(code, yb[:ns], eta[:ns], tb[:ns], eb[:ns], theta, st)
+        families_numba.cell_stats(code, yb[:ns], eta[:ns], tb[:ns], eb[:ns], theta, st)
         if extra:
-            _deviance(code, yb[:ns], eta[:ns], tb[:ns], eb[:ns], theta, dev)
+            families_numba.cell_deviance(code, yb[:ns], eta[:ns], tb[:ns], eb[:ns], theta, dev)
         for q in range(n_rows):
             row = st[q]
             if not unit:
@@ -432,14 +387,10 @@ def _plan_for(layout: Layout) -> SweepPlan | None:
 
 # ------------------------------------------------------------------------ the kernel
 def _family_code(family) -> int | None:
-    """The index in :data:`_KERNELS` of the family's compiled kernel (None: it has none)."""
+    """The number of the family's compiled cell kernel (:attr:`CellKernel.code
+    <daskglm.families_numba.CellKernel>`), or None where it has none."""
     kernel = families_numba.cell_kernel(family)
-    if kernel is None:
-        return None
-    for code, known in enumerate(_KERNELS):
-        if kernel.stats is known.stats:
-            return code
-    return None
+    return None if kernel is None or kernel.code < 0 else kernel.code
 
 
 class _Grids:
@@ -584,8 +535,8 @@ def eval_chunk(
         A = np.zeros(accs.size)
         sums = np.zeros(4)
         gfull, efull, ff = np.zeros(F), np.zeros(F), np.zeros((F, F))
-        kernel = _KERNELS[code]
-        cell_theta = families_numba.cell_kernel(fam).theta(theta)
+        kernel = families_numba.cell_kernel(fam)
+        cell_theta = kernel.theta(theta)
         L = shape[-1] if m else 1
         slab_rows = max(1, SLAB_CELLS // max(L, 1))
         y = np.ascontiguousarray(local[iy], dtype=np.float64).reshape(-1)
