@@ -1,18 +1,32 @@
-"""Per-iteration time of a Newton fit beside the floor: one plain dask pass over the same arrays.
+"""Both evaluation engines beside the floor: one plain dask pass over the same arrays.
 
-    python benchmarks/engine_vs_floor.py [--sizes 200,200,50] [--repeat 3] [--out FILE.json]
+    python benchmarks/engine_vs_floor.py [--cells 2e6,2e7] [--repeat 2] [--out FILE.json] [--md FILE.md]
 
-The panel: 3-D Poisson, 28 coefficients in 7 dim-blocks (full grid, (i,j), (i,k), (j,k), i, j,
-k). Two settings: the full-grid arrays persisted in memory (threaded scheduler), and streamed
-from a float32 zarr store on disk. The floor is one ``dask.compute`` of the sum of every full-grid
-array (y and the four full-grid covariates), i.e. reading each byte once.
+The panel: 3-D Poisson, 29 coefficients in 7 dim-blocks (full grid, (i,j), (i,k), (j,k), i, j,
+k) plus the intercept, chunks of 100 x 100 x k. For each size and engine (``"numpy"``, the
+reference kernel, and ``"numba"``, the compiled sweep of :mod:`daskglm.kernels_numba`):
+
+* **kernel**: ns per cell of one evaluation (gradient and Hessian) of one chunk, single-threaded
+  (the thread's CPU time, best of several), beside the floor's ns per cell;
+* **in memory**: the arrays persisted on the threaded scheduler (two threads); seconds per Newton
+  iteration (median over the fit's iterations, best of ``--repeat`` fits) and its ratio to the
+  floor, one ``dask.compute`` of the sum of every full-grid array;
+* **from zarr**: the same from a float32 zarr store on local disk (each pass reads it).
+
+Writes ``engine_vs_floor.json`` and ``ENGINE.md`` (the before/after table) next to this script.
+Run it under the shared lock (``flock /tmp/notes/bench.lock python benchmarks/engine_vs_floor.py``):
+the timings of concurrent work are not comparable.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import shutil
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -21,52 +35,147 @@ import xarray as xr
 from _tools import _floor as plain_pass_seconds  # benchmarks/ is the script's folder
 
 import daskglm as dg
+from daskglm import graph, kernels, kernels_numba
+from daskglm.engine import run_setup
+from daskglm.panel import build_panel
+from daskglm.registry import resolve_family
 from daskglm.simulate import simulate_panel
 
 warnings.simplefilter("ignore")
 
+ENGINES = ("numpy", "numba")
+#: panel shapes by number of cells (i, j, k); chunks are 100 x 100 x k
+SHAPES = {200_000: (100, 100, 20), 2_000_000: (200, 200, 50), 20_000_000: (400, 500, 100)}
+
 
 def floor_seconds(ds: xr.Dataset, repeat: int) -> float:
     """One plain dask pass over every full-grid array (best of ``repeat``): see ``_tools``."""
-    return plain_pass_seconds([ds[v].data for v in ds.data_vars if ds[v].ndim == 3], repeat)
+    return plain_pass_seconds([ds[v].data for v in ds.data_vars if ds[v].ndim == 3], max(repeat, 2))
 
 
-def fit_seconds_per_iteration(data, x, repeat: int) -> tuple[float, int]:
+def kernel_ns_per_cell(ds: xr.Dataset, x: list[str], engine: str, repeat: int = 7) -> float:
+    """ns per cell of one chunk's evaluation pass with the Hessian, single-threaded (CPU time)."""
+    panel = build_panel(ds, "y", x, resolve_family("poisson"))
+    layout = run_setup(panel, graph.PassCounter()).layout
+    chunk = [np.asarray(a.blocks[(0,) * a.ndim].compute()) for a in panel.arrays]
+    params = np.zeros(layout.n_params)
+    params[0] = 0.5
+    func = kernels_numba.eval_chunk if engine == "numba" else kernels.eval_chunk
+    func(layout, params, True, False, *chunk)  # compile / warm up
     best = np.inf
     for _ in range(repeat):
-        res = dg.fit(data, "y", x, "poisson")
+        t0 = time.thread_time()
+        func(layout, params, True, False, *chunk)
+        best = min(best, time.thread_time() - t0)
+    return best * 1e9 / chunk[0].size
+
+
+def seconds_per_iteration(data, x: list[str], engine: str, repeat: int) -> tuple[float, int, dg.GLMResults]:
+    best, res = np.inf, None
+    for _ in range(repeat):
+        res = dg.fit(data, "y", x, "poisson", engine=engine, progress=False)
         secs = np.diff(res.history["seconds"].to_numpy())  # one pass per accepted iteration
         best = min(best, float(np.median(secs)))
-    return best, res.n_iter
+    return best, int(res.n_iter), res
+
+
+def run_size(cells: int, repeat: int, workdir: str) -> dict:
+    i, j, k = SHAPES[cells]
+    ds = simulate_panel({"i": i, "j": j, "k": k}, "poisson", seed=1, chunks={"i": 100, "j": 100})
+    x = [v for v in ds.data_vars if v.startswith("x_")]
+    print(f"panel {i}x{j}x{k} = {cells:.3g} cells, {len(x) + 1} coefficients, chunks {ds.y.data.chunksize}")
+    rec: dict = {"panel": [i, j, k], "cells": cells, "coefficients": len(x) + 1}
+    rec["chunks"] = list(ds.y.data.chunksize)
+    mem = ds.persist()
+    fl = floor_seconds(mem, repeat)
+    rec["floor_ns_per_cell"] = fl * 1e9 / cells
+    rec["kernel_ns_per_cell"] = {e: kernel_ns_per_cell(mem, x, e) for e in ENGINES}
+    print(f"  kernel ns/cell: {rec['kernel_ns_per_cell']}  floor {rec['floor_ns_per_cell']:.2f} ns/cell")
+    rec["in_memory"] = {"floor_s": fl}
+    params = {}
+    for e in ENGINES:
+        it, n, res = seconds_per_iteration(mem, x, e, repeat)
+        params[e] = res.params
+        rec["in_memory"][e] = {"iteration_s": it, "ratio": it / fl, "iterations": n}
+        print(f"  in memory, {e:5s}: iteration {it:.3f}s  floor {fl:.3f}s  ratio {it / fl:.2f}x  ({n} it.)")
+    rec["max_abs_param_diff"] = float(np.max(np.abs(params["numba"] - params["numpy"])))
+    path = os.path.join(workdir, f"p{cells}.zarr")
+    ds.astype("float32").to_zarr(path, mode="w")
+    del mem
+    disk = xr.open_zarr(path)
+    fl = floor_seconds(disk, repeat)
+    rec["from_zarr_float32"] = {"floor_s": fl}
+    for e in ENGINES:
+        it, n, _ = seconds_per_iteration(path, x, e, repeat)
+        rec["from_zarr_float32"][e] = {"iteration_s": it, "ratio": it / fl, "iterations": n}
+        print(f"  from zarr, {e:5s}: iteration {it:.3f}s  floor {fl:.3f}s  ratio {it / fl:.2f}x  ({n} it.)")
+    shutil.rmtree(path, ignore_errors=True)
+    return rec
+
+
+def markdown(records: list[dict]) -> str:
+    lines = [
+        "# Evaluation engines beside the floor",
+        "",
+        "`python benchmarks/engine_vs_floor.py` (3-D Poisson, 29 coefficients in 7 dim-blocks, chunks",
+        "100 x 100 x k, threaded scheduler with two threads on this 2-core machine). *before* is",
+        '`engine="numpy"` (the reference kernel), *after* `engine="numba"` (the compiled sweep, the',
+        "default). Kernel: one chunk's evaluation with the Hessian, single-threaded (CPU time). Newton:",
+        "median seconds per iteration (one pass each) and its multiple of the floor, one plain dask",
+        "pass reading every full-grid array once, on the same scheduler from the same place.",
+        "",
+        "| cells | where | floor s | numpy s/it | numpy x floor | numba s/it | numba x floor |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in records:
+        for key, label in (("in_memory", "in memory"), ("from_zarr_float32", "zarr float32")):
+            d = r[key]
+            lines.append(
+                f"| {r['cells']:.0e} | {label} | {d['floor_s']:.3f} | {d['numpy']['iteration_s']:.3f} | "
+                f"{d['numpy']['ratio']:.2f} | {d['numba']['iteration_s']:.3f} | {d['numba']['ratio']:.2f} |"
+            )
+    lines += ["", "| cells | kernel ns/cell numpy | kernel ns/cell numba | floor ns/cell (in memory) |"]
+    lines += ["|---:|---:|---:|---:|"]
+    for r in records:
+        kn = r["kernel_ns_per_cell"]
+        lines.append(
+            f"| {r['cells']:.0e} | {kn['numpy']:.1f} | {kn['numba']:.1f} | {r['floor_ns_per_cell']:.2f} |"
+        )
+    lines += [
+        "",
+        "Largest difference between the two engines' estimates: "
+        + ", ".join(f"{r['max_abs_param_diff']:.1e} ({r['cells']:.0e} cells)" for r in records)
+        + ".",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--sizes", default="200,200,50")
-    p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--out", default=str(Path(__file__).with_name("engine_vs_floor.json")), help="JSON record")
+    p.add_argument(
+        "--cells", default="2e6,2e7", help="panel sizes, of " + ", ".join(f"{c:.0e}" for c in SHAPES)
+    )
+    p.add_argument("--repeat", type=int, default=2)
+    here = Path(__file__).parent
+    p.add_argument("--out", default=str(here / "engine_vs_floor.json"), help="JSON record")
+    p.add_argument("--md", default=str(here / "ENGINE.md"), help="markdown table")
+    p.add_argument("--workdir", default=None, help="where the zarr stores go (default: a temporary folder)")
     a = p.parse_args()
-    i, j, k = (int(s) for s in a.sizes.split(","))
-    ds = simulate_panel({"i": i, "j": j, "k": k}, "poisson", seed=1, chunks={"i": 100, "j": 100})
-    x = [v for v in ds.data_vars if v.startswith("x_")]
-    cells = i * j * k
-    print(f"panel {i}x{j}x{k} = {cells:.3g} cells, {len(x) + 1} coefficients, chunks {ds.y.data.chunksize}")
-    mem = ds.persist()
-    fl = floor_seconds(mem, a.repeat)
-    it, n = fit_seconds_per_iteration(mem, x, a.repeat)
-    print(f"in memory : iteration {it:.3f}s  floor {fl:.3f}s  ratio {it / fl:.1f}x  ({n} iterations)")
-    record = {"panel": [i, j, k], "coefficients": len(x) + 1, "chunks": list(ds.y.data.chunksize)}
-    record["in_memory"] = {"iteration_s": it, "floor_s": fl, "ratio": it / fl, "iterations": n}
-    with tempfile.TemporaryDirectory() as tmp:
-        path = f"{tmp}/p.zarr"
-        ds.astype("float32").to_zarr(path, mode="w")
-        disk = xr.open_zarr(path)
-        fl = floor_seconds(disk, a.repeat)
-        it, n = fit_seconds_per_iteration(path, x, a.repeat)
-        print(f"from zarr : iteration {it:.3f}s  floor {fl:.3f}s  ratio {it / fl:.1f}x  ({n} iterations)")
-        record["from_zarr_float32"] = {"iteration_s": it, "floor_s": fl, "ratio": it / fl, "iterations": n}
+    sizes = [int(float(c)) for c in a.cells.split(",")]
+    workdir = a.workdir or tempfile.mkdtemp(prefix="engine_vs_floor_")
+    records = [run_size(c, a.repeat, workdir) for c in sizes]
+    meta = {
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "date": time.ctime(),
+    }
     if a.out:
-        Path(a.out).write_text(json.dumps(record, indent=1) + "\n")
+        Path(a.out).write_text(json.dumps({"meta": meta, "runs": records}, indent=1) + "\n")
+    if a.md:
+        Path(a.md).write_text(markdown(records))
+    if not a.workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
