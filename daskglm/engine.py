@@ -135,7 +135,7 @@ class PanelObjective:
         rounding moves the estimates); ``None`` (and no pass) for the other families."""
         if self.layout.family.name != "gaussian":
             return None
-        g = graph.eval_graph(self.layout, self.panel.arrays, params, hessian=False)
+        g = graph.eval_graph(self.layout, self.panel.arrays, params, hessian=False, engine=self.engine)
         a = accurate_graph(self.layout, self.panel.arrays, params)
         vec, avec = graph.run(self.counter, "eval", g, a, optimize=self.optimize)
         e = self._evaluation(params, finalize_eval(self.layout, vec, hessian=False))
