@@ -25,7 +25,7 @@ from .panel import build_panel
 from .progress import Progress
 from .registry import resolve_family, resolve_solver
 from .results import FitSpec, GLMResults
-from .scheduling import compute_target, persist_decision
+from .scheduling import compute_target, persist_decision, persist_panel
 
 __all__ = ["fit"]
 
@@ -264,8 +264,9 @@ def fit(
     with compute_target(client, security, checkpoint=checkpoint) as target:
         nbytes = sum(int(a.nbytes) for a in panel.arrays)
         persisted, persist_reason = persist_decision(persist, nbytes, target, from_store)
+        work_panel, chunk_note = persist_panel(panel, target, chunks) if persisted else (panel, "")
+        persist_reason += chunk_note
         log.info("daskglm: %s", persist_reason)
-        work_panel = replace(panel, arrays=graph.persist_arrays(panel.arrays)) if persisted else panel
         counter = graph.PassCounter()
         setup = run_setup(work_panel, counter)
         panel = replace(panel, layout=setup.layout)

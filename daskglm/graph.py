@@ -22,6 +22,7 @@ from functools import partial
 import dask
 import dask.array as da
 import numpy as np
+from dask.highlevelgraph import HighLevelGraph
 
 from .kernels import cluster_chunk, eval_kernel, eval_packer, setup_chunk, setup_packer
 from .layout import Layout
@@ -38,6 +39,8 @@ __all__ = [
     "lazy_zeros",
     "materialized",
     "run",
+    "add_vectors",
+    "root_parts",
 ]
 
 #: target number of cells per chunk of the full grid when the data come without chunks
@@ -120,9 +123,59 @@ def _map_chunks(func, layout: Layout, arrays: list, length: int, keep: tuple[int
     )
 
 
+#: children per node of the tree that sums the chunks' vectors
+SPLIT_EVERY = 8
+
+
+def add_vectors(parts: list) -> np.ndarray:
+    """Sum of the chunks' packed vectors (each ``(1, ..., 1, n)``), as an ``(n,)`` vector."""
+    out = np.array(parts[0], dtype=np.float64).reshape(-1)
+    for part in parts[1:]:
+        out += np.reshape(part, -1)
+    return out
+
+
 def _tree_sum(blocks: da.Array, ndim: int, keep: tuple[int, ...] = ()) -> da.Array:
+    """Sum the per-chunk vectors over every panel axis not in ``keep``.
+
+    Without ``keep``, a tree of :data:`SPLIT_EVERY`-way additions straight over the kernel
+    tasks' outputs, one array chunk at the root: no per-chunk ``sum`` tasks as
+    ``Array.sum`` makes (with graph optimization skipped nothing fuses them), so a pass over
+    ``c <= 8`` chunks is ``c + 1`` tasks instead of ``2c + 2`` (and ``c`` on a cluster, which
+    adds the root's children on the client: :func:`root_parts`)."""
     axes = tuple(d for d in range(ndim) if d not in keep)
-    return blocks.sum(axis=axes, split_every=8) if axes else blocks
+    if keep:
+        return blocks.sum(axis=axes, split_every=SPLIT_EVERY) if axes else blocks
+    name = f"daskglm-sum-{uuid.uuid4().hex}"
+    level = list(dask.core.flatten(blocks.__dask_keys__()))
+    layer: dict = {}
+    depth = 0
+    while True:
+        depth += 1
+        groups = [level[g : g + SPLIT_EVERY] for g in range(0, len(level), SPLIT_EVERY)]
+        if len(groups) == 1:
+            layer[(name, 0)] = (add_vectors, groups[0])
+            break
+        level = [(name, depth, g) for g in range(len(groups))]
+        layer.update({key: (add_vectors, group) for key, group in zip(level, groups, strict=True)})
+    hlg = HighLevelGraph.from_collections(name, layer, dependencies=[blocks])
+    n = blocks.shape[-1]
+    return da.Array(hlg, name, chunks=((n,),), dtype=np.float64, meta=np.empty((0,)))
+
+
+def root_parts(g) -> list | None:
+    """Keys of the children of a tree-summed pass's root (:func:`_tree_sum`): a distributed
+    scheduler may gather them and add them with :func:`add_vectors` on the client instead of
+    running the root task (one hop fewer per pass). ``None`` for any other graph (also once
+    graph optimization has rewritten the root)."""
+    if not (isinstance(g, da.Array) and g.name.startswith("daskglm-sum-")):
+        return None
+    dsk = g.__dask_graph__()
+    task = dsk.get((g.name, 0))
+    if isinstance(task, tuple) and len(task) == 2 and task[0] is add_vectors and isinstance(task[1], list):
+        if all(k in dsk for k in task[1]):
+            return list(task[1])
+    return None
 
 
 def setup_graph(layout: Layout, arrays: list) -> da.Array:

@@ -259,9 +259,21 @@ def setup_chunk(layout: Layout, *arrays: np.ndarray) -> np.ndarray:
         out["ll_const"] = (w * fam.constant(y, d.aux)).sum()
         sat = fam.saturated(y, d.aux)
         out["ll_sat"] = np.nan if sat is None else (w * sat).sum()
-        out["gram"] = d.contractor.matrix(w)
+        out["gram"] = _gram(layout, arrays, d)
         vec = setup_packer(layout).pack(out)
     return vec.reshape((1,) * len(d.shape) + (-1,))
+
+
+def _gram(layout: Layout, arrays: tuple, d: ChunkData) -> np.ndarray:
+    """``X' diag(w) X`` of the chunk, slab by slab as in :func:`eval_chunk`: the whole chunk at
+    once ran 7x slower (the batched products of pairs of smaller blocks over a large grid)."""
+    con = d.contractor
+    acc = con.accumulator("matrix")
+    for (ax, start, stop), slab_arrays in _slabs(layout, arrays, d.shape):
+        part = con if ax is None else con.slab(ax, start, stop)
+        slab = ChunkData(layout, slab_arrays, contractor=part)
+        acc.add(part, np.ascontiguousarray(np.broadcast_to(slab.w, slab.shape)))
+    return acc.result()
 
 
 # -------------------------------------------------------------------------- evaluation pass

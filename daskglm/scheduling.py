@@ -27,30 +27,47 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import dask
-from dask.utils import parse_timedelta
+import dask.array as da
+import numpy as np
+from dask.core import flatten
+from dask.highlevelgraph import HighLevelGraph
+from dask.utils import parse_bytes, parse_timedelta
 
 from . import graph
 
+if TYPE_CHECKING:
+    from .panel import Panel
+
 __all__ = [
+    "CLUSTER_CHUNK_CELLS",
     "ClusterLostError",
     "ComputeTarget",
+    "cluster_chunks",
+    "in_cluster_memory",
     "PassWatchdog",
     "compute_target",
     "no_workers_timeout",
     "persist_decision",
+    "persist_panel",
+    "prepare_workers",
+    "worker_malloc_trim",
 ]
 
 log = logging.getLogger("daskglm")
 
 #: dask configuration key: how long a pass may wait while the cluster has no workers
 NO_WORKERS_TIMEOUT_KEY = "daskglm.no-workers-timeout"
-dask.config.update_defaults({"daskglm": {"no-workers-timeout": "60s"}})
+#: dask configuration key: glibc trim threshold set on the workers (:mod:`daskglm.workers`)
+WORKER_MALLOC_KEY = "daskglm.worker-malloc-trim"
+dask.config.update_defaults({"daskglm": {"no-workers-timeout": "60s", "worker-malloc-trim": "64MiB"}})
 
 
 class ClusterLostError(ConnectionError):
@@ -71,6 +88,37 @@ def no_workers_timeout() -> float:
             "'60s', '10m', '1h' or a number of seconds"
         )
     return float(seconds)
+
+
+def worker_malloc_trim() -> int | None:
+    """Bytes of freed heap a worker may keep (``daskglm.worker-malloc-trim``), ``None`` when the
+    setting is ``False`` (leave the workers' allocator alone)."""
+    value = dask.config.get(WORKER_MALLOC_KEY, "64MiB")
+    if value is None or value is False or str(value).strip().lower() in ("false", "none", "off", "0"):
+        return None
+    try:
+        trim = parse_bytes(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"dask config {WORKER_MALLOC_KEY}={value!r} is not a size; give e.g. '64MiB' or False"
+        ) from err
+    if trim <= 0:
+        raise ValueError(f"dask config {WORKER_MALLOC_KEY}={value!r} must be a positive size or False")
+    return int(trim)
+
+
+def prepare_workers(client) -> None:
+    """Register :class:`daskglm.workers.WorkerMalloc` on the cluster (once; idempotent), unless
+    ``daskglm.worker-malloc-trim`` is ``False``."""
+    trim = worker_malloc_trim()
+    if trim is None:
+        return
+    from .workers import WorkerMalloc
+
+    try:
+        client.register_plugin(WorkerMalloc(trim))
+    except (OSError, TimeoutError) as err:  # the fit itself will report a lost cluster
+        log.warning("daskglm: could not set up the workers' allocator: %s", err)
 
 
 def _resume_hint(checkpoint) -> str:
@@ -118,10 +166,10 @@ class PassWatchdog:
     def __call__(self, graphs: tuple, optimize: bool) -> tuple:
         from distributed.client import FutureCancelledError, FuturesCancelledError
 
-        futures = self.client.compute(list(graphs), optimize_graph=optimize)
+        futures, assemble = self._submit(graphs, optimize)
         try:
             self._wait(futures)
-            return tuple(self.client.gather(futures))
+            return assemble(self.client.gather(futures))
         except (FutureCancelledError, FuturesCancelledError) as err:
             if self.client.status == "running":
                 raise
@@ -130,6 +178,36 @@ class PassWatchdog:
             if self.client.status == "running" and any(f.status == "pending" for f in futures):
                 with contextlib.suppress(Exception):
                     self.client.cancel(futures)
+
+    def _submit(self, graphs: tuple, optimize: bool) -> tuple[list, Callable[[list], tuple]]:
+        """Futures of the pass and the function that turns their values into the results.
+
+        Arrays of one chunk (every tree-summed pass) are submitted by key, so the scheduler
+        runs no ``finalize`` task per result; the root of a tree sum is not submitted at all:
+        its children are gathered and added here (:func:`daskglm.graph.root_parts`), which
+        saves a hop from the workers to the root task's worker on every pass."""
+        roots = [graph.root_parts(g) for g in graphs]  # before optimization renames the root
+        if optimize:
+            graphs = dask.optimize(*graphs)
+        keys = [list(flatten(g.__dask_keys__())) if isinstance(g, da.Array) else () for g in graphs]
+        if not all(len(k) == 1 for k in keys):
+            return self.client.compute(list(graphs), optimize_graph=False), tuple
+        dsk = HighLevelGraph.merge(*(g.__dask_graph__() for g in graphs))
+        wanted, spans = [], []
+        for parts, (key,) in zip(roots, keys, strict=True):
+            if parts is not None and not all(k in dsk for k in parts):
+                parts = None  # fused away by the optimization: compute the root
+            spans.append((len(wanted), parts is not None))
+            wanted += parts if parts is not None else [key]
+        spans.append((len(wanted), False))
+
+        def assemble(values: list) -> tuple:
+            return tuple(
+                graph.add_vectors(values[a:b]) if summed else values[a]
+                for (a, summed), (b, _) in zip(spans[:-1], spans[1:], strict=True)
+            )
+
+        return self.client.get(dsk, wanted, sync=False), assemble
 
     def _workers(self) -> tuple[int, int]:
         """Workers the scheduler knows of, and how many of them run tasks (not paused at their
@@ -206,6 +284,83 @@ class ComputeTarget:
             return None
         return int(sum(limits))
 
+    def threads(self) -> int:
+        """Threads of all the workers (1 on dask's threaded scheduler)."""
+        if self.client is None:
+            return 1
+        return max(1, int(sum(self.client.nthreads().values())))
+
+
+#: at most this many cells per chunk of a panel the fit persists on a cluster (32 MB per
+#: float64 full-grid array): the kernels work slab by slab, so a chunk's size costs no memory
+#: beyond the persisted data, and a fit's fixed cost grows with the number of tasks
+CLUSTER_CHUNK_CELLS = 2**22
+
+
+def _split_axis(length: int, parts: int, stored: tuple[int, ...]) -> tuple[int, ...]:
+    """``length`` cut into ``parts`` nearly equal pieces; on the stored chunks' boundaries when
+    those give pieces within 10% of equal (each stored chunk then lands in one piece)."""
+    ideal = np.round(np.arange(parts + 1) * length / parts).astype(int)
+    bounds = np.concatenate([[0], np.cumsum(stored)]).astype(int)
+    snapped = bounds[np.abs(bounds[None, :] - ideal[:, None]).argmin(axis=1)]
+    sizes = np.diff(snapped)
+    if np.all(sizes > 0) and sizes.max() <= 1.1 * length / parts:
+        return tuple(int(v) for v in sizes)
+    return tuple(int(v) for v in np.diff(ideal))
+
+
+def cluster_chunks(chunks: tuple, threads: int, max_cells: int = CLUSTER_CHUNK_CELLS) -> tuple:
+    """Chunks of the full grid for a panel persisted on a cluster of ``threads`` threads.
+
+    As few chunks as keep each at most ``max_cells`` cells, a multiple of ``threads`` of them
+    (one task per thread and pass), of nearly equal size so that no worker waits for another:
+    the grid is cut along its first axis, then the next ones when the first is too short.
+    ``chunks`` are the current (stored) chunks, whose boundaries are kept where they allow it.
+    """
+    shape = tuple(int(sum(c)) for c in chunks)
+    cells = int(np.prod(shape, dtype=np.int64))
+    want = threads * max(1, math.ceil(cells / (threads * max_cells)))
+    out = []
+    for length, stored in zip(shape, chunks, strict=True):
+        parts = max(1, min(want, length))
+        out.append(_split_axis(length, parts, tuple(stored)))
+        want = math.ceil(want / parts)
+    return tuple(out)
+
+
+def in_cluster_memory(arrays: list) -> bool:
+    """Whether every chunk of every array is a future, i.e. already persisted on a cluster."""
+    for arr in arrays:
+        dsk = arr.__dask_graph__()
+        for key in flatten(arr.__dask_keys__()):
+            if type(dsk[key]).__name__ != "Future":
+                return False
+    return True
+
+
+def persist_panel(panel: Panel, target: ComputeTarget, chunks=None) -> tuple[Panel, str]:
+    """The panel with its arrays persisted in the cluster's memory, and a note on the chunks.
+
+    Unless the user chose ``chunks=``, the panel is first rechunked by :func:`cluster_chunks`
+    (balanced chunks, one task per thread and pass where memory allows), except when its
+    arrays are persisted on the cluster already (:func:`in_cluster_memory`): a second,
+    rechunked copy would double their memory.
+    """
+    note = ""
+    if chunks is None and target.client is not None and not in_cluster_memory(panel.arrays):
+        new = cluster_chunks(panel.chunks, target.threads())
+        if new != tuple(panel.chunks):
+            features = [a.n_features is not None for a in panel.layout.args]
+            axes = [a.axes for a in panel.layout.args]
+            arrays = graph.align_arrays(panel.arrays, axes, features, new)
+            note = (
+                f"; rechunked from {int(np.prod([len(c) for c in panel.chunks]))} to "
+                f"{int(np.prod([len(c) for c in new]))} chunks of about "
+                f"{int(np.prod([max(c) for c in new]))} cells"
+            )
+            panel = replace(panel, arrays=arrays, chunks=new)
+    return replace(panel, arrays=graph.persist_arrays(panel.arrays)), note
+
 
 def _connect(address: str, security):
     from distributed import Client
@@ -278,6 +433,7 @@ def compute_target(client=None, security=None, checkpoint=None) -> Iterator[Comp
         if target.client is None:
             yield target
         else:
+            prepare_workers(target.client)
             watchdog = PassWatchdog(target.client, timeout, checkpoint)
             token = graph.PASS_COMPUTE.set(watchdog)
             try:
@@ -294,9 +450,11 @@ def compute_target(client=None, security=None, checkpoint=None) -> Iterator[Comp
 def persist_decision(persist, nbytes: int, target: ComputeTarget, from_store: bool) -> tuple[bool, str]:
     """Whether to keep the full-grid arrays in cluster memory, and why.
 
-    ``"auto"`` persists when a distributed cluster runs the fit, the panel is read from a
-    store (numpy-backed data is in memory already) and its arrays take at most half of the
-    workers' total memory limit; otherwise every pass streams the chunks from the store.
+    ``"auto"`` persists when a distributed cluster runs the fit and the panel's arrays take at
+    most half of the workers' total memory limit: read from the store once, or, for
+    numpy-backed data (``from_store=False``), sent from this process once instead of inside
+    every pass's graph. Otherwise every pass streams the chunks from the store (or sends them).
+    On dask's threaded scheduler nothing is persisted.
     """
     gb = nbytes / 1e9
     if persist is True:
@@ -307,11 +465,15 @@ def persist_decision(persist, nbytes: int, target: ComputeTarget, from_store: bo
         raise ValueError(f"persist={persist!r} must be 'auto', True or False")
     if target.client is None:
         return False, "no distributed cluster: chunks are read on every pass"
-    if not from_store:
-        return False, "the data are already in memory"
+    how = "persisted" if from_store else "sent to the workers once and persisted (numpy data)"
     mem = target.worker_memory()
     if mem is None:
-        return True, f"{gb:.2f} GB persisted (workers have no memory limit)"
+        return True, f"{gb:.2f} GB {how} (workers have no memory limit)"
     if nbytes <= 0.5 * mem:
-        return True, f"{gb:.2f} GB persisted (<= half of the workers' {mem / 1e9:.2f} GB)"
+        return True, f"{gb:.2f} GB {how} (<= half of the workers' {mem / 1e9:.2f} GB)"
+    if not from_store:
+        return False, (
+            f"{gb:.2f} GB of numpy data sent with every pass (> half of the workers' "
+            f"{mem / 1e9:.2f} GB): write the panel to a zarr store and fit the store instead"
+        )
     return False, f"{gb:.2f} GB streamed from the store (> half of the workers' {mem / 1e9:.2f} GB)"
