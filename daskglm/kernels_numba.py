@@ -56,6 +56,7 @@ def _jit(fn):
 # Row loops index views of the rows (``a[b : b + L]``), not ``a[b + t]``: with a signed offset
 # numba must handle negative indices, which keeps the inner loops from vectorising.
 
+
 @_jit
 def _gather(dst, vals, base, s, L):  # pragma: no cover - compiled
     """dst[r L + t] = vals[base[r] + t s]."""
@@ -245,7 +246,6 @@ def _sweep(
     st = np.empty((n_rows, maxn))
     dev = np.empty(maxn)
     tmp = np.empty(maxn)
-    full_rows = np.arange(slab_rows) * L
     for r0 in range(0, R, slab_rows):
         r1 = min(r0 + slab_rows, R)
         ns = (r1 - r0) * L
@@ -313,6 +313,12 @@ def _sweep(
                     tmp[i] = x[i] * wh[i]
                 for g in range(f + 1):
                     ff[f, g] += _dot(tmp, XF[g], ns)
+                # x_f w h onto the small grids (the kind 1 ops) while it is at hand
+                for o in range(ops.shape[0]):
+                    if ops[o, 0] == 1:
+                        grid, asize = ops[o, 2], ops[o, 4]
+                        a = A[ops[o, 3] + f * asize : ops[o, 3] + (f + 1) * asize]
+                        _scatter(tmp, a, B[grid, r0:r1], S[grid], L)
             if extra:
                 for f in range(F):
                     efull[f] += _dot(XF[f], st[4], ns)
@@ -331,9 +337,7 @@ def _sweep(
             if kind == 0:
                 _scatter(v, A[aoff : aoff + asize], base, s, L)
             elif kind == 1:
-                for c in range(ncols):
-                    a = A[aoff + c * asize : aoff + (c + 1) * asize]
-                    _scatter_prod(v, XF[c], full_rows, 1, a, base, s, L)
+                continue  # done with the Gram products above
             else:
                 xgrid, xoff, xsize = ops[o, 6], ops[o, 7], ops[o, 8]
                 xb = B[xgrid, r0:r1]
