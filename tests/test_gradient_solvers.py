@@ -212,6 +212,22 @@ def test_inverse_free_on_star98_with_rebuilds(monkeypatch, solver, real_fits):
     np.testing.assert_allclose(res.params, newton.params, rtol=1e-6)
 
 
+@pytest.mark.parametrize("solver", INVERSE_FREE)
+def test_inverse_free_on_wampler5_with_the_accurate_step(monkeypatch, solver):
+    """The double-double gradient of the last step (NIST Wampler5, Gaussian) is products and
+    sums only: the trap, armed from iteration 0, stays silent, and the estimates are within
+    1e-6 of Newton's."""
+    ds, cols, fam, newton, _ = _real_case("Wampler5")
+    trap = LinalgTrap(monkeypatch)
+    try:
+        res = dg.fit(ds, "y", cols, fam, solver=solver, cov_type=None, callback=trap.arm)
+    finally:
+        trap.disarm()
+    assert trap.armed_at_iteration == 0 and trap.calls == []
+    assert res.converged and res.history["accurate_gradient"].iloc[-1]
+    assert max_rel(res.params, newton.params) <= 1e-6
+
+
 def test_the_trap_catches_newton(monkeypatch):
     """The same trap stops a Newton fit: it does detect a solver that inverts."""
     ds, x, kw, _ = case(3, "poisson")
