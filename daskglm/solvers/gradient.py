@@ -9,7 +9,8 @@ again, one extra pass each time, when progress stalls (:class:`~.preconditioning
 because the curvature has moved. The solvers run in the whitened coordinates ``z`` (``beta =
 R z``) where that curvature is the identity, so a unit gradient step is a Newton step with the
 last Hessian. At convergence one more full step ``R R' g`` polishes the estimates
-(:meth:`_Run.polish`). Nothing in :func:`gradient_descent` or :func:`adam` solves, inverts or
+(:meth:`_Run.polish`; for the Gaussian with the gradient summed in double-double, one more
+pass, see :mod:`daskglm.accurate`). Nothing in :func:`gradient_descent` or :func:`adam` solves, inverts or
 factorises a matrix, before or inside their loops.
 
 History columns beyond the common ones: ``decrement`` (``g' R R' g`` in likelihood units),
