@@ -35,7 +35,8 @@ import numpy as np
 from numba.typed import List as NumbaList
 
 from . import families_numba, kernels
-from .kernels import _expand, build_contractor, eval_packer
+from .contract import BlockContractor
+from .kernels import _block_matrix, _expand, eval_packer
 from .layout import Layout
 from .sweep_plan import SweepPlan, grid_shape, make_plan, matrix_result, vector_result
 
@@ -443,6 +444,18 @@ class _Accumulators:
         return piece.reshape(gshape) if kind == 0 else piece.reshape((ncols,) + gshape)
 
 
+def _contractor(layout: Layout, plan: SweepPlan, local: list, shape: tuple[int, ...]) -> BlockContractor:
+    """The chunk's :class:`~daskglm.contract.BlockContractor` of the small blocks (the sweep
+    packs the full-grid ones itself; they are never built here), without its pair plan."""
+    full = set(plan.full)
+    X = [
+        None if k in full else _block_matrix(layout, local, shape, b, False)
+        for k, b in enumerate(layout.blocks)
+    ]
+    sizes = [b.size for b in layout.blocks]
+    return BlockContractor(X, [b.axes for b in layout.blocks], shape, sizes, {}, _plan=())
+
+
 def _as_columns(layout: Layout, plan: SweepPlan, local: list, n: int):
     """The full-grid columns as 1-D contiguous arrays of one dtype (a numba typed list)."""
     cols = []
@@ -481,7 +494,7 @@ def eval_chunk(
     m = len(shape)
     with np.errstate(all="ignore"):
         local = [_expand(a, sp, shape) for a, sp in zip(arrays, layout.args, strict=True)]
-        con = build_contractor(layout, local, shape)
+        con = _contractor(layout, plan, local, shape)
         grids = _Grids(shape)
         # eta's small grids and the offset
         parts = list(con.linear_grids(beta))
