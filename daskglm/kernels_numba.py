@@ -147,6 +147,56 @@ def _scatter_prod(v, x, xbase, xs, acc, base, s, L):  # pragma: no cover - compi
 
 
 @_jit
+def _scatter_prod2(v, x, x2, xbase, xs, acc, acc2, base, s, L):  # pragma: no cover - compiled
+    """:func:`_scatter_prod` for two columns at once (one read of ``v`` per row)."""
+    R = base.shape[0]
+    if xs == 0 and s == 0:
+        for r in range(R):
+            vr = v[r * L : r * L + L]
+            tot = 0.0
+            for t in range(L):
+                tot += vr[t]
+            acc[base[r]] += x[xbase[r]] * tot
+            acc2[base[r]] += x2[xbase[r]] * tot
+    elif xs == 0:
+        for r in range(R):
+            xv = x[xbase[r]]
+            xv2 = x2[xbase[r]]
+            b = base[r]
+            a = acc[b : b + L]
+            a2 = acc2[b : b + L]
+            vr = v[r * L : r * L + L]
+            for t in range(L):
+                a[t] += xv * vr[t]
+                a2[t] += xv2 * vr[t]
+    elif s == 0:
+        for r in range(R):
+            xb = xbase[r]
+            xr = x[xb : xb + L]
+            xr2 = x2[xb : xb + L]
+            vr = v[r * L : r * L + L]
+            tot = 0.0
+            tot2 = 0.0
+            for t in range(L):
+                tot += xr[t] * vr[t]
+                tot2 += xr2[t] * vr[t]
+            acc[base[r]] += tot
+            acc2[base[r]] += tot2
+    else:
+        for r in range(R):
+            xb = xbase[r]
+            b = base[r]
+            xr = x[xb : xb + L]
+            xr2 = x2[xb : xb + L]
+            a = acc[b : b + L]
+            a2 = acc2[b : b + L]
+            vr = v[r * L : r * L + L]
+            for t in range(L):
+                a[t] += xr[t] * vr[t]
+                a2[t] += xr2[t] * vr[t]
+
+
+@_jit
 def _pack_linear(src, dst, eta, b, first):  # pragma: no cover - compiled
     """dst = src as float64, 0 where it is not finite; eta (=, if ``first``) += b dst."""
     n = src.shape[0]
@@ -247,6 +297,7 @@ def _sweep(
     st = np.empty((n_rows, maxn))
     dev = np.empty(maxn)
     tmp = np.empty(maxn)
+    full_rows = np.arange(slab_rows) * L
     for r0 in range(0, R, slab_rows):
         r1 = min(r0 + slab_rows, R)
         ns = (r1 - r0) * L
@@ -314,12 +365,6 @@ def _sweep(
                     tmp[i] = x[i] * wh[i]
                 for g in range(f + 1):
                     ff[f, g] += _dot(tmp, XF[g], ns)
-                # x_f w h onto the small grids (the kind 1 ops) while it is at hand
-                for o in range(ops.shape[0]):
-                    if ops[o, 0] == 1:
-                        grid, asize = ops[o, 2], ops[o, 4]
-                        a = A[ops[o, 3] + f * asize : ops[o, 3] + (f + 1) * asize]
-                        _scatter(tmp, a, B[grid, r0:r1], S[grid], L)
             if extra:
                 for f in range(F):
                     efull[f] += _dot(XF[f], st[4], ns)
@@ -338,11 +383,27 @@ def _sweep(
             if kind == 0:
                 _scatter(v, A[aoff : aoff + asize], base, s, L)
             elif kind == 1:
-                continue  # done with the Gram products above
+                c = 0
+                while c + 1 < ncols:  # two columns per sweep of v
+                    a = A[aoff + c * asize : aoff + (c + 1) * asize]
+                    a2 = A[aoff + (c + 1) * asize : aoff + (c + 2) * asize]
+                    _scatter_prod2(v, XF[c], XF[c + 1], full_rows, 1, a, a2, base, s, L)
+                    c += 2
+                if c < ncols:
+                    a = A[aoff + c * asize : aoff + (c + 1) * asize]
+                    _scatter_prod(v, XF[c], full_rows, 1, a, base, s, L)
             else:
                 xgrid, xoff, xsize = ops[o, 6], ops[o, 7], ops[o, 8]
                 xb = B[xgrid, r0:r1]
-                for c in range(ncols):
+                c = 0
+                while c + 1 < ncols:  # two columns per sweep of v
+                    a = A[aoff + c * asize : aoff + (c + 1) * asize]
+                    a2 = A[aoff + (c + 1) * asize : aoff + (c + 2) * asize]
+                    x = XS[xoff + c * xsize : xoff + (c + 1) * xsize]
+                    x2 = XS[xoff + (c + 1) * xsize : xoff + (c + 2) * xsize]
+                    _scatter_prod2(v, x, x2, xb, S[xgrid], a, a2, base, s, L)
+                    c += 2
+                if c < ncols:
                     a = A[aoff + c * asize : aoff + (c + 1) * asize]
                     x = XS[xoff + c * xsize : xoff + (c + 1) * xsize]
                     _scatter_prod(v, x, xb, S[xgrid], a, base, s, L)
