@@ -12,11 +12,12 @@ from .report import coefplot, etable, plot_convergence, tidy
 from .results import GLMResults
 from .scheduling import ClusterLostError
 from .solvers.base import ConvergenceWarning
-from .tables import from_long
+from .tables import from_long, write_zarr
 
 __all__ = [
     "fit",
     "from_long",
+    "write_zarr",
     "etable",
     "coefplot",
     "tidy",

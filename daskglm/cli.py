@@ -90,8 +90,10 @@ def _simulate(args: argparse.Namespace) -> int:
 
     from daskglm.registry import family_class
     from daskglm.simulate import simulate_panel
+    from daskglm.tables import write_zarr, zarr_compressors
 
     args.family = family_class(args.family).name
+    zarr_compressors(args.codec, "--codec")  # a bad codec is refused before anything is simulated
     sizes = _parse_sizes(args.dims, "--dims")
     chunks = _parse_sizes(args.chunks, "--chunks") if args.chunks else None
     if chunks and (bad := [d for d in chunks if d not in sizes]):
@@ -110,7 +112,7 @@ def _simulate(args: argparse.Namespace) -> int:
     )
     t0 = time.perf_counter()
     with _scheduler(args.scheduler):
-        ds.to_zarr(args.out, mode="w" if args.overwrite else "w-")
+        write_zarr(ds, args.out, codec=args.codec, overwrite=args.overwrite)
     cells = int(np.prod(list(sizes.values())))
     print(
         f"wrote {args.out}: {args.family} panel {' x '.join(f'{d}={n}' for d, n in sizes.items())} "
@@ -123,8 +125,9 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    from daskglm.tables import from_long
+    from daskglm.tables import from_long, zarr_compressors
 
+    zarr_compressors(args.codec, "--codec")  # a bad codec is refused before the table is read
     dims = [d for d in args.dims.split(",") if d]
     if args.chunks is None or args.chunks.isdigit():
         chunks = int(args.chunks) if args.chunks else None
@@ -140,6 +143,7 @@ def _ingest(args: argparse.Namespace) -> int:
         y=args.y,
         dtype=args.dtype,
         overwrite=args.overwrite,
+        codec=args.codec,
         progress=not args.no_progress and None,
     )
     print(ds.attrs["from_long"])
@@ -387,6 +391,12 @@ def _scheduler(address):
 def main(argv: list[str] | None = None) -> int:
     from daskglm.registry import FAMILIES
     from daskglm.scheduling import ClusterLostError
+    from daskglm.tables import DEFAULT_CODEC
+
+    codec_help = (
+        f"compression of the store: lz4 (blosc-lz4, reads as fast as raw), zstd[:LEVEL] (smaller, slower "
+        f"to read) or none (default {DEFAULT_CODEC}; see benchmarks/CODECS.md)"
+    )
 
     parser = argparse.ArgumentParser(
         prog="daskglm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -415,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    sim.add_argument("--codec", default=DEFAULT_CODEC, help=codec_help)
     sim.add_argument("--scheduler", default=None, help="write on this dask scheduler ('local' or an address)")
 
     ing = sub.add_parser("ingest", help="stream a long table (parquet/CSV) into a chunked zarr panel")
@@ -426,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     ing.add_argument("--y", default=None, help="the response: placed on the full grid")
     ing.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     ing.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    ing.add_argument("--codec", default=DEFAULT_CODEC, help=codec_help)
     ing.add_argument("--no-progress", action="store_true")
 
     info = sub.add_parser("info", help="dims, sizes, chunks and variables of a store, with their blocks")

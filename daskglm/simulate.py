@@ -3,7 +3,9 @@
 Used by the demo, the CLI's ``simulate``, the examples, the tests and the benchmarks. The
 panel is built as a dask graph (random covariates, then the response drawn per chunk with a
 seed derived from the chunk's position), so writing it to zarr never holds more than a few
-chunks in memory and the same arguments always give the same data.
+chunks in memory and the same arguments always give the same data. ``daskglm simulate`` writes
+it with :func:`daskglm.write_zarr`, compressed with the default codec (blosc-lz4, ``--codec``
+to choose; ``benchmarks/CODECS.md`` compares disk size and read speed).
 """
 
 from __future__ import annotations
@@ -88,7 +90,9 @@ def simulate_panel(
     Returns
     -------
     xarray.Dataset
-        With ``attrs["true_params"]`` (JSON: name -> value) and ``attrs["family"]``.
+        With ``attrs["true_params"]`` (JSON: name -> value) and ``attrs["family"]``. Write it
+        with ``daskglm.write_zarr(ds, "panel.zarr", codec="lz4")`` (the default codec; or
+        ``"zstd[:level]"``, ``"none"``), chunk by chunk.
     """
     if family not in SIM_FAMILIES:
         raise ValueError(f"family={family!r}: simulate one of {SIM_FAMILIES}")

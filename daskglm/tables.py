@@ -50,7 +50,17 @@ import pandas as pd
 import pyarrow as pa
 import xarray as xr
 
-__all__ = ["from_long", "DuplicateCells", "PIECE_ROWS", "CHUNK_CELLS", "SPARSE_FACTOR"]
+__all__ = [
+    "from_long",
+    "write_zarr",
+    "zarr_compressors",
+    "DuplicateCells",
+    "PIECE_ROWS",
+    "CHUNK_CELLS",
+    "SPARSE_FACTOR",
+    "CODECS",
+    "DEFAULT_CODEC",
+]
 
 log = logging.getLogger("daskglm")
 
@@ -60,6 +70,12 @@ PIECE_ROWS = 1 << 18
 CHUNK_CELLS = 1 << 19
 #: a grid this many times larger than the table gets a warning
 SPARSE_FACTOR = 20
+#: the compression codecs of the stores daskglm writes (``codec="name[:level]"``)
+CODECS = ("none", "lz4", "zstd")
+#: the codec of ``from_long(..., to=)``, ``write_zarr`` and ``daskglm simulate/ingest``: blosc-lz4
+#: with byte shuffle reads as fast as raw chunks and halves the disk taken by typical data
+#: (counts, dummies, covariates on a few levels); see benchmarks/CODECS.md
+DEFAULT_CODEC = "lz4"
 
 _PARQUET = (".parquet", ".pq", ".parq")
 _CSV = (".csv", ".tsv")
@@ -689,6 +705,7 @@ def from_long(
     y: str | Sequence[str] | None = None,
     dtype="float64",
     overwrite: bool = False,
+    codec: str = DEFAULT_CODEC,
     storage_options: dict | None = None,
     progress: bool | None = None,
     piece_rows: int = PIECE_ROWS,
@@ -719,6 +736,10 @@ def from_long(
         are converted, missing cells are NaN.
     overwrite : bool
         Replace an existing store at ``to``.
+    codec : str
+        Compression of the store's value arrays: ``"lz4"`` (default: blosc-lz4, reads as fast
+        as raw chunks), ``"zstd[:level]"`` (smaller, slower to read) or ``"none"``; see
+        :func:`zarr_compressors` and ``benchmarks/CODECS.md``.
     storage_options : dict, optional
         fsspec options for a table URL and for ``to``.
     progress : bool, optional
@@ -743,6 +764,7 @@ def from_long(
         or duplicate keys (the message shows some).
     """
     t0 = time.perf_counter()
+    compressors = zarr_compressors(codec)
     dtype = np.dtype(dtype)
     if dtype.kind != "f":
         raise ValueError(f"dtype={dtype} must be a float dtype (float64 or float32): missing cells are NaN")
@@ -851,7 +873,7 @@ def from_long(
         chunk = _chunk_shape(dict(zip(dims, sizes, strict=True)), chunks)
         ds = _write_store(
             to, dims, sizes, chunk, coords, values, small, on_grid, attrs_of, ds_attrs, dtype, coders,
-            place, overwrite, storage_options, progress, memory, spill_dir,
+            place, overwrite, storage_options, progress, memory, spill_dir, compressors,
         )  # fmt: skip
     total = time.perf_counter() - t0
     log.info("%s (%.1fs)", report, total)
@@ -884,9 +906,98 @@ def _warn_sparse(dims, sizes, n_rows, grid, nested) -> None:
     )
 
 
+_LEVELS = {"lz4": (1, 9, 5), "zstd": (1, 22, 1)}  # codec -> lowest, highest, default level
+
+
+def zarr_compressors(codec: str = DEFAULT_CODEC, option: str = "codec") -> tuple | None:
+    """The zarr (v3) ``compressors`` of a codec named ``"name[:level]"``.
+
+    Parameters
+    ----------
+    codec : str
+        ``"none"``: chunks stored raw; ``"lz4"``: blosc-lz4 with byte shuffle (levels 1-9,
+        default 5); ``"zstd"``: zstd (levels 1-22, default 1; zarr's own default is zstd at
+        level 3). A level is given after a colon: ``"zstd:3"``, ``"lz4:9"``.
+    option : str
+        The option's name in error messages (``"--codec"`` on the command line).
+
+    Returns
+    -------
+    tuple of zarr codecs, or None
+        For the ``compressors`` of ``zarr.create_array`` / an xarray ``to_zarr`` encoding
+        (``None``: no compression).
+
+    Raises
+    ------
+    ValueError
+        An unknown codec or a level out of range, naming ``option`` and the choices.
+    """
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    choices = "none, lz4[:LEVEL 1-9] or zstd[:LEVEL 1-22] (e.g. 'lz4', 'zstd:3')"
+    if not isinstance(codec, str):
+        raise ValueError(f"{option}={codec!r} must be a string: {choices}")
+    name, sep, level_text = codec.strip().lower().partition(":")
+    if name not in CODECS:
+        raise ValueError(f"{option}={codec!r} is not a codec{_closest(name, CODECS)}: choose {choices}")
+    if name == "none":
+        if sep:
+            raise ValueError(f"{option}={codec!r}: 'none' takes no level; choose {choices}")
+        return None
+    low, high, level = _LEVELS[name]
+    if sep:
+        if not level_text.strip().isdigit() or not low <= int(level_text) <= high:
+            raise ValueError(f"{option}={codec!r}: the {name} level must be an integer {low}-{high}")
+        level = int(level_text)
+    if name == "lz4":
+        return (BloscCodec(cname="lz4", clevel=level, shuffle="shuffle"),)
+    return (ZstdCodec(level=level),)
+
+
+def write_zarr(
+    ds: xr.Dataset,
+    to: str | os.PathLike,
+    *,
+    codec: str = DEFAULT_CODEC,
+    overwrite: bool = False,
+    storage_options: dict | None = None,
+) -> None:
+    """Write a panel to a zarr (v3) store, its data variables compressed with ``codec``.
+
+    The store's chunks are the variables' dask chunks (as ``Dataset.to_zarr``); a dask-backed
+    panel (``daskglm.simulate.simulate_panel``) is computed and written chunk by chunk.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        The panel.
+    to : str or path
+        The store (a local path or an fsspec URL).
+    codec : str
+        ``"lz4"`` (default), ``"zstd[:level]"`` or ``"none"``: see :func:`zarr_compressors`.
+        From ``benchmarks/CODECS.md``: lz4 reads as fast as raw chunks; zstd takes less disk
+        and reads more slowly.
+    overwrite : bool
+        Replace an existing store (otherwise an existing ``to`` is an error).
+    storage_options : dict, optional
+        fsspec options for ``to``.
+    """
+    compressors = zarr_compressors(codec)
+    encoding = {v: {"compressors": compressors} for v in ds.data_vars}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        ds.to_zarr(
+            os.fspath(to),
+            mode="w" if overwrite else "w-",
+            encoding=encoding,
+            storage_options=storage_options,
+            zarr_format=3,
+        )
+
+
 def _write_store(
     to, dims, sizes, chunk, coords, values, small, on_grid, attrs_of, ds_attrs, dtype, coders,
-    place, overwrite, storage_options, progress, memory, spill_dir,
+    place, overwrite, storage_options, progress, memory, spill_dir, compressors,
 ) -> xr.Dataset:  # fmt: skip
     import dask.array as da
     import fsspec
@@ -911,15 +1022,21 @@ def _write_store(
                 tuple(dims), da.full(tuple(sizes), np.nan, dtype=dtype, chunks=chunk), attrs=attrs_of(v)
             )
             ch = chunk
+        encoding[v] = {"compressors": compressors}
         if ch:
-            encoding[v] = {"chunks": ch}
+            encoding[v]["chunks"] = ch
     created = False
     sink = _ChunkSink(sizes, chunk, on_grid, dtype, coders, dims, int(memory), spill_dir)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
             template.to_zarr(
-                path, mode="w", compute=False, encoding=encoding, storage_options=storage_options
+                path,
+                mode="w",
+                compute=False,
+                encoding=encoding,
+                storage_options=storage_options,
+                zarr_format=3,
             )
         created = True
         place(sink)
