@@ -197,6 +197,31 @@ def _scatter_prod2(v, x, x2, xbase, xs, acc, acc2, base, s, L):  # pragma: no co
 
 
 @_jit
+def _dot2(v, x, x2, n):  # pragma: no cover - compiled
+    """(sum v x, sum v x2) over the first ``n`` cells."""
+    a = 0.0
+    b = 0.0
+    for i in range(n):
+        a += v[i] * x[i]
+        b += v[i] * x2[i]
+    return a, b
+
+
+@_jit
+def _dots(XF, v, out, n):  # pragma: no cover - compiled
+    """out[f] += sum XF[f] v, two rows per sweep of v."""
+    F = XF.shape[0]
+    f = 0
+    while f + 1 < F:
+        a, b = _dot2(v, XF[f], XF[f + 1], n)
+        out[f] += a
+        out[f + 1] += b
+        f += 2
+    if f < F:
+        out[f] += _dot(XF[f], v, n)
+
+
+@_jit
 def _pack_linear(src, dst, eta, b, first):  # pragma: no cover - compiled
     """dst = src as float64, 0 where it is not finite; eta (=, if ``first``) += b dst."""
     n = src.shape[0]
@@ -355,19 +380,23 @@ def _sweep(
             sums[2] += _sum(st[5], ns)
             sums[3] += _sum(dev, ns) if unit else _dot(dev, wb, ns)
         # the reductions
-        for f in range(F):
-            gfull[f] += _dot(XF[f], st[1], ns)
+        _dots(XF, st[1], gfull, ns)
         if hessian:
             wh = st[2]
             for f in range(F):
                 x = XF[f]
                 for i in range(ns):
                     tmp[i] = x[i] * wh[i]
-                for g in range(f + 1):
-                    ff[f, g] += _dot(tmp, XF[g], ns)
+                g = 0
+                while g + 1 <= f:  # two columns per sweep of tmp
+                    s1, s2 = _dot2(tmp, XF[g], XF[g + 1], ns)
+                    ff[f, g] += s1
+                    ff[f, g + 1] += s2
+                    g += 2
+                if g == f:
+                    ff[f, f] += _dot(tmp, XF[f], ns)
             if extra:
-                for f in range(F):
-                    efull[f] += _dot(XF[f], st[4], ns)
+                _dots(XF, st[4], efull, ns)
         for o in range(ops.shape[0]):
             kind, which, grid, aoff, asize, ncols = (
                 ops[o, 0],
