@@ -388,7 +388,8 @@ class Binomial(Family):
         m = aux["trials"]
         p = special.expit(eta)
         mp = m * p
-        return Derivatives(f=y * eta - m * np.logaddexp(0.0, eta), g=y - mp, h=-mp * (1.0 - p))
+        # 1 - p as expit(-eta): at eta ~ 30, 1 - p keeps only a few digits of h
+        return Derivatives(f=y * eta - m * np.logaddexp(0.0, eta), g=y - mp, h=-mp * special.expit(-eta))
 
     def inverse_link(self, eta):
         return special.expit(eta)
@@ -402,8 +403,11 @@ class Binomial(Family):
 
     def unit_deviance(self, y, eta, aux, theta):
         m = aux["trials"]
-        mu = m * special.expit(eta)
-        return 2.0 * (_xlogy(y, y / mu) + _xlogy(m - y, (m - y) / (m - mu)))
+        # in log space: log(1/p) = log(1 + e^-eta), log(1/(1-p)) = log(1 + e^eta), so nothing
+        # underflows at large |eta|; a term whose count is 0 is 0
+        succ = np.where(y > 0, _xlogy(y, y / m) + y * np.logaddexp(0.0, -eta), 0.0)
+        fail = np.where(m > y, _xlogy(m - y, (m - y) / m) + (m - y) * np.logaddexp(0.0, eta), 0.0)
+        return 2.0 * (succ + fail)
 
     def saturated(self, y, aux):
         m = aux["trials"]

@@ -418,9 +418,15 @@ def _exponential_deviance(y, eta, trials, event, theta, out):  # pragma: no cove
 
 # --------------------------------------------------------------------------- binomial (logit)
 @numba.njit(inline="always", cache=True, error_model="numpy")
-def _expit(x):  # pragma: no cover - compiled
-    # scipy.special.expit's formula
-    return 1.0 / (1.0 + exp(-x))
+def _expit_both(x):  # pragma: no cover - compiled
+    # (expit(x), expit(-x)) from one exp, each without the cancellation of 1 - expit(x)
+    if x >= 0.0:
+        e = exp(-x)
+        p = 1.0 / (1.0 + e)
+        return p, e * p
+    e = exp(x)
+    q = 1.0 / (1.0 + e)
+    return e * q, q
 
 
 @numba.njit(inline="always", cache=True, error_model="numpy")
@@ -437,10 +443,10 @@ def _binomial_stats(y, eta, trials, event, theta, out):  # pragma: no cover - co
     n = y.shape[0]
     for i in range(n):
         m = trials[i]
-        p = _expit(eta[i])
+        p, q = _expit_both(eta[i])
         mp = m * p
         g[i] = y[i] - mp
-        h[i] = -mp * (1.0 - p)
+        h[i] = -mp * q
     for i in range(n):
         f[i] = y[i] * eta[i] - trials[i] * _log1pexp(eta[i])
 
@@ -449,8 +455,10 @@ def _binomial_stats(y, eta, trials, event, theta, out):  # pragma: no cover - co
 def _binomial_deviance(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
     for i in range(y.shape[0]):
         m = trials[i]
-        mu = m * _expit(eta[i])
-        out[i] = 2.0 * (_xlogy(y[i], y[i] / mu) + _xlogy(m - y[i], (m - y[i]) / (m - mu)))
+        # log space, as Binomial.unit_deviance: nothing underflows at large |eta|
+        succ = y[i] * (log(y[i] / m) + _log1pexp(-eta[i])) if y[i] > 0.0 else 0.0
+        fail = (m - y[i]) * (log((m - y[i]) / m) + _log1pexp(eta[i])) if m > y[i] else 0.0
+        out[i] = 2.0 * (succ + fail)
 
 
 # --------------------------------------------------------------------------- negative binomial (NB2)
