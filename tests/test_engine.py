@@ -193,7 +193,7 @@ def _close(got, want, rtol, scale=0.0):
 
 
 @pytest.mark.parametrize("family", _families())
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=cases(), seed=st.integers(0, 2**31 - 1))
 def test_numba_engine_equals_numpy_and_the_expanded_design(family, case, seed, monkeypatch):
     monkeypatch.setattr(kernels_numba, "SLAB_CELLS", case["slab"])
