@@ -142,6 +142,19 @@ class PanelObjective:
         e.grad = accurate_unpack(avec, self.layout.n_beta)
         return e
 
+    def gradient_rounding(self, e: Evaluation) -> np.ndarray | None:
+        """A bound on the rounding error of the float64 gradient at ``e``, per coefficient,
+        from which a solver judges whether :meth:`accurate_evaluation` is worth its pass (no
+        pass here): ``eps sqrt(n) sqrt(sum w x_j^2) (sqrt(sum w r^2) + sqrt(sum w y^2))``, i.e.
+        Cauchy-Schwarz on the products' ``|X|' |w r|`` and on the residuals' own rounding
+        (about ``eps |y|`` a cell), with ``sqrt(n)`` for the sums. ``None`` where
+        :meth:`accurate_evaluation` is (other families)."""
+        if self.layout.family.name != "gaussian":
+            return None
+        scale = np.sqrt(max(e.deviance, 0.0)) + np.sqrt(self.setup.sums["swy2"])
+        col = np.sqrt(np.maximum(np.diag(self.setup.gram), 0.0))
+        return np.finfo(np.float64).eps * np.sqrt(self.setup.n_used) * col * scale
+
     def direction(self, e: Evaluation) -> tuple[np.ndarray, bool]:
         """The Newton step from the evaluation's gradient and Hessian."""
         return newton_direction(e.grad, e.hess)

@@ -25,6 +25,8 @@ from daskglm import graph
 from daskglm.accurate import accurate_chunk, accurate_combine, accurate_unpack, dd_sum, two_prod, two_sum
 from daskglm.engine import make_objective, run_setup
 from daskglm.panel import build_panel
+from daskglm.solvers.base import Evaluation
+from daskglm.solvers.preconditioning import accurate_evaluator
 
 NIST_DIR = Path("/work/shared/reference/nist-strd")
 
@@ -134,7 +136,10 @@ def test_wampler5_float64_gradient_noise_floor(record_property):
     for _ in range(8):
         beta = cert + rng.normal(size=6) * se * 1e-7
         exact = np.array([float(v) for v in _exact_gradient(X, y, np.ones(21), np.zeros(21), beta)])
-        moved64.append(np.abs(inv @ (ob(beta, hessian=False).grad - exact)).max())
+        e64 = ob(beta, hessian=False)
+        moved64.append(np.abs(inv @ (e64.grad - exact)).max())
+        # the objective's bound on that rounding (what decides the extra pass) holds
+        assert np.all(np.abs(inv @ (e64.grad - exact)) <= np.abs(inv) @ ob.gradient_rounding(e64))
         moved.append(np.abs(inv @ (ob.accurate_evaluation(beta).grad - exact)).max())
     record_property("float64_gradient_moves_estimates_by", float(np.median(moved64)))
     print(
@@ -157,8 +162,36 @@ def test_combine_is_double_double():
 def test_other_families_have_none():
     ds, x = make_panel(1, "poisson", seed=2)
     ob, counter = _objective(ds, x, dg.Poisson())
+    assert ob.gradient_rounding(ob(np.zeros(ob.n_params), hessian=False)) is None
     before = counter.passes
     assert ob.accurate_evaluation(np.zeros(ob.n_params)) is None
     assert counter.passes == before
     with pytest.raises(ValueError, match="Gaussian"):
         accurate_chunk(ob.layout, np.zeros(ob.n_params), *[np.asarray(a) for a in ob.panel.arrays])
+
+
+def test_accurate_evaluator_judges_the_rounding():
+    """The double-double pass is asked for when ``|M| u`` (the gradient-rounding bound mapped
+    by the step's matrix) exceeds 1e-10 of a coefficient, floored at 1e-3 of the largest."""
+    M = np.array([[2.0, -1.0], [-1.0, 3.0]])
+
+    class Stub:
+        u = None
+
+        def accurate_evaluation(self, params):
+            return "accurate"
+
+        def gradient_rounding(self, e):
+            return self.u
+
+    ob = Stub()
+    e = Evaluation(np.array([1.0, 2.0]), 0.0, np.zeros(2), None, 0.0)
+    assert accurate_evaluator(ob, e, lambda g: M @ g) is None  # no bound: no accurate pass
+    ob.u = np.array([1e-11, 0.0])  # moves b by (2e-11, 1e-11): below 1e-10 of (1, 2)
+    assert accurate_evaluator(ob, e, lambda g: M @ g) is None
+    ob.u = np.array([0.0, 1e-10])  # moves b by (1e-10, 3e-10): b_1 by more than 1e-10 of 2
+    assert accurate_evaluator(ob, e, lambda g: M @ g) == ob.accurate_evaluation
+    e.params = np.array([0.0, 2e3])  # b_0 = 0 is judged against 1e-3 of 2e3
+    ob.u = np.array([1e-11, 0.0])
+    assert accurate_evaluator(ob, e, lambda g: M @ g) is None
+    assert accurate_evaluator(object(), e, lambda g: M @ g) is None  # objectives without it

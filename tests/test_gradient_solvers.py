@@ -89,6 +89,8 @@ def test_gradient_solver_reaches_newton(ndim, family, solver):
     np.testing.assert_allclose(res.llf, newton.llf, rtol=1e-9)
     h = res.history
     assert {"ll", "grad_norm", "step", "passes", "seconds", "decrement"} <= set(h.columns)
+    if family == "gaussian":  # well scaled: float64's rounding is harmless, no extra pass
+        assert not h["accurate_gradient"].fillna(False).astype(bool).any()
     assert h["passes"].is_monotonic_increasing
     # the history reports the full log-likelihood; its last row is at the estimates (Newton-
     # Schulz, as Newton, then takes the final step: a gain below its decrement tolerance)
@@ -441,8 +443,8 @@ def test_nist_polynomials_reach_newton(solver, data, record_property):
     every solver, within its default iteration limit. Wampler5 (residuals of 2e7 against
     covariates up to 3.2e6) is the hard one: a float64 gradient ``X'r`` carries a rounding
     error that moves the estimates by up to 5e-6 relative (``test_accurate.py``), so the
-    solvers' last step takes the gradient in double-double (``accurate_gradient`` in the
-    history)."""
+    solvers' last step takes the gradient in double-double there (``accurate_gradient`` in
+    the history)."""
     ds, cols, fam, newton, certified = _real_case(data)
     res = dg.fit(ds, "y", cols, fam, solver=solver)
     assert res.converged, res.message
@@ -454,7 +456,11 @@ def test_nist_polynomials_reach_newton(solver, data, record_property):
     record_property("lre", round(lre, 2))
     print(f"\n{solver} on {data}: {lre:.1f} certified digits, {dist:.1e} from Newton")
     assert lre >= 9.0
-    assert res.history["accurate_gradient"].iloc[-1]  # the Gaussian's last step: double-double
+    # the last step takes the gradient in double-double where float64's rounding would move the
+    # estimates (its bound is 4e-6 relative on Wampler4-5, 6e-12 on Norris)
+    expected = {"Wampler4": True, "Wampler5": True, "Norris": False}
+    if data in expected:
+        assert res.history["accurate_gradient"].iloc[-1] == expected[data]
 
 
 def test_nb2_log_alpha_through_newton_schulz_matches_statsmodels():

@@ -9,9 +9,10 @@ again, one extra pass each time, when progress stalls (:class:`~.preconditioning
 because the curvature has moved. The solvers run in the whitened coordinates ``z`` (``beta =
 R z``) where that curvature is the identity, so a unit gradient step is a Newton step with the
 last Hessian. At convergence one more full step ``R R' g`` polishes the estimates
-(:meth:`_Run.polish`; for the Gaussian with the gradient summed in double-double, one more
-pass, see :mod:`daskglm.accurate`). Nothing in :func:`gradient_descent` or :func:`adam` solves, inverts or
-factorises a matrix, before or inside their loops.
+(:meth:`_Run.polish`; for the Gaussian, where a float64 gradient's rounding would move the
+estimates, with the gradient summed in double-double, one more pass: :mod:`daskglm.accurate`).
+Nothing in :func:`gradient_descent` or :func:`adam` solves, inverts or factorises a matrix,
+before or inside their loops.
 
 History columns beyond the common ones: ``decrement`` (``g' R R' g`` in likelihood units),
 ``rel_change``, ``refreshes`` (preconditioner rebuilds so far), ``polish`` and ``rejected``.
@@ -25,7 +26,7 @@ import numpy as np
 from scipy import optimize
 
 from .base import Evaluation, IterationLog, Objective, SolverResult, warn_not_converged
-from .preconditioning import GradientStop, MatrixPreconditioner, StallMonitor
+from .preconditioning import GradientStop, MatrixPreconditioner, StallMonitor, accurate_evaluator
 
 __all__ = [
     "GradientDescentConfig",
@@ -234,11 +235,13 @@ class _Run:
         the estimates from the stopping rule's accuracy (``tol`` in likelihood units, i.e.
         ``sqrt(tol)`` standard errors) to that of the gradient's rounding error, which
         matters for coefficients far smaller than their standard errors (NIST's Wampler4-5).
-        Where the objective has an ``accurate_evaluation`` (the Gaussian: ``X' w r`` summed in
-        double-double, :mod:`daskglm.accurate`), the gradient at ``x`` is first recomputed that
-        way (one more pass, no row) and the step's trial is evaluated that way too: a float64
-        gradient's rounding (``eps |X|' |w r|``, large where the residuals are) would otherwise
-        leave the estimates up to 5e-6 off on NIST's Wampler5. If the step does not cut the
+        Where a float64 gradient's rounding (``eps |X|' |w r|``, large where the residuals are)
+        could move the estimates by more than 1e-10 relative and the objective has an
+        ``accurate_evaluation`` (the Gaussian: ``X' w r`` summed in double-double,
+        :mod:`daskglm.accurate`; see :func:`~.preconditioning.accurate_evaluator`), the
+        gradient at ``x`` is first recomputed that way (one more pass, no row) and the step's
+        trial is evaluated that way too: float64 would leave the estimates up to 5e-6 off on
+        NIST's Wampler5. If the step does not cut the
         decrement a hundredfold, the preconditioner was built too far away (e.g. a start far
         from the estimates that never stalled): it is rebuilt here (one Hessian pass) and the
         step taken again. A step is kept only if neither the log-likelihood (beyond rounding)
@@ -248,7 +251,7 @@ class _Run:
         estimates and the iteration count.
         """
         e = self.log_last
-        accurate = getattr(self.objective, "accurate_evaluation", None)
+        accurate = accurate_evaluator(self.objective, e, self.pre.direction)
         if accurate is not None:
             e_acc = accurate(x)
             if e_acc is not None and np.isfinite(e_acc.ll) and np.all(np.isfinite(e_acc.grad)):

@@ -14,7 +14,8 @@ takes the final step), so it converges quadratically.
 Cost per iteration
 ------------------
 * **passes**: one (LL, gradient and Hessian together), plus one per step halving; for the
-  Gaussian one more at the end, for the last step's double-double gradient;
+  Gaussian, where a float64 gradient's rounding would move the estimates, one more at the end
+  for the last step's double-double gradient;
 * **client**: ``O(P^2)`` for the equilibration and the step; the Newton-Schulz iteration makes
   two P x P products per update (``C X`` and ``X R``) plus one to check the warm start.
   Warm-started from the previous iteration's inverse, when the Hessian has changed by a
@@ -36,8 +37,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import IterationLog, Objective, SolverResult, decrement_small, warn_not_converged
-from .preconditioning import NS_MAX_ITER, NS_TOL, Preconditioner, damped_inverse, newton_schulz_inverse
+from .base import Evaluation, IterationLog, Objective, SolverResult, decrement_small, warn_not_converged
+from .preconditioning import (
+    NS_MAX_ITER,
+    NS_TOL,
+    Preconditioner,
+    accurate_evaluator,
+    damped_inverse,
+    newton_schulz_inverse,
+)
 
 __all__ = ["NewtonSchulzConfig", "newton_schulz"]
 
@@ -123,17 +131,19 @@ class _Inverse:
 
 
 def _final_step(
-    objective: Objective, inverse: _Inverse, x: np.ndarray, step: np.ndarray, row: dict
+    objective: Objective, inverse: _Inverse, e: Evaluation, step: np.ndarray, row: dict
 ) -> np.ndarray:
-    """The last step ``(-H)^-1 g``: with the gradient at ``x`` recomputed in double-double
-    where the objective offers it (``accurate_evaluation``: the Gaussian, one more pass; see
-    :mod:`daskglm.accurate`), else ``step`` as it is. Newton's own last step uses an
-    extended-precision gradient there too (its QR pass); a float64 one leaves the estimates
-    up to 5e-6 off on NIST's Wampler5. Records ``accurate_gradient`` in ``row``."""
-    accurate = getattr(objective, "accurate_evaluation", None)
-    e = accurate(x) if accurate is not None else None
-    row["accurate_gradient"] = e is not None and bool(np.all(np.isfinite(e.grad)))
-    return inverse.apply(e.grad) if row["accurate_gradient"] else step
+    """The last step ``(-H)^-1 g`` from the evaluation ``e``: with the gradient recomputed in
+    double-double where a float64 gradient's rounding could move the estimates by more than
+    1e-10 relative and the objective offers it (``accurate_evaluation``: the Gaussian, one
+    more pass; :func:`~.preconditioning.accurate_evaluator`, :mod:`daskglm.accurate`), else
+    ``step`` as it is. Newton's own last step uses an extended-precision gradient there too
+    (its QR pass); a float64 one leaves the estimates up to 5e-6 off on NIST's Wampler5.
+    Records ``accurate_gradient`` in ``row``."""
+    accurate = accurate_evaluator(objective, e, inverse.apply)
+    ea = accurate(e.params) if accurate is not None else None
+    row["accurate_gradient"] = ea is not None and bool(np.all(np.isfinite(ea.grad)))
+    return inverse.apply(ea.grad) if row["accurate_gradient"] else step
 
 
 def newton_schulz(
@@ -162,7 +172,7 @@ def newton_schulz(
         phi = objective.dispersion(e)
         lam2 = float(e.grad @ step) / phi
         if decrement_small(lam2, e.deviance, phi, config.tol) and not damped:
-            x = x + _final_step(objective, inverse, x, step, log.rows[-1])
+            x = x + _final_step(objective, inverse, e, step, log.rows[-1])
             converged = True
             message = f"Newton decrement {lam2:.3g} <= tol={config.tol:g}"
             log.rows[-1]["decrement"] = lam2
