@@ -395,7 +395,10 @@ def block_pcg(
     """
     inv = [np.where(dg > 0, 1.0 / np.where(dg > 0, dg, 1.0), 0.0)[..., None] for dg in diag]
     active = [(dg > 0)[..., None] for dg in diag]
-    rhs = [np.where(a, r, 0.0) for r, a in zip(rhs, active, strict=True)]
+    drop_constants = _constant_shifts(active)
+    # in exact arithmetic R is orthogonal to A's null space; rounding leaves a component there
+    # (a gradient column near the optimum is all rounding), along which CG would drift
+    rhs = drop_constants([np.where(a, r, 0.0) for r, a in zip(rhs, active, strict=True)])
 
     def dot(a, b):
         return sum(
@@ -448,4 +451,35 @@ def block_pcg(
         beta = np.where(live & (rz > 0), rz_new / np.where(rz > 0, rz, 1.0), 0.0)
         Pd = [np.where(live, z + beta * p, 0.0) for z, p in zip(Zr, Pd, strict=True)]
         rz = rz_new
-    return best_X, it, best
+    return drop_constants(best_X), it, best
+
+
+def _constant_shifts(active: list[np.ndarray]) -> Callable[[LevelArrays], LevelArrays]:
+    """The projection that removes the constants the effects can trade among themselves.
+
+    Every used cell has one level of each effect, so adding ``c`` to every level of effect
+    ``k`` and subtracting it from every level of effect 0 leaves every cell's eta unchanged:
+    ``n_k = 1_0 - 1_k`` (on the levels with used cells) lies in the null space of the effects'
+    block ``A``. Returns ``V -> V - N (N'N)^-1 N'V`` for ``N = [n_1 .. n_{E-1}]``, column by
+    column: applied to the right-hand sides it removes the rounding that would make them
+    inconsistent, applied to a solution it keeps the levels from drifting apart (which costs
+    eta its digits) without changing ``A V``.
+    """
+    if len(active) < 2:
+        return lambda v: v
+    counts = np.array([max(float(a.sum()), 1.0) for a in active])
+    # N'N = diag(count_1..) + count_0 11', inverted by Sherman-Morrison (no solve)
+    inv_d = 1.0 / counts[1:, None]
+    shrink = counts[0] / (1.0 + counts[0] * inv_d.sum())
+
+    def project(v: LevelArrays) -> LevelArrays:
+        sums = np.stack(
+            [(x * a).reshape(-1, x.shape[-1]).sum(axis=0) for x, a in zip(v, active, strict=True)]
+        )
+        s = sums[0] - sums[1:]  # N'V, (E-1, k)
+        coef = inv_d * s - inv_d * shrink * (inv_d * s).sum(axis=0)
+        out = [np.where(active[0], v[0] - coef.sum(axis=0), 0.0)]
+        out += [np.where(a, x + c, 0.0) for x, a, c in zip(v[1:], active[1:], coef, strict=True)]
+        return out
+
+    return project

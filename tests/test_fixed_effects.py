@@ -412,6 +412,26 @@ def test_barely_varying_covariate_beside_effects():
     np.testing.assert_allclose(res.bse.to_numpy(), ref.se().to_numpy(), rtol=1e-5)
 
 
+@pytest.mark.skipif(not os.path.exists(TRADE), reason="the shared fixest trade panel is absent")
+def test_levels_do_not_drift_apart_along_the_shared_constant():
+    """``Euros ~ log_dist | Origin^Product + Destination``: near the optimum the effects'
+    gradient is all rounding, and its rounding has a component along the constant the two
+    effects can trade; CG drifted along it (levels at -2.95e10 and +2.95e10, eta without
+    digits) and Newton never met its stopping rule (100 iterations, not converged)."""
+    trade = pd.read_csv(TRADE)
+    trade["log_dist"] = np.log(trade["dist_km"])
+    ds = trade.set_index(["Origin", "Destination", "Product", "Year"])[["Euros"]].to_xarray()
+    ds["log_dist"] = trade.groupby(["Origin", "Destination"])["log_dist"].first().to_xarray()
+    fe = [("Origin", "Product"), "Destination"]
+    res = dg.fit(ds, "Euros", ["log_dist"], "poisson", fe=fe, cov_type="nonrobust")
+    ref = pf.fepois("Euros ~ log_dist | Origin^Product + Destination", data=trade, vcov="iid", iwls_tol=1e-12)
+    assert res.converged and res.n_iter < 30
+    np.testing.assert_allclose(res.params.to_numpy(), ref.coef().to_numpy(), rtol=1e-8)
+    np.testing.assert_allclose(res.bse.to_numpy(), ref.se().to_numpy(), rtol=1e-5)
+    levels = np.concatenate([np.ravel(a.to_numpy()) for a in res.fixed_effects.values()])
+    assert np.nanmax(np.abs(levels)) < 100
+
+
 @pytest.mark.parametrize("family", ["poisson", "gaussian", "binomial", "negative_binomial"])
 def test_llnull_is_the_constant_only_model_on_the_same_cells(family):
     """``llnull`` (and the pseudo R2 of etable) against statsmodels' constant-only fit of the
