@@ -88,7 +88,13 @@ class FixedEffectsResults(GLMResults):
     def fixed_effects(self) -> EffectArrays:
         """The effects over their dims, normalised as fixest does: every effect but the first
         has its first level with a used cell at 0, the first effect absorbs the constant; NaN
-        where a level has no used cell (or was dropped)."""
+        where a level has no used cell (or was dropped).
+
+        That pins the one constant every pair of effects can trade. Effects that share dims
+        (``i^k`` beside ``j^k``: a constant per ``k``) or whose levels fall into disconnected
+        groups can trade more, and then the levels themselves are not identified (fixest calls
+        such effects irregular): predictions and differences that those shifts cancel are, but
+        two solvers may return different level arrays."""
         obj = self._objective
         _, levels = obj.split(self._params_all)
         levels = [np.where(n > 0, a, np.nan) for a, n in zip(levels, obj.drops.n_used, strict=True)]
