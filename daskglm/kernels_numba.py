@@ -278,6 +278,7 @@ def _sweep(
     safe_y,
     L,
     slab_rows,
+    seg,
     src,
     beta_full,
     B,
@@ -300,7 +301,8 @@ def _sweep(
     efull,
     ff,
 ):  # pragma: no cover - compiled
-    """The whole chunk, slab by slab (``slab_rows`` rows of ``L`` cells each).
+    """The whole chunk, slab by slab (``slab_rows`` rows of ``L`` cells each, or segments of
+    ``seg`` cells of rows longer than that).
 
     ``B[k, r]`` and ``S[k]``: grid ``k``'s index of row ``r``'s first cell and its step along
     the row. eta grids: values ``GV[goff[g]:goff[g + 1]]`` on grid ``ggrid[g]``; weights,
@@ -311,26 +313,47 @@ def _sweep(
     """  # fmt: skip
     R = B.shape[1]
     F = len(src)
-    maxn = slab_rows * L
+    L_row = L
+    # rows longer than a slab are cut into segments of ``seg`` cells, one segment per slab
+    nseg = 1 if L_row <= seg else (L_row + seg - 1) // seg
+    maxn = slab_rows * L_row if nseg == 1 else seg
     yb = np.empty(maxn)
     wb = np.empty(maxn)
     ub = np.empty(maxn, dtype=np.bool_)
     eta = np.empty(maxn)
     tb = np.ones(maxn)
     eb = np.zeros(maxn)
-    XF = np.empty((F, maxn))
+    XFflat = np.empty(F * maxn)
+    XF = XFflat.reshape((F, maxn))
     st = np.empty((n_rows, maxn))
     dev = np.empty(maxn)
     tmp = np.empty(maxn)
-    full_rows = np.arange(slab_rows) * L
-    for r0 in range(0, R, slab_rows):
-        r1 = min(r0 + slab_rows, R)
-        ns = (r1 - r0) * L
-        c0 = r0 * L
+    row_starts = np.arange(slab_rows) * L_row
+    Bs = np.empty((B.shape[0], 1), dtype=np.int64)
+    n_slabs = (R + slab_rows - 1) // slab_rows if nseg == 1 else R * nseg
+    for sl in range(n_slabs):
+        if nseg == 1:
+            r0 = sl * slab_rows
+            r1 = min(r0 + slab_rows, R)
+            L = L_row
+            c0 = r0 * L_row
+            ns = (r1 - r0) * L
+            Bv = B[:, r0:r1]
+            full_rows = row_starts[: r1 - r0]
+        else:
+            r0 = sl // nseg
+            t0 = (sl % nseg) * seg
+            L = min(seg, L_row - t0)
+            c0 = r0 * L_row + t0
+            ns = L
+            for k in range(B.shape[0]):
+                Bs[k, 0] = B[k, r0] + t0 * S[k]
+            Bv = Bs[:, 0:1]
+            full_rows = row_starts[:1]
         # the mask, y and the weights (as kernels.ChunkData)
         weighted = wgrid >= 0
         if weighted:
-            _gather(wb, WV, B[wgrid, r0:r1], S[wgrid], L)
+            _gather(wb, WV, Bv[wgrid], S[wgrid], L)
         bad = _mask(y[c0 : c0 + ns], wb, weighted, drop, c0, safe_y, ub, yb)
         unit = not weighted and bad == 0
         if bad:
@@ -340,12 +363,12 @@ def _sweep(
                 else:
                     wb[i] = 1.0 if ub[i] else 0.0
         if tgrid >= 0:
-            _gather(tb, TV, B[tgrid, r0:r1], S[tgrid], L)
+            _gather(tb, TV, Bv[tgrid], S[tgrid], L)
             if bad:
                 for i in range(ns):
                     tb[i] = tb[i] if ub[i] else 1.0
         if egrid >= 0:
-            _gather(eb, EV, B[egrid, r0:r1], S[egrid], L)
+            _gather(eb, EV, Bv[egrid], S[egrid], L)
             if bad:
                 for i in range(ns):
                     eb[i] = eb[i] if ub[i] else 0.0
@@ -357,7 +380,7 @@ def _sweep(
             _pack_linear(src[f][c0 : c0 + ns], XF[f], eta, beta_full[f], f == 0)
         for g in range(ggrid.shape[0]):
             k = ggrid[g]
-            _add_grid(eta, GV[goff[g] : goff[g + 1]], B[k, r0:r1], S[k], L)
+            _add_grid(eta, GV[goff[g] : goff[g + 1]], Bv[k], S[k], L)
         if bad:
             for i in range(ns):
                 eta[i] = eta[i] if ub[i] else 0.0
@@ -407,7 +430,7 @@ def _sweep(
                 ops[o, 5],
             )
             v = st[1] if which == 0 else (st[2] if which == 1 else st[4])
-            base = B[grid, r0:r1]
+            base = Bv[grid]
             s = S[grid]
             if kind == 0:
                 _scatter(v, A[aoff : aoff + asize], base, s, L)
@@ -423,7 +446,7 @@ def _sweep(
                     _scatter_prod(v, XF[c], full_rows, 1, a, base, s, L)
             else:
                 xgrid, xoff, xsize = ops[o, 6], ops[o, 7], ops[o, 8]
-                xb = B[xgrid, r0:r1]
+                xb = Bv[xgrid]
                 c = 0
                 while c + 1 < ncols:  # two columns per sweep of v
                     a = A[aoff + c * asize : aoff + (c + 1) * asize]
@@ -650,9 +673,9 @@ def eval_chunk(
         src = _as_columns(layout, plan, local, n)
         if n:
             _sweep(
-                code, cell_theta, kernel.n_rows, extra, hessian, y, float(fam.safe_y), L, slab_rows, src,
-                np.ascontiguousarray(beta[plan.colpos]), B, S, GV, goff, ggrid, wgrid, WV, tgrid, TV, egrid,
-                EV, drop, ops, XS, A, sums, gfull, efull, ff,
+                code, cell_theta, kernel.n_rows, extra, hessian, y, float(fam.safe_y), L, slab_rows,
+                SLAB_CELLS, src, np.ascontiguousarray(beta[plan.colpos]), B, S, GV, goff, ggrid, wgrid, WV,
+                tgrid, TV, egrid, EV, drop, ops, XS, A, sums, gfull, efull, ff,
             )  # fmt: skip
         # the once-per-chunk contractions
         out: dict[str, object] = {"ll": sums[0], "dev": sums[3]}
