@@ -274,6 +274,7 @@ def _sweep(
     n_rows,
     extra,
     hessian,
+    final,
     y,
     safe_y,
     L,
@@ -300,6 +301,9 @@ def _sweep(
     gfull,
     efull,
     ff,
+    ffm,
+    mfull,
+    eta_out,
 ):  # pragma: no cover - compiled
     """The whole chunk, slab by slab (``slab_rows`` rows of ``L`` cells each, or segments of
     ``seg`` cells of rows longer than that).
@@ -308,8 +312,9 @@ def _sweep(
     the row. eta grids: values ``GV[goff[g]:goff[g + 1]]`` on grid ``ggrid[g]``; weights,
     trials, event: grid index (-1: none) and values. ``ops`` rows: (kind, which, grid, acc
     offset, acc size, columns, x grid, x offset, x size) with kind 0 ``acc += v``, 1 ``acc +=
-    v x_full[c]``, 2 ``acc += v x_small[c]``; which 0: w g, 1: w h, 2: w f_et. ``sums``: w f,
-    w f_t, w f_tt, w deviance.
+    v x_full[c]``, 2 ``acc += v x_small[c]``; which 0: w g, 1: w h, 2: w f_et, 3: w g^2 (the
+    meat), 4: w g f_t. ``sums``: w f, w f_t, w f_tt, w deviance, w f_t^2. With ``final`` also
+    the meat's products (``ffm``, ``mfull``) and eta at every cell (``eta_out``).
     """  # fmt: skip
     R = B.shape[1]
     F = len(src)
@@ -325,7 +330,7 @@ def _sweep(
     eb = np.zeros(maxn)
     XFflat = np.empty(F * maxn)
     XF = XFflat.reshape((F, maxn))
-    st = np.empty((n_rows, maxn))
+    st = np.empty((n_rows + 2, maxn))  # the family's rows, then w g^2 and w g f_t
     dev = np.empty(maxn)
     tmp = np.empty(maxn)
     row_starts = np.arange(slab_rows) * L_row
@@ -386,8 +391,24 @@ def _sweep(
                 eta[i] = eta[i] if ub[i] else 0.0
         # the family, weighted in place
         families_numba.cell_stats(code, yb[:ns], eta[:ns], tb[:ns], eb[:ns], theta, st)
-        if extra:
+        if extra or final:
             families_numba.cell_deviance(code, yb[:ns], eta[:ns], tb[:ns], eb[:ns], theta, dev)
+        if final:
+            eo = eta_out[c0 : c0 + ns]
+            for i in range(ns):
+                eo[i] = eta[i]
+            if hessian:  # the meat's cell arrays, from the unweighted g (and f_t)
+                g_, m3 = st[1], st[n_rows]
+                for i in range(ns):
+                    m3[i] = g_[i] * g_[i] if unit else wb[i] * g_[i] * g_[i]
+                if extra:
+                    ft, m4 = st[3], st[n_rows + 1]
+                    tt = 0.0
+                    for i in range(ns):
+                        wi = 1.0 if unit else wb[i]
+                        m4[i] = wi * g_[i] * ft[i]
+                        tt += wi * ft[i] * ft[i]
+                    sums[4] += tt
         for q in range(n_rows):
             row = st[q]
             if not unit:
@@ -401,25 +422,18 @@ def _sweep(
         if extra:
             sums[1] += _sum(st[3], ns)
             sums[2] += _sum(st[5], ns)
+        if extra or final:
             sums[3] += _sum(dev, ns) if unit else _dot(dev, wb, ns)
         # the reductions
         _dots(XF, st[1], gfull, ns)
         if hessian:
-            wh = st[2]
-            for f in range(F):
-                x = XF[f]
-                for i in range(ns):
-                    tmp[i] = x[i] * wh[i]
-                g = 0
-                while g + 1 <= f:  # two columns per sweep of tmp
-                    s1, s2 = _dot2(tmp, XF[g], XF[g + 1], ns)
-                    ff[f, g] += s1
-                    ff[f, g + 1] += s2
-                    g += 2
-                if g == f:
-                    ff[f, f] += _dot(tmp, XF[f], ns)
+            _gram(XF, st[2], ff, tmp, ns)
             if extra:
                 _dots(XF, st[4], efull, ns)
+            if final:
+                _gram(XF, st[n_rows], ffm, tmp, ns)
+                if extra:
+                    _dots(XF, st[n_rows + 1], mfull, ns)
         for o in range(ops.shape[0]):
             kind, which, grid, aoff, asize, ncols = (
                 ops[o, 0],
@@ -429,7 +443,11 @@ def _sweep(
                 ops[o, 4],
                 ops[o, 5],
             )
-            v = st[1] if which == 0 else (st[2] if which == 1 else st[4])
+            v = (
+                st[1]
+                if which == 0
+                else (st[2] if which == 1 else (st[4] if which == 2 else st[n_rows + which - 3]))
+            )
             base = Bv[grid]
             s = S[grid]
             if kind == 0:
@@ -459,6 +477,23 @@ def _sweep(
                     a = A[aoff + c * asize : aoff + (c + 1) * asize]
                     x = XS[xoff + c * xsize : xoff + (c + 1) * xsize]
                     _scatter_prod(v, x, xb, S[xgrid], a, base, s, L)
+
+
+@_jit
+def _gram(XF, v, ff, tmp, n):  # pragma: no cover - compiled
+    """ff[f, g] += sum XF[f] XF[g] v for g <= f, two columns per sweep of the product."""
+    for f in range(XF.shape[0]):
+        x = XF[f]
+        for i in range(n):
+            tmp[i] = x[i] * v[i]
+        g = 0
+        while g + 1 <= f:
+            s1, s2 = _dot2(tmp, XF[g], XF[g + 1], n)
+            ff[f, g] += s1
+            ff[f, g + 1] += s2
+            g += 2
+        if g == f:
+            ff[f, f] += _dot(tmp, XF[f], n)
 
 
 @_jit
@@ -586,14 +621,23 @@ def _as_columns(layout: Layout, plan: SweepPlan, local: list, n: int):
     return out
 
 
+def _separated(layout: Layout, arrays, eta: np.ndarray) -> int:
+    """Used cells the family's own rule calls separated (:meth:`Family.separated
+    <daskglm.families.Family.separated>`), at the sweep's eta (0 at unused cells, as in numpy)."""
+    d = kernels.ChunkData(layout, arrays)
+    sep = layout.family.separated(d.y, eta, d.aux)
+    return 0 if sep is None else int(np.count_nonzero(sep & d.used))
+
+
 def eval_chunk(
     layout: Layout, params: np.ndarray, hessian: bool, final: bool, *arrays: np.ndarray
 ) -> np.ndarray:
     """Log-likelihood, gradient and (optionally) Hessian of one chunk at ``params``: the
     compiled sweep. Same arguments and packed output as :func:`daskglm.kernels.eval_chunk`,
-    which it calls for ``final=True``, for families without a compiled cell kernel and for
-    layouts the sweep does not cover."""
-    plan = None if final else _plan_for(layout)
+    which it calls for families without a compiled cell kernel and for layouts the sweep does
+    not cover. With ``final`` also the deviance, the meat and the separated cells (counted in
+    numpy from the sweep's eta, by the family's own rule)."""
+    plan = _plan_for(layout)
     fam = layout.family
     code = None if plan is None else _family_code(fam)
     if code is None:
@@ -647,24 +691,36 @@ def eval_chunk(
         if hessian:
             h_fx = {U: accs.add(1, 1, grid_shape(U, shape), F) for U in plan.vec_grids} if F else {}
             h_c = {U: accs.add(0, 1, grid_shape(U, shape)) for U in plan.c_grids}
-            XS_parts, xoff, h_t = [], 0, {}
+            XS_parts, xoff, h_t, x_of = [], 0, {}, []
             for s, targets in plan.comp:
                 X = np.ascontiguousarray(con.X[s])
                 xgrid, xsize = grids(X.shape[1:]), int(np.prod(X.shape[1:]))
                 XS_parts.append(X.reshape(-1))
                 x = (xgrid, xoff, xsize)
+                x_of.append(x)
                 h_t[s] = {U: accs.add(2, 1, grid_shape(U, shape), con.sizes[s], x) for U in targets}
                 xoff += X.size
             XS = np.concatenate(XS_parts) if XS_parts else np.zeros(0)
             if extra:
                 h_e = {U: accs.add(0, 2, grid_shape(U, shape)) for U in plan.vec_grids}
+            if final:  # the meat: the Hessian's accumulations of w g^2 (and w g f_t)
+                m_fx = {U: accs.add(1, 3, grid_shape(U, shape), F) for U in plan.vec_grids} if F else {}
+                m_c = {U: accs.add(0, 3, grid_shape(U, shape)) for U in plan.c_grids}
+                m_t = {}
+                for (s, targets), (xgrid, xoff_s, xsize) in zip(plan.comp, x_of, strict=True):
+                    x = (xgrid, xoff_s, xsize)
+                    m_t[s] = {U: accs.add(2, 3, grid_shape(U, shape), con.sizes[s], x) for U in targets}
+                if extra:
+                    m_e = {U: accs.add(0, 4, grid_shape(U, shape)) for U in plan.vec_grids}
         else:
             XS = np.zeros(0)
         B, S = grids.tables()
         ops = np.array(accs.ops, dtype=np.int64).reshape(-1, 9)
         A = np.zeros(accs.size)
-        sums = np.zeros(4)
+        sums = np.zeros(5)
         gfull, efull, ff = np.zeros(F), np.zeros(F), np.zeros((F, F))
+        ffm, mfull = np.zeros((F, F)), np.zeros(F)
+        eta_out = np.zeros(n if final else 0)
         kernel = families_numba.cell_kernel(fam)
         cell_theta = kernel.theta(theta)
         L = shape[-1] if m else 1
@@ -673,9 +729,9 @@ def eval_chunk(
         src = _as_columns(layout, plan, local, n)
         if n:
             _sweep(
-                code, cell_theta, kernel.n_rows, extra, hessian, y, float(fam.safe_y), L, slab_rows,
+                code, cell_theta, kernel.n_rows, extra, hessian, final, y, float(fam.safe_y), L, slab_rows,
                 SLAB_CELLS, src, np.ascontiguousarray(beta[plan.colpos]), B, S, GV, goff, ggrid, wgrid, WV,
-                tgrid, TV, egrid, EV, drop, ops, XS, A, sums, gfull, efull, ff,
+                tgrid, TV, egrid, EV, drop, ops, XS, A, sums, gfull, efull, ff, ffm, mfull, eta_out,
             )  # fmt: skip
         # the once-per-chunk contractions
         out: dict[str, object] = {"ll": sums[0], "dev": sums[3]}
@@ -698,5 +754,23 @@ def eval_chunk(
                 M[nb, :nb] = v
                 M[nb, nb] = sums[2]
             out["hess"] = M
-        vec = eval_packer(layout, hessian=hessian, final=False).pack(out)
+            if final:
+                M = np.zeros((P, P))
+                M[:nb, :nb] = matrix_result(
+                    plan,
+                    con,
+                    ffm,
+                    {U: accs.view(A, h) for U, h in m_fx.items()},
+                    {U: accs.view(A, h) for U, h in m_c.items()},
+                    {s: {U: accs.view(A, h) for U, h in hs.items()} for s, hs in m_t.items()},
+                )
+                if extra:
+                    v = vector_result(plan, con, mfull, {U: accs.view(A, h) for U, h in m_e.items()})
+                    M[:nb, nb] = v
+                    M[nb, :nb] = v
+                    M[nb, nb] = sums[4]
+                out["meat"] = M
+        if final:
+            out["n_separated"] = _separated(layout, arrays, eta_out.reshape(shape))
+        vec = eval_packer(layout, hessian=hessian, final=final).pack(out)
     return vec.reshape((1,) * m + (-1,))

@@ -152,10 +152,13 @@ def _model(family, case, seed):
         y.reshape(-1)[u], etau, {k: v.reshape(-1)[u] for k, v in aux.items()}, params[layout.n_beta :]
     )
     ref = {"ll": np.sum(wu * der.f), "grad": Xu.T @ (wu * der.g), "hess": Xu.T @ ((wu * der.h)[:, None] * Xu)}
+    ref["meat"] = Xu.T @ ((wu * der.g**2)[:, None] * Xu)
     if family.n_extra:
         ref["grad"] = np.append(ref["grad"], np.sum(wu * der.f_t))
         bt = Xu.T @ (wu * der.f_et)
         ref["hess"] = np.block([[ref["hess"], bt[:, None]], [bt[None, :], np.sum(wu * der.f_tt)]])
+        mt = Xu.T @ (wu * der.g * der.f_t)
+        ref["meat"] = np.block([[ref["meat"], mt[:, None]], [mt[None, :], np.sum(wu * der.f_t**2)]])
     return layout, values, params, ref
 
 
@@ -198,18 +201,19 @@ def _close(got, want, rtol, scale=0.0):
 def test_numba_engine_equals_numpy_and_the_expanded_design(family, case, seed, monkeypatch):
     monkeypatch.setattr(kernels_numba, "SLAB_CELLS", case["slab"])
     layout, values, params, ref = _model(family, case, seed)
-    for hessian in (True, False):
-        packer = kernels.eval_packer(layout, hessian=hessian)
+    for hessian, final in itertools.product((True, False), (False, True)):
+        packer = kernels.eval_packer(layout, hessian=hessian, final=final)
         got = packer.unpack(
-            _chunked(kernels_numba.eval_chunk, layout, values, params, hessian, False, case["cuts"])
+            _chunked(kernels_numba.eval_chunk, layout, values, params, hessian, final, case["cuts"])
         )
         want = packer.unpack(
-            _chunked(kernels.eval_chunk, layout, values, params, hessian, False, case["cuts"])
+            _chunked(kernels.eval_chunk, layout, values, params, hessian, final, case["cuts"])
         )
         for key in want:
-            # the deviance (NB2's, each pass) cancels: compared on the log-likelihood's scale
+            # the deviance cancels: compared on the log-likelihood's scale
             _close(got[key], want[key], 1e-12, abs(want["ll"]) if key == "dev" else 0.0)
-        for key in ("ll", "grad") + (("hess",) if hessian else ()):
+        checked = ("ll", "grad") + ((("hess", "meat") if final else ("hess",)) if hessian else ())
+        for key in checked:
             _close(got[key], ref[key], 1e-9)
 
 
@@ -288,3 +292,31 @@ def test_fit_and_cli_take_the_engine(tmp_path, capsys):
     capsys.readouterr()
     with pytest.raises(ValueError, match="engine='fast' is not an engine"):
         dg.fit(store, "y", x, "poisson", engine="fast")
+
+
+@pytest.mark.parametrize("family", _families())
+def test_final_pass_counts_separated_cells(family):
+    """Cells whose fitted mean has run off to the boundary (eta far below -23, or beyond +-23 for
+    the binomial) are counted by the family's own rule in both engines."""
+    case = {
+        "shape": (5, 4), "blocks": [(0, 1)], "sizes": [1], "features": [False], "intercept": True,
+        "cuts": [[2], []], "slab": 3, "missing": "y", "weights": None, "offset": (0,), "float32": False,
+    }  # fmt: skip
+    layout, values, params, _ = _model(family, case, 11)
+    ioff = layout.role("offset")[0]
+    values[ioff] = values[ioff].copy()
+    values[ioff][:2] = -40.0  # the first two rows: eta ~ -40
+    iy = layout.role("y")[0]
+    values[iy] = values[iy].copy()
+    values[iy][:2] = np.where(np.isnan(values[iy][:2]), np.nan, 0.0)
+    for k in layout.role("event"):
+        values[k] = values[k].copy()
+        values[k][:2] = 0.0
+    want, got = (
+        kernels.finalize_eval(layout, f(layout, params, True, True, *values).reshape(-1), final=True)
+        for f in (kernels.eval_chunk, kernels_numba.eval_chunk)
+    )
+    if family.name != "gaussian":
+        assert want["n_separated"] > 0
+    assert got["n_separated"] == want["n_separated"]
+    _close(got["meat"], want["meat"], 1e-12)
