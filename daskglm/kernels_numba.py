@@ -22,8 +22,9 @@ vectorise, a few simple ones do. The cells of a slab are visited in C order as r
 last axis; a grid's cell for row ``r`` and position ``t`` is ``base[r] + t * s`` with ``s``
 0 or 1.
 
-The final pass (``final=True``: meat, deviance, separated cells) runs the numpy kernel: it
-happens once per fit.
+The final pass (``final=True``) adds the meat (the Hessian's accumulations with ``w g^2``
+instead of ``w h``), the deviance and the separated cells (counted in numpy at the sweep's eta
+by the family's own rule). Families without a compiled cell kernel run the numpy kernel.
 """
 
 from __future__ import annotations
