@@ -1,7 +1,7 @@
 """Where a fit on a LocalCluster spends its time, beside the same fit on dask's threads.
 
     python benchmarks/cluster_overhead.py [--sizes 200,200,50] [--chunks peers|demo|I,J,K]
-        [--repeat 3] [--workers 2] [--label NAME] [--out FILE.json] [--report DIR]
+        [--repeat 3] [--workers 2] [--label NAME] [--out FILE.json]
 
 The panel: 3-D Poisson, 28 coefficients in 7 dim-blocks (``daskglm.simulate.simulate_panel``,
 as ``peers.py`` and ``engine_vs_floor.py``), 2e6 cells by default, stored chunked as
@@ -22,7 +22,8 @@ iterations), tasks per pass, and the ratio to threads. On the cluster the schedu
 stream splits each pass into the time before the first task starts (graph building,
 submission, scheduling), the workers' compute (per worker), transfers, and the time after the
 last task until the client has the result; a client-side profile names the costliest calls.
-``--report DIR`` also writes a dask ``performance_report`` of one cluster fit.
+The workers' and the scheduler's own statistical profiles (``client.profile``) over the best
+cluster fit give the functions where their samples fall.
 
 The record goes to ``cluster_overhead.json`` under ``--label`` (other labels are kept), so a
 before/after pair is two runs with two labels. Run under the bench lock:
@@ -190,11 +191,31 @@ def _client_profile(func, top: int = 12) -> list[str]:
     return lines[start : start + top + 1]
 
 
-def run_cluster(client, data, x, repeat: int, report: str | None, label: str) -> dict:
-    from distributed import get_task_stream, performance_report
+def _profile_top(tree: dict, top: int = 10) -> list[tuple[str, float]]:
+    """Shares of a dask statistical profile's samples by function (own time, leaves)."""
+    own: dict[str, int] = defaultdict(int)
+
+    def walk(node):
+        children = node.get("children", {}).values()
+        inner = sum(c["count"] for c in children)
+        if node["count"] > inner:
+            own[node.get("description", {}).get("name", "?") + " " + node.get("identifier", "")[-60:]] += (
+                node["count"] - inner
+            )
+        for c in children:
+            walk(c)
+
+    walk(tree)
+    total = max(tree.get("count", 0), 1)
+    return [(k, round(v / total, 3)) for k, v in sorted(own.items(), key=lambda kv: -kv[1])[:top]]
+
+
+def run_cluster(client, data, x, repeat: int) -> dict:
+    from distributed import get_task_stream
 
     best = None
     for r in range(repeat + 1):
+        t0 = time.time()
         with PassClock() as clock, get_task_stream(client=client) as ts:
             res, secs = _fit(data, x, client=client)
         rows = _stream_breakdown(clock.windows, ts.data)
@@ -202,11 +223,13 @@ def run_cluster(client, data, x, repeat: int, report: str | None, label: str) ->
             best = _summary(res, secs, clock.windows, [row["tasks"] for row in rows])
             best["passes_detail"] = rows
             best["eval_breakdown"] = _median_breakdown(rows)
+            window = (t0, time.time())
+    # the workers' and the scheduler's own statistical profiles over the best fit (10 ms samples)
+    best["worker_profile_top"] = _profile_top(client.profile(start=window[0], stop=window[1]))
+    best["scheduler_profile_top"] = _profile_top(
+        client.profile(start=window[0], stop=window[1], scheduler=True)
+    )
     best["client_profile_tottime"] = _client_profile(lambda: _fit(data, x, client=client))
-    if report:
-        Path(report).mkdir(parents=True, exist_ok=True)
-        with performance_report(filename=str(Path(report) / f"{label}.html")):
-            _fit(data, x, client=client)
     return best
 
 
@@ -229,7 +252,6 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--label", default="run")
     p.add_argument("--out", default=str(Path(__file__).with_name("cluster_overhead.json")))
-    p.add_argument("--report", default=None, help="folder for a dask performance_report of a cluster fit")
     a = p.parse_args()
     i, j, k = (int(s) for s in a.sizes.split(","))
     sizes = {"i": i, "j": j, "k": k}
@@ -256,6 +278,7 @@ def main() -> None:
         "env_engine": os.environ.get("DASKGLM_ENGINE"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
         "dask": dask.__version__,
+        "daskglm_code": os.environ.get("DASKGLM_CODE", str(Path(dg.__file__).parent)),
         "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     }
     settings = {}
@@ -276,8 +299,8 @@ def main() -> None:
             on_cluster = client.persist(xr.open_zarr(path))
             with client.as_current():
                 wait(futures_of(on_cluster))
-            settings["cluster"] = run_cluster(client, on_cluster, x, a.repeat, a.report, a.label)
-            settings["cluster_zarr"] = run_cluster(client, path, x, a.repeat, None, a.label)
+            settings["cluster"] = run_cluster(client, on_cluster, x, a.repeat)
+            settings["cluster_zarr"] = run_cluster(client, path, x, a.repeat)
     ref = settings["threads"]
     params = {name: s.pop("params") for name, s in settings.items()}
     for name, s in settings.items():
