@@ -552,6 +552,12 @@ class _Grids:
 
     def __init__(self, shape: tuple[int, ...]):
         self.shape = shape
+        #: the shape the rows are taken along: trailing axes of length 1 left out (a row of one
+        #: cell per row would cost a loop per cell)
+        keep = len(shape)
+        while keep > 1 and shape[keep - 1] == 1:
+            keep -= 1
+        self.rshape = tuple(shape[:keep]) if shape else (1,)
         self.index: dict[tuple[int, ...], int] = {}
 
     def __call__(self, gshape: tuple[int, ...]) -> int:
@@ -561,11 +567,13 @@ class _Grids:
         return self.index[gshape]
 
     def tables(self) -> tuple[np.ndarray, np.ndarray]:
-        R = int(np.prod(self.shape[:-1]))
+        rshape = self.rshape
+        R = int(np.prod(rshape[:-1]))
         B = np.empty((max(len(self.index), 1), R), dtype=np.int64)
         S = np.zeros(max(len(self.index), 1), dtype=np.int64)
+        rows = _grid_rows if R <= 2**16 else _grid_rows.__wrapped__  # cache only the small maps
         for gshape, k in self.index.items():
-            B[k], S[k] = _grid_rows(gshape, self.shape)
+            B[k], S[k] = rows(tuple(gshape[: len(rshape)]) if gshape else (1,), rshape)
         return B, S
 
 
@@ -724,7 +732,7 @@ def eval_chunk(
         eta_out = np.zeros(n if final else 0)
         kernel = families_numba.cell_kernel(fam)
         cell_theta = kernel.theta(theta)
-        L = shape[-1] if m else 1
+        L = grids.rshape[-1]
         slab_rows = max(1, SLAB_CELLS // max(L, 1))
         y = np.ascontiguousarray(local[iy], dtype=np.float64).reshape(-1)
         src = _as_columns(layout, plan, local, n)
