@@ -434,9 +434,9 @@ def accurate_evaluator(objective, e, direction: Callable[[np.ndarray], np.ndarra
     """The objective's ``accurate_evaluation`` if a float64 gradient's rounding can move the
     estimates at ``e`` by more than :data:`ACCURATE_RTOL` relative, else ``None``.
 
-    The objective bounds that rounding per coefficient (``gradient_rounding(e)``: a vector
-    ``u``, or ``None`` when it has no accurate evaluation); the estimates then move by at most
-    ``|M| u`` where ``M`` is the map from a gradient to the step (``direction``, ``R R'`` or
+    The objective estimates that rounding per coefficient (``gradient_rounding(e)``: a vector
+    ``u``, or ``None`` when it has no accurate evaluation); the estimates then move by up to
+    about ``|M| u`` where ``M`` is the map from a gradient to the step (``direction``, ``R R'`` or
     the Newton-Schulz inverse), formed column by column from unit vectors: products only.
     Each coefficient is judged against ``max(|b_j|, 1e-3 max|b|)``. On NIST's Wampler1-5 the
     bound asks for it (float64 moves Wampler5's estimates by 3e-6, Wampler4's by 4e-8), on
