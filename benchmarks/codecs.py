@@ -1,6 +1,12 @@
 """zarr codecs and chunk shapes for reading a panel from local disk: size, write, floor, fit.
 
     flock /tmp/notes/bench.lock python benchmarks/codecs.py [--sizes 400,500,500] [--root /tmp/codecs]
+    ... --no-fit --repeat 3 --previous OLD.json   # floors only, kept beside an earlier run's table
+    ... --decode-only                             # single-threaded decode table, added to the JSON
+    ... --render                                  # rewrite CODECS.md from codecs.json (its "notes")
+
+(``codecs.json`` holds the three: a run with fits, a floors-only run with CPU seconds, the
+decode table; ``notes`` are the conclusions written after looking at them.)
 
 The panel: 3-D float32 Poisson written by ``daskglm.simulate`` (y, 4 full-grid covariates and
 4 covariates on each of (i,j), (i,k), (j,k), i, j, k: 29 coefficients), held in memory once and
@@ -118,6 +124,66 @@ def compressible_panel(sizes: dict[str, int]) -> xr.Dataset:
         ds[f"x_{''.join(dims)}_{c}"] = (dims, x)
     ds["y"] = (dims, y)
     return dask.persist(ds, scheduler="threads")[0]
+
+
+# --------------------------------------------------------------------------- decode alone
+def decode_speeds(repeat: int = 7) -> list[dict]:
+    """Single-threaded encode/decode of one 4M-cell float32 chunk per variable and codec (best of
+    ``repeat``: the least disturbed by other processes), with the numcodecs classes zarr's
+    ``BloscCodec``/``ZstdCodec`` call. ns per cell of the chunk; ratio = raw / encoded bytes."""
+    import numcodecs
+
+    shape = {"i": 16, "j": 500, "k": 500}
+    noise = simulate_panel(shape, "poisson", seed=1, dtype=np.float32, chunks=shape).compute()
+    comp = compressible_panel(shape)
+    arrays = {
+        "noise y (counts, mean ~3)": noise["y"].values,
+        "noise x (float32 normal)": noise["x_ijk_1"].values,
+        "compressible y (80% zeros)": comp["y"].values,
+        "compressible dummy": comp["x_ijk_1"].values,
+        "compressible 5 levels": comp["x_ijk_2"].values,
+        "compressible 1 decimal": comp["x_ijk_3"].values,
+    }
+    blosc = numcodecs.Blosc
+    codecs = {
+        "blosc-lz4-shuffle": blosc(cname="lz4", clevel=5, shuffle=blosc.SHUFFLE),
+        "blosc-lz4-bitshuffle": blosc(cname="lz4", clevel=5, shuffle=blosc.BITSHUFFLE),
+        "blosc-zstd1-shuffle": blosc(cname="zstd", clevel=1, shuffle=blosc.SHUFFLE),
+        "zstd1": numcodecs.Zstd(level=1),
+        "zstd3": numcodecs.Zstd(level=3),
+    }
+    out = []
+    blosc_threads = numcodecs.blosc.set_nthreads(1)
+    try:
+        for name, arr in arrays.items():
+            arr = np.ascontiguousarray(arr)
+            for cname, codec in codecs.items():
+                enc_s = dec_s = np.inf
+                for _ in range(repeat):
+                    t0 = time.perf_counter()
+                    buf = codec.encode(arr)
+                    t1 = time.perf_counter()
+                    back = np.frombuffer(codec.decode(buf), dtype=arr.dtype)
+                    t2 = time.perf_counter()
+                    enc_s, dec_s = min(enc_s, t1 - t0), min(dec_s, t2 - t1)
+                assert np.array_equal(back, arr.ravel(), equal_nan=True)
+                row = {
+                    "array": name,
+                    "codec": cname,
+                    "ratio": arr.nbytes / len(buf),
+                    "encode_ns_cell": enc_s / arr.size * 1e9,
+                    "decode_ns_cell": dec_s / arr.size * 1e9,
+                    "decode_mb_s": arr.nbytes / dec_s / 1e6,
+                }
+                out.append(row)
+                print(
+                    f"{name:28s} {cname:21s} ratio {row['ratio']:5.2f}  encode {row['encode_ns_cell']:5.2f}"
+                    f" decode {row['decode_ns_cell']:5.2f} ns/cell ({row['decode_mb_s']:5.0f} MB/s)",
+                    flush=True,
+                )
+    finally:
+        numcodecs.blosc.set_nthreads(blosc_threads)
+    return out
 
 
 # --------------------------------------------------------------------------- store
@@ -268,9 +334,24 @@ def markdown(record: dict) -> str:
         " Write = `to_zarr` from memory + `fsync` of every file.",
         "",
     ]
+    if record.get("notes"):
+        lines += [record["notes"], ""]
+    if record.get("decode"):
+        lines += [
+            "Decoding alone: one 4M-cell float32 chunk, one thread (numcodecs, the library under zarr's"
+            " codecs), best of 7; ns per cell and MB/s of raw data:",
+            "",
+            "| array | codec | ratio | encode ns/cell | decode ns/cell (MB/s) |",
+            "|---|---|---|---|---|",
+        ]
+        for r in record["decode"]:
+            lines.append(
+                f"| {r['array']} | {r['codec']} | {r['ratio']:.2f} | {r['encode_ns_cell']:.2f} |"
+                f" {r['decode_ns_cell']:.2f} ({r['decode_mb_s']:.0f}) |"
+            )
+        lines.append("")
     for run in record["runs"]:
         lines += _table(run)
-    lines += [record.get("notes", ""), ""]
     return "\n".join(lines)
 
 
@@ -293,7 +374,16 @@ def main() -> None:
         " iteration; the iteration's seconds are what is compared)",
     )
     p.add_argument("--render", action="store_true", help="only rewrite --md from --out (with its 'notes')")
+    p.add_argument(
+        "--decode-only", action="store_true", help="only the single-threaded decode table, added to --out"
+    )
     a = p.parse_args()
+    if a.decode_only:
+        record = json.loads(Path(a.out).read_text())
+        record["decode"] = decode_speeds()
+        Path(a.out).write_text(json.dumps(record, indent=1) + "\n")
+        Path(a.md).write_text(markdown(record))
+        return
     if a.render:  # e.g. after writing the conclusions into the JSON's "notes"
         Path(a.md).write_text(markdown(json.loads(Path(a.out).read_text())))
         return
@@ -364,6 +454,7 @@ def main() -> None:
     record = {
         "zarr": zarr.__version__,
         "machine": f"{os.cpu_count()} cores, {platform.machine()}",
+        "decode": decode_speeds(),
         "runs": runs + [this],
     }
     Path(a.out).write_text(json.dumps(record, indent=1) + "\n")

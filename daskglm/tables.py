@@ -73,8 +73,8 @@ SPARSE_FACTOR = 20
 #: the compression codecs of the stores daskglm writes (``codec="name[:level]"``)
 CODECS = ("none", "lz4", "zstd")
 #: the codec of ``from_long(..., to=)``, ``write_zarr`` and ``daskglm simulate/ingest``: blosc-lz4
-#: with byte shuffle reads as fast as raw chunks and halves the disk taken by typical data
-#: (counts, dummies, covariates on a few levels); see benchmarks/CODECS.md
+#: with bit shuffle decodes 2 GB in ~0.6 CPU seconds (zstd ~1.5) and makes typical data (counts,
+#: dummies, covariates on a few levels) 2.4x smaller; see benchmarks/CODECS.md
 DEFAULT_CODEC = "lz4"
 
 _PARQUET = (".parquet", ".pq", ".parq")
@@ -737,8 +737,9 @@ def from_long(
     overwrite : bool
         Replace an existing store at ``to``.
     codec : str
-        Compression of the store's value arrays: ``"lz4"`` (default: blosc-lz4, reads as fast
-        as raw chunks), ``"zstd[:level]"`` (smaller, slower to read) or ``"none"``; see
+        Compression of the store's value arrays: ``"lz4"`` (default: blosc-lz4, fast to
+        decode, counts and dummies ~2.4x smaller), ``"zstd[:level]"`` (~25% smaller again, ~2x
+        the decoding time) or ``"none"`` (fastest to read from the page cache, largest); see
         :func:`zarr_compressors` and ``benchmarks/CODECS.md``.
     storage_options : dict, optional
         fsspec options for a table URL and for ``to``.
@@ -906,7 +907,7 @@ def _warn_sparse(dims, sizes, n_rows, grid, nested) -> None:
     )
 
 
-_LEVELS = {"lz4": (1, 9, 5), "zstd": (1, 22, 1)}  # codec -> lowest, highest, default level
+_LEVELS = {"lz4": (1, 9, 5), "zstd": (1, 22, 3)}  # codec -> lowest, highest, default level
 
 
 def zarr_compressors(codec: str = DEFAULT_CODEC, option: str = "codec") -> tuple | None:
@@ -915,9 +916,9 @@ def zarr_compressors(codec: str = DEFAULT_CODEC, option: str = "codec") -> tuple
     Parameters
     ----------
     codec : str
-        ``"none"``: chunks stored raw; ``"lz4"``: blosc-lz4 with byte shuffle (levels 1-9,
-        default 5); ``"zstd"``: zstd (levels 1-22, default 1; zarr's own default is zstd at
-        level 3). A level is given after a colon: ``"zstd:3"``, ``"lz4:9"``.
+        ``"none"``: chunks stored raw; ``"lz4"``: blosc-lz4 with bit shuffle (levels 1-9,
+        default 5); ``"zstd"``: zstd (levels 1-22, default 3: zarr's own default codec, what
+        daskglm wrote before it had a choice). A level follows a colon: ``"zstd:1"``, ``"lz4:9"``.
     option : str
         The option's name in error messages (``"--codec"`` on the command line).
 
@@ -936,7 +937,7 @@ def zarr_compressors(codec: str = DEFAULT_CODEC, option: str = "codec") -> tuple
 
     choices = "none, lz4[:LEVEL 1-9] or zstd[:LEVEL 1-22] (e.g. 'lz4', 'zstd:3')"
     if not isinstance(codec, str):
-        raise ValueError(f"{option}={codec!r} must be a string: {choices}")
+        raise ValueError(f"{option}={codec!r} must be a string: choose {choices}")
     name, sep, level_text = codec.strip().lower().partition(":")
     if name not in CODECS:
         raise ValueError(f"{option}={codec!r} is not a codec{_closest(name, CODECS)}: choose {choices}")
@@ -950,7 +951,7 @@ def zarr_compressors(codec: str = DEFAULT_CODEC, option: str = "codec") -> tuple
             raise ValueError(f"{option}={codec!r}: the {name} level must be an integer {low}-{high}")
         level = int(level_text)
     if name == "lz4":
-        return (BloscCodec(cname="lz4", clevel=level, shuffle="shuffle"),)
+        return (BloscCodec(cname="lz4", clevel=level, shuffle="bitshuffle"),)
     return (ZstdCodec(level=level),)
 
 
@@ -975,8 +976,9 @@ def write_zarr(
         The store (a local path or an fsspec URL).
     codec : str
         ``"lz4"`` (default), ``"zstd[:level]"`` or ``"none"``: see :func:`zarr_compressors`.
-        From ``benchmarks/CODECS.md``: lz4 reads as fast as raw chunks; zstd takes less disk
-        and reads more slowly.
+        From ``benchmarks/CODECS.md``: lz4 decodes fast and makes counts and dummies ~2.4x
+        smaller; zstd ~25% smaller again at 2-3x lz4's decoding time; raw chunks are the fastest
+        to read while they sit in the page cache, and the largest.
     overwrite : bool
         Replace an existing store (otherwise an existing ``to`` is an error).
     storage_options : dict, optional
