@@ -738,7 +738,7 @@ def from_long(
         Replace an existing store at ``to``.
     codec : str
         Compression of the store's value arrays: ``"lz4"`` (default: blosc-lz4, fast to
-        decode, counts and dummies ~2.4x smaller), ``"zstd[:level]"`` (~25% smaller again, ~2x
+        decode, counts and dummies ~2.4x smaller), ``"zstd[:level]"`` (~25% smaller again, 2-3x
         the decoding time) or ``"none"`` (fastest to read from the page cache, largest); see
         :func:`zarr_compressors` and ``benchmarks/CODECS.md``.
     storage_options : dict, optional
