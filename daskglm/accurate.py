@@ -141,7 +141,7 @@ def accurate_chunk(layout: Layout, params: np.ndarray, *arrays: np.ndarray) -> n
             step = max(PIECE_VALUES // max(nb, 1), 1)
             for first in range(0, used_rows.size, step):
                 rows = used_rows[first : first + step]
-                X = design_rows(part, rows)
+                X = design_rows(part, rows).astype(np.float64, copy=False)
                 r_hi, r_lo = _residual(X, beta, y[rows], off[rows])
                 v_hi, v_e = two_prod(w[rows], r_hi)
                 v_lo = v_e + w[rows] * r_lo
