@@ -168,8 +168,7 @@ class PassWatchdog:
 
         futures, assemble = self._submit(graphs, optimize)
         try:
-            self._wait(futures)
-            return assemble(self.client.gather(futures))
+            return assemble(self._wait(futures))
         except (FutureCancelledError, FuturesCancelledError) as err:
             if self.client.status == "running":
                 raise
@@ -221,17 +220,26 @@ class PassWatchdog:
         running = sum(1 for w in workers.values() if w.get("status", "running") == "running")
         return len(workers), running
 
-    def _wait(self, futures: list) -> None:
-        from distributed import wait
+    async def _fetch(self, futures: list, timeout: float) -> list | None:
+        """The futures' values once all are done, waited for and gathered in one trip through
+        the client's event loop (one thread hop fewer a pass than ``wait`` then ``gather``);
+        ``None`` when they are not all done within ``timeout`` seconds."""
+        from distributed.client import _wait
 
+        try:
+            await _wait(futures, timeout=timeout)
+        except TimeoutError:
+            return None
+        return await self.client._gather(futures)
+
+    def _wait(self, futures: list) -> list:
+        """The futures' values; raises :class:`ClusterLostError` when the cluster has had no
+        running worker for :attr:`timeout` seconds meanwhile."""
         since = None  # when the cluster was first seen without workers
         while True:
-            try:
-                with self.client.as_current():
-                    wait(futures, timeout=self.poll)
-                return
-            except TimeoutError:
-                pass
+            values = self.client.sync(self._fetch, futures, self.poll)
+            if values is not None:
+                return values
             total, running = self._workers()
             if running:
                 since = None

@@ -7,7 +7,8 @@ larger than that is a fresh ``mmap`` whose pages fault in again, and the numpy k
 slower per cell in a worker than in the client process (about 0.15 s against 0.03 s for a
 1e6-cell chunk of the 28-coefficient Poisson benchmark). :class:`WorkerMalloc` raises both
 thresholds on each worker (glibc's ``mallopt``; a no-op elsewhere), so a worker keeps at most
-``trim`` bytes of freed heap, about a dozen slab-sized temporaries of a kernel.
+``trim`` bytes of freed heap (64 MiB, or a sixteenth of the worker's memory limit if smaller),
+far more than a kernel's slab-sized temporaries.
 
 Set ``daskglm.worker-malloc-trim`` (dask configuration; environment
 ``DASK_DASKGLM__WORKER_MALLOC_TRIM``) to ``False`` to leave the workers' allocator as dask
@@ -49,7 +50,8 @@ def set_malloc_thresholds(trim: int) -> bool:
 
 
 class WorkerMalloc(WorkerPlugin):
-    """Raise glibc's trim and mmap thresholds on every worker (see the module docstring).
+    """Raise glibc's trim and mmap thresholds on every worker (see the module docstring), to
+    ``trim`` bytes or a sixteenth of the worker's memory limit, whichever is smaller.
 
     Registered once per cluster (``idempotent``): workers that join later get it too.
     """
@@ -61,4 +63,5 @@ class WorkerMalloc(WorkerPlugin):
         self.trim = int(trim)
 
     def setup(self, worker) -> None:
-        set_malloc_thresholds(self.trim)
+        limit = getattr(getattr(worker, "memory_manager", None), "memory_limit", None)
+        set_malloc_thresholds(min(self.trim, limit // 16) if limit else self.trim)
