@@ -332,13 +332,9 @@ def fit(
     res.resumed_from = resumed_from
     res.engine = engine
     if res.n_separated:
-        what = (
-            "fitted probabilities of 0 or 1"
-            if fam.name == "binomial"
-            else "a zero response (or a censored spell) with a fitted mean below 1e-10"
-        )
         warnings.warn(
-            f"complete or quasi-complete separation: {res.n_separated} used cells have {what}; "
+            f"complete or quasi-complete separation: {res.n_separated} used cells have "
+            f"{fam.separation_wording}; "
             "the maximum-likelihood estimate does not exist and some coefficients diverge. "
             "Drop or merge the covariates (or levels) that predict those cells perfectly",
             SeparationWarning,

@@ -95,10 +95,8 @@ class PanelObjective:
         Floored at 1e-16 of the mean square of y: below that the residuals are float64
         rounding (an exact fit, such as NIST's Wampler1), and dividing by them would keep the
         Newton decrement from ever looking small."""
-        if self.layout.family.name == "gaussian":
-            sw = self.setup.sum_weights
-            return max(e.deviance / sw, 1e-16 * self.setup.sums["swy2"] / sw, 1e-300)
-        return 1.0
+        sw = self.setup.sum_weights
+        return self.layout.family.dispersion(e.deviance, sw, 1e-16 * self.setup.sums["swy2"] / sw)
 
     @property
     def qr_cond(self) -> float:
@@ -108,7 +106,7 @@ class PanelObjective:
         takes two or three passes), 1e10 for the other families (the QR pass forms the design
         of each chunk, several times the cost of a Hessian pass; below 1e10 the normal
         equations refined by the Newton iterations are accurate to 1e-6 or better)."""
-        return 1e6 if self.layout.family.name == "gaussian" else 1e10
+        return 1e6 if self.layout.family.linear else 1e10
 
     def _unpack_qr(self, vec) -> TSQR:
         return qr_unpack(vec, qr_width(self.layout, "newton"), qr_grad_size(self.layout, "newton"))
@@ -132,8 +130,9 @@ class PanelObjective:
         offset - X b)`` summed in double-double (:mod:`daskglm.accurate`), for the gradient
         solvers' and Newton-Schulz's last step. Gaussian family only, as Newton's
         extended-precision gradient (its large residuals are where a float64 gradient's
-        rounding moves the estimates); ``None`` (and no pass) for the other families."""
-        if self.layout.family.name != "gaussian":
+        rounding moves the estimates; :attr:`~daskglm.families.Family.linear`); ``None`` (and no
+        pass) for the other families."""
+        if not self.layout.family.linear:
             return None
         g = graph.eval_graph(self.layout, self.panel.arrays, params, hessian=False, engine=self.engine)
         a = accurate_graph(self.layout, self.panel.arrays, params)
@@ -151,7 +150,7 @@ class PanelObjective:
         for pairwise sums), but above the error seen: on NIST's Wampler1-5, 10-1e5 times it;
         on n random cells about ``sqrt(n)`` times it, as the cells' roundings partly cancel.
         ``None`` where :meth:`accurate_evaluation` is (other families)."""
-        if self.layout.family.name != "gaussian":
+        if not self.layout.family.linear:
             return None
         scale = np.sqrt(max(e.deviance, 0.0)) + np.sqrt(self.setup.sums["swy2"])
         col = np.sqrt(np.maximum(np.diag(self.setup.gram), 0.0))
@@ -169,8 +168,7 @@ class PanelObjective:
         """Covariance of all parameters from :meth:`final`'s statistics (statsmodels'
         conventions, :func:`daskglm.inference.covariance`; ``ssc`` is for fixed-effects fits)."""
         layout = self.layout
-        gaussian = layout.family.name == "gaussian"
-        scale = final["dev"] / (self.setup.sum_weights - layout.n_beta) if gaussian else 1.0
+        scale = layout.family.scale(final["dev"], self.setup.sum_weights - layout.n_beta)
         return covariance(
             final["hess"],
             cov_type,

@@ -156,6 +156,23 @@ class Family:
     log_link: ClassVar[bool] = True
     #: the constructor's keywords (see :class:`FamilyOption`); the registry and CLI read them
     options: ClassVar[tuple[FamilyOption, ...]] = ()
+    #: the cell gradient is ``y - eta`` and the second derivative ``-1`` (least squares; the
+    #: Gaussian): the Hessian does not depend on the parameters, the gradient is linear in the
+    #: data, so it can be summed in double-double (:mod:`daskglm.qr`'s ``"newton"`` pass,
+    #: :mod:`daskglm.accurate`) and Newton switches to the exact QR route at a lower condition
+    #: number
+    linear: ClassVar[bool] = False
+    #: whether the fit estimates a scale ``phi`` from the deviance (the Gaussian's ``sigma^2``):
+    #: standard errors are multiplied by it and LL differences are divided by it
+    estimates_scale: ClassVar[bool] = False
+    #: the used cells that :meth:`separated` flags, as the separation warning words them
+    separation_wording: ClassVar[str] = "a zero response (or a censored spell) with a fitted mean below 1e-10"
+    #: name of the ancillary parameter reported beside the coefficients (NB2's ``"alpha"``)
+    ancillary_name: ClassVar[str | None] = None
+    #: the true intercept of simulated panels (:func:`daskglm.simulate.simulate_panel`)
+    sim_intercept: ClassVar[float] = 1.0
+    #: whether simulated panels may carry an ``exposure`` (counts with a log link)
+    sim_exposure: ClassVar[bool] = False
 
     # ----------------------------------------------------------------- parameters
     @property
@@ -221,6 +238,124 @@ class Family:
         """
         raise NotImplementedError
 
+    # ----------------------------------------------------------------- reported statistics
+    def full_loglike(self, kernel_ll: float, deviance: float, sum_weights: float, ll_const: float) -> float:
+        """The log-likelihood R, Stata and statsmodels report, from the fit's.
+
+        Parameters
+        ----------
+        kernel_ll : float
+            Sum of the cells' weighted ``f`` (the part the solvers see).
+        deviance : float
+            The fit's deviance.
+        sum_weights : float
+            Sum of the used cells' weights.
+        ll_const : float
+            Sum of the cells' weighted :meth:`constant`.
+
+        Returns
+        -------
+        float
+            ``kernel_ll + ll_const`` (families without a scale).
+        """
+        return kernel_ll + ll_const
+
+    def scale(self, deviance: float, df_resid: float) -> float:
+        """The scale reported and used by the non-robust covariance: ``deviance / df_resid``
+        where :attr:`estimates_scale`, else 1.
+
+        Parameters
+        ----------
+        deviance : float
+            The fit's deviance.
+        df_resid : float
+            Residual degrees of freedom (sum of weights minus the coefficients).
+
+        Returns
+        -------
+        float
+        """
+        return deviance / df_resid if self.estimates_scale else 1.0
+
+    def dispersion(self, deviance: float, sum_weights: float, floor: float) -> float:
+        """The dispersion ``phi`` by which the solvers divide log-likelihood differences.
+
+        The fit runs with ``phi = 1``; where :attr:`estimates_scale`, differences are in
+        likelihood units only once divided by the MLE ``deviance / sum_weights``.
+
+        Parameters
+        ----------
+        deviance, sum_weights : float
+            The evaluation's deviance and the used cells' sum of weights.
+        floor : float
+            Smallest value returned where the scale is estimated: an exact fit (NIST's
+            Wampler1) has deviance 0, and dividing by rounding noise would keep the Newton
+            decrement from ever looking small.
+
+        Returns
+        -------
+        float
+            1 for families without a scale.
+        """
+        if not self.estimates_scale:
+            return 1.0
+        return max(deviance / sum_weights, floor, 1e-300)
+
+    def ancillary(self, theta: Array) -> float | None:
+        """The reported value of :attr:`ancillary_name` (NB2's ``alpha``).
+
+        Parameters
+        ----------
+        theta : ndarray
+            The fit's extra parameters (:attr:`extra_names`; empty when fixed).
+
+        Returns
+        -------
+        float or None
+            ``None`` for families without an ancillary parameter.
+        """
+        return None
+
+    def ancillary_se(self, theta: Array, cov_theta: Array) -> float | None:
+        """Standard error of :meth:`ancillary` (delta method from ``theta``'s covariance);
+        ``None`` where the parameter is fixed or absent."""
+        return None
+
+    def fixed_at(self, theta: Array) -> Family:
+        """This family with its extra parameters fixed at ``theta`` (NB2 at the fit's alpha, for
+        the null deviance as R's ``glm.nb`` computes it); ``self`` when it has none."""
+        return self
+
+    def restricted(self) -> Family | None:
+        """The family at the boundary of the ancillary parameter (NB2's ``alpha = 0``: Poisson),
+        for a likelihood-ratio test; ``None`` where there is none."""
+        return None
+
+    # ----------------------------------------------------------------- simulation
+    def sample(self, rng: np.random.Generator, eta: Array, aux: dict[str, Array]) -> dict[str, Array]:
+        """Draw responses at linear predictors ``eta`` (:func:`daskglm.simulate.simulate_panel`).
+
+        Parameters
+        ----------
+        rng : numpy.random.Generator
+        eta : ndarray
+            Linear predictor per cell (without exposure).
+        aux : dict
+            ``"exposure"`` where :attr:`sim_exposure` and requested; the family's auxiliary
+            inputs other than those it draws (the binomial's ``"trials"``).
+
+        Returns
+        -------
+        dict
+            ``"y"`` and any auxiliary variables drawn with it (the exponential's ``"event"``).
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no simulator")
+
+    @property
+    def sim_outputs(self) -> tuple[str, ...]:
+        """Variables :meth:`sample` returns: ``"y"`` and the drawn auxiliary roles."""
+        return ("y",)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -234,6 +369,8 @@ class Gaussian(Family):
 
     name = "gaussian"
     log_link = False
+    linear = True
+    estimates_scale = True
 
     def derivatives(self, y, eta, aux, theta):
         r = y - eta
@@ -255,6 +392,17 @@ class Gaussian(Family):
     def start(self, sums):
         return sums["swy"] / sums["sw"], np.zeros(0)
 
+    def full_loglike(self, kernel_ll, deviance, sum_weights, ll_const):
+        """The concentrated log-likelihood ``-n/2 (log(2 pi SSR/n) + 1)`` (``n`` the sum of
+        weights); ``+inf`` for an exact fit (SSR = 0), as statsmodels' OLS reports, quietly."""
+        n = sum_weights
+        if not deviance > 0:
+            return np.inf
+        return -0.5 * n * (np.log(2 * np.pi * deviance / n) + 1.0)
+
+    def sample(self, rng, eta, aux):
+        return {"y": eta + rng.standard_normal(eta.shape)}
+
 
 class Poisson(Family):
     """Poisson counts with log link; ``offset`` / ``exposure`` enter eta.
@@ -263,6 +411,8 @@ class Poisson(Family):
     """
 
     name = "poisson"
+    separation_wording = "a zero count with a fitted mean below 1e-10"
+    sim_exposure = True
 
     def derivatives(self, y, eta, aux, theta):
         mu = np.exp(eta)
@@ -294,6 +444,9 @@ class Poisson(Family):
     def start(self, sums):
         return float(np.log(max(sums["swy"], 1e-300) / sums["swoff"])), np.zeros(0)
 
+    def sample(self, rng, eta, aux):
+        return {"y": rng.poisson(np.exp(eta) * aux.get("exposure", 1.0)).astype(np.float64)}
+
 
 class Exponential(Family):
     """Exponential duration model with right censoring.
@@ -314,6 +467,8 @@ class Exponential(Family):
         ),
     )
     safe_y = 1.0
+    separation_wording = "a censored spell with a fitted cumulative hazard below 1e-10"
+    sim_intercept = -1.0
 
     def __init__(self, event: str | float = 1.0):
         self.event = event
@@ -359,6 +514,15 @@ class Exponential(Family):
         # the MLE of a constant hazard: events / total time
         return float(np.log(max(sums["swd"], 1e-300) / sums["swyoff"])), np.zeros(0)
 
+    @property
+    def sim_outputs(self):
+        return ("y", "event")
+
+    def sample(self, rng, eta, aux):
+        t_event = rng.exponential(np.exp(-eta))
+        censor = rng.exponential(2.0 * np.exp(-eta))  # about a third censored
+        return {"y": np.minimum(t_event, censor), "event": (t_event <= censor).astype(np.float64)}
+
     def __repr__(self):
         return f"Exponential(event={self.event!r})"
 
@@ -377,6 +541,8 @@ class Binomial(Family):
         ),
     )
     log_link = False
+    separation_wording = "fitted probabilities of 0 or 1"
+    sim_intercept = -0.5
 
     def __init__(self, trials: str | float = 1.0):
         self.trials = trials
@@ -436,6 +602,10 @@ class Binomial(Family):
         p = np.clip(sums["swy"] / sums["swm"], 1e-6, 1 - 1e-6)
         return float(np.log(p / (1 - p))), np.zeros(0)
 
+    def sample(self, rng, eta, aux):
+        p = 1.0 / (1.0 + np.exp(-eta))
+        return {"y": rng.binomial(aux["trials"].astype(np.int64), p).astype(np.float64)}
+
     def __repr__(self):
         return f"Binomial(trials={self.trials!r})"
 
@@ -453,6 +623,9 @@ class NegativeBinomial(Family):
             "alpha", "fix the dispersion alpha > 0 (default: estimate log-alpha with beta)", float, "ALPHA"
         ),
     )
+    separation_wording = "a zero count with a fitted mean below 1e-10"
+    ancillary_name = "alpha"
+    sim_exposure = True
 
     def __init__(self, alpha: float | None = None):
         if alpha is not None and not (np.isfinite(alpha) and alpha > 0):
@@ -527,6 +700,29 @@ class NegativeBinomial(Family):
         var = sums["swy2"] / sums["sw"] - m * m
         alpha0 = float(np.clip((var - m) / max(m * m, 1e-12), 0.05, 10.0))
         return b0, np.array([np.log(alpha0)])
+
+    def ancillary(self, theta):
+        """``alpha``: the fixed value, or ``exp(theta[0])`` when estimated."""
+        return float(self.alpha) if self.alpha is not None else float(np.exp(theta[0]))
+
+    def ancillary_se(self, theta, cov_theta):
+        """``alpha * se(log alpha)`` (delta method); ``None`` when alpha is fixed."""
+        if self.alpha is not None:
+            return None
+        return float(self.ancillary(theta) * np.sqrt(np.asarray(cov_theta)[0, 0]))
+
+    def fixed_at(self, theta):
+        return self if self.alpha is not None else NegativeBinomial(alpha=self.ancillary(theta))
+
+    def restricted(self):
+        return Poisson()
+
+    def sample(self, rng, eta, aux):
+        if self.alpha is None:
+            raise ValueError("simulating NegativeBinomial needs a fixed alpha: NegativeBinomial(alpha=0.5)")
+        mu = np.exp(eta) * aux.get("exposure", 1.0)
+        lam = rng.gamma(1.0 / self.alpha, self.alpha * mu)
+        return {"y": rng.poisson(lam).astype(np.float64)}
 
     def __repr__(self):
         return f"NegativeBinomial(alpha={self.alpha!r})"

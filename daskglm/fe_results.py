@@ -76,14 +76,6 @@ class FixedEffectsResults(GLMResults):
         self.inner_iterations = list(objective.inner_iterations)
 
     # ------------------------------------------------------------------ estimates
-    @property
-    def alpha(self) -> float | None:
-        """NB2 dispersion (its log sits after the covariates, before the effect levels)."""
-        fam = self.family
-        if getattr(fam, "extra_names", ()) == ("log_alpha",):
-            return float(np.exp(self._params_all[self.layout.n_beta]))
-        return super().alpha
-
     @cached_property
     def fixed_effects(self) -> EffectArrays:
         """The effects over their dims, normalised as fixest does: every effect but the first

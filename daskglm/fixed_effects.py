@@ -230,11 +230,9 @@ class FixedEffectsObjective:
 
     def dispersion(self, e: Evaluation) -> float:
         """Gaussian fits run with sigma = 1: divide LL differences by the MLE of sigma^2."""
-        if self.layout.family.name == "gaussian":
-            # floored so that an exact fit (deviance 0) still meets the stopping rule
-            floor = 1e-16 * self.setup.sums["swy2"] / max(self.setup.sums["sw"], 1.0)
-            return max(e.deviance / max(self.sum_weights, 1.0), floor, 1e-300)
-        return 1.0
+        # floored so that an exact fit (deviance 0) still meets the stopping rule
+        floor = 1e-16 * self.setup.sums["swy2"] / max(self.setup.sums["sw"], 1.0)
+        return self.layout.family.dispersion(e.deviance, max(self.sum_weights, 1.0), floor)
 
     def _stats(self, params: np.ndarray) -> dict:
         if self._last is None or not np.array_equal(self._last[0], params):
@@ -416,7 +414,7 @@ class FixedEffectsObjective:
             levels=self.drops.levels(),
             active=self.active,
             nobs=self.sum_weights,
-            gaussian=self.layout.family.name == "gaussian",
+            estimates_scale=self.layout.family.estimates_scale,
             ssc=ssc,
         )
         full = np.full((self.n_small, self.n_small), np.nan)
@@ -465,7 +463,7 @@ def fe_covariance(
     levels: list[int],
     active: np.ndarray,
     nobs: float,
-    gaussian: bool,
+    estimates_scale: bool,
     ssc: bool = True,
 ) -> np.ndarray:
     """Covariance of the active covariates (and NB2's log-alpha) of a fixed-effects fit.
@@ -475,7 +473,7 @@ def fe_covariance(
     pyfixest (``ssc(k_adj=True, k_fixef="nonnested", G_adj=True, G_df="min")``), with
     ``K = k + sum(levels) - (n_effects - 1)``:
 
-    * ``nonrobust``: ``S^-1 (N-1)/(N-K)``; Gaussian: ``S^-1 SSR/(N-K)``;
+    * ``nonrobust``: ``S^-1 (N-1)/(N-K)``; with ``estimates_scale`` (the Gaussian): ``S^-1 SSR/(N-K)``;
     * ``HC1``/``HC0``: ``S^-1 M S^-1 N/(N-K)`` (HC0: no factor);
     * ``cluster``: ``S^-1 M_c S^-1 (N-1)/(N-K') G/(G-1)``, where ``K'`` leaves out the levels of
       effects nested in a clustering (whose dims include a clustering's dims) but counts one per
@@ -494,7 +492,7 @@ def fe_covariance(
     n_fe = len(effects)
     K = k + sum(levels) - (n_fe - 1)
     if cov_type == "nonrobust":
-        if gaussian:
+        if estimates_scale:  # the Gaussian
             return Bread * final["dev"] / ((N - K) if ssc else (N - 1))
         return Bread * ((N - 1) / (N - K) if ssc else 1.0)
     if cov_type in ("HC0", "HC1"):

@@ -17,7 +17,6 @@ from scipy import stats
 from . import graph
 from .checks import SetupInfo
 from .engine import PanelObjective, run_setup, start_params
-from .families import NegativeBinomial, Poisson
 from .kernels import predict_chunk
 from .panel import Panel, build_panel, open_data
 from .solvers.newton import NewtonConfig, newton
@@ -139,22 +138,25 @@ class GLMResults:
 
     # ------------------------------------------------------------------ NB2 dispersion
     @property
+    def _extra(self) -> slice:
+        """Where the family's extra parameters sit in the parameter vector (after the
+        coefficients; before any effect levels)."""
+        nb = self.layout.n_beta
+        return slice(nb, nb + self.family.n_extra)
+
+    @property
     def alpha(self) -> float | None:
-        """NB2 dispersion (estimated or fixed); ``None`` for other families."""
-        if not isinstance(self.family, NegativeBinomial):
-            return None
-        if self.family.alpha is not None:
-            return float(self.family.alpha)
-        return float(np.exp(self._params_all[-1]))
+        """NB2 dispersion (estimated or fixed): the family's ancillary parameter
+        (:meth:`~daskglm.families.Family.ancillary`); ``None`` for families without one."""
+        return self.family.ancillary(self._params_all[self._extra])
 
     @property
     def alpha_bse(self) -> float | None:
         """Standard error of alpha (delta method from log alpha); ``None`` if fixed."""
-        if not isinstance(self.family, NegativeBinomial) or self.family.alpha is not None:
+        if self._cov_all is None or not self.family.n_extra:
             return None
-        if self._cov_all is None:
-            return None
-        return float(self.alpha * np.sqrt(self._cov_all[-1, -1]))
+        sl = self._extra
+        return self.family.ancillary_se(self._params_all[sl], self._cov_all[sl, sl])
 
     # ------------------------------------------------------------------ fit statistics
     @property
@@ -163,9 +165,8 @@ class GLMResults:
 
     @property
     def scale(self) -> float:
-        if self.family.name == "gaussian":
-            return self.deviance / self.df_resid
-        return 1.0
+        """The estimated scale (Gaussian: ``SSR / df_resid``); 1 for families without one."""
+        return float(self.family.scale(self.deviance, self.df_resid))
 
     @property
     def _ll_const(self) -> float:
@@ -173,10 +174,7 @@ class GLMResults:
         return self._setup.ll_const
 
     def _full_ll(self, kernel_ll: float, deviance: float) -> float:
-        if self.family.name == "gaussian":
-            n = self.sum_weights
-            return -0.5 * n * (np.log(2 * np.pi * deviance / n) + 1.0)
-        return kernel_ll + self._ll_const
+        return self.family.full_loglike(kernel_ll, deviance, self.sum_weights, self._ll_const)
 
     @property
     def llf(self) -> float:
@@ -213,17 +211,14 @@ class GLMResults:
     def llnull(self) -> float:
         """Log-likelihood of the intercept-only model (same offsets, exposure, weights)."""
         setup, final, _ = self._null
-        return float(
-            self._full_ll(final["ll"], final["dev"])
-            if self.family.name == "gaussian"
-            else final["ll"] + setup.ll_const
-        )
+        return float(self.family.full_loglike(final["ll"], final["dev"], self.sum_weights, setup.ll_const))
 
     @cached_property
     def null_deviance(self) -> float:
         """Deviance of the intercept-only model (NB2: at this fit's alpha, as R's glm.nb)."""
-        if isinstance(self.family, NegativeBinomial) and self.family.alpha is None:
-            panel = self._panel.without_covariates().with_family(NegativeBinomial(alpha=self.alpha))
+        if self.family.n_extra:
+            fixed = self.family.fixed_at(self._params_all[self._extra])
+            panel = self._panel.without_covariates().with_family(fixed)
             return float(self._submodel(panel)[1]["dev"])
         return float(self._null[1]["dev"])
 
@@ -239,11 +234,12 @@ class GLMResults:
         Returns ``(chibar2, p_value)`` with the boundary-corrected p-value
         ``0.5 * P(chi2_1 > chibar2)`` (Stata's ``nbreg`` convention). Costs a Poisson fit.
         """
-        if not isinstance(self.family, NegativeBinomial):
+        restricted = self.family.restricted()
+        if restricted is None:
             raise AttributeError("lr_test_poisson is defined for the negative binomial family only")
-        panel = self._panel.with_family(Poisson())
+        panel = self._panel.with_family(restricted)
         setup, final, _ = self._submodel(panel)
-        llp = final["ll"] + setup.ll_const
+        llp = restricted.full_loglike(final["ll"], final["dev"], setup.sum_weights, setup.ll_const)
         lr = max(2 * (self.llf - llp), 0.0)
         return float(lr), float(0.5 * stats.chi2.sf(lr, 1))
 
@@ -369,17 +365,21 @@ class GLMResults:
                 lines.append(self._table().to_string(float_format=lambda v: f"{v:.6g}"))
         else:
             lines.append(self.params.to_string())
-        if isinstance(fam, NegativeBinomial):
+        if fam.ancillary_name is not None:
+            name = fam.ancillary_name
             lines.append("-" * 78)
-            if fam.alpha is None:
-                lr, p = self.lr_test_poisson
+            if fam.n_extra:
                 se = f" (std err {self.alpha_bse:.6g})" if self.alpha_bse is not None else ""
-                lines.append(f"alpha: {self.alpha:.6g}{se}")
-                lines.append(
-                    f"LR test of alpha=0 (vs Poisson): chibar2(01) = {lr:.4f}, Prob >= chibar2 = {p:.4g}"
-                )
+                lines.append(f"{name}: {self.alpha:.6g}{se}")
+                restricted = fam.restricted()
+                if restricted is not None:
+                    lr, p = self.lr_test_poisson
+                    lines.append(
+                        f"LR test of {name}=0 (vs {type(restricted).__name__}): "
+                        f"chibar2(01) = {lr:.4f}, Prob >= chibar2 = {p:.4g}"
+                    )
             else:
-                lines.append(f"alpha fixed at {fam.alpha:g}")
+                lines.append(f"{name} fixed at {self.alpha:g}")
         if self.n_separated:
             lines.append(f"Warning: {self.n_separated} cells have fitted means on the boundary (separation)")
         if not self.converged:

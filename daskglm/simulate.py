@@ -17,9 +17,13 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from .families import Family
+from .registry import FAMILIES, family_class, resolve_family
+
 __all__ = ["default_blocks", "simulate_panel", "SIM_FAMILIES"]
 
-SIM_FAMILIES = ("gaussian", "poisson", "binomial", "negative_binomial", "exponential")
+#: the registered families that can draw responses (:meth:`~daskglm.families.Family.sample`)
+SIM_FAMILIES = tuple(name for name, cls in FAMILIES.items() if cls.sample is not Family.sample)
 
 
 def default_blocks(dims: tuple[str, ...], per_block: int = 4) -> dict[str, tuple[tuple[str, ...], int]]:
@@ -35,24 +39,9 @@ def default_blocks(dims: tuple[str, ...], per_block: int = 4) -> dict[str, tuple
     return out
 
 
-def _draw(family: str, eta: np.ndarray, aux: dict, rng: np.random.Generator, alpha: float):
-    if family == "gaussian":
-        return eta + rng.standard_normal(eta.shape)
-    if family == "poisson":
-        return rng.poisson(np.exp(eta) * aux.get("exposure", 1.0)).astype(np.float64)
-    if family == "negative_binomial":
-        mu = np.exp(eta) * aux.get("exposure", 1.0)
-        lam = rng.gamma(1.0 / alpha, alpha * mu)
-        return rng.poisson(lam).astype(np.float64)
-    if family == "binomial":
-        p = 1.0 / (1.0 + np.exp(-eta))
-        return rng.binomial(aux["trials"].astype(np.int64), p).astype(np.float64)
-    raise ValueError(family)
-
-
 def simulate_panel(
     sizes: dict[str, int],
-    family: str = "poisson",
+    family: str | Family = "poisson",
     *,
     blocks: dict[str, tuple[tuple[str, ...], int]] | None = None,
     chunks: dict[str, int] | None = None,
@@ -68,8 +57,10 @@ def simulate_panel(
     ----------
     sizes : dict
         Panel dims and their lengths, e.g. ``{"i": 200, "j": 200, "k": 50}``.
-    family : str
-        One of :data:`SIM_FAMILIES`.
+    family : str or Family
+        One of :data:`SIM_FAMILIES` (or an alias), or an instance; the family draws the
+        responses (:meth:`~daskglm.families.Family.sample`) and sets the true intercept
+        (``sim_intercept``).
     blocks : dict, optional
         ``name -> (dims, n_columns)``: each block is stored as variables ``name_1`` ...
         ``name_n``; defaults to :func:`default_blocks`.
@@ -78,7 +69,7 @@ def simulate_panel(
     seed : int
         Seed of everything random.
     alpha : float
-        NB2 dispersion.
+        NB2 dispersion (given to the families that take an ``alpha`` option, by name).
     missing_fraction : float
         Share of cells whose ``y`` is set to NaN (an unbalanced panel on the same grid).
     exposure : bool
@@ -94,7 +85,13 @@ def simulate_panel(
         with ``daskglm.write_zarr(ds, "panel.zarr", codec="lz4")`` (the default codec; or
         ``"zstd[:level]"``, ``"none"``), chunk by chunk.
     """
-    if family not in SIM_FAMILIES:
+    if isinstance(family, str):
+        cls = family_class(family)
+        options = {k: v for k, v in {"alpha": alpha}.items() if k in [o.name for o in cls.options]}
+        fam = resolve_family(family, options)
+    else:
+        fam = resolve_family(family)
+    if type(fam).sample is Family.sample:
         raise ValueError(f"family={family!r}: simulate one of {SIM_FAMILIES}")
     dims = tuple(sizes)
     shape = tuple(int(sizes[d]) for d in dims)
@@ -108,13 +105,7 @@ def simulate_panel(
     coef_rng = np.random.default_rng(seed + 7919)
     n_cols = sum(n for _, n in blocks.values())
     scale = 0.5 / np.sqrt(max(n_cols, 1))
-    intercept = {
-        "gaussian": 1.0,
-        "poisson": 1.0,
-        "negative_binomial": 1.0,
-        "binomial": -0.5,
-        "exponential": -1.0,
-    }[family]
+    intercept = fam.sim_intercept
     truth = {"Intercept": intercept}
     ds = xr.Dataset(coords={d: np.arange(sizes[d]) for d in dims})
     eta = da.full(shape, intercept, chunks=full)
@@ -130,27 +121,28 @@ def simulate_panel(
             idx = tuple(slice(None) if d in bdims else None for d in dims)
             eta = eta + beta * x[idx]
     aux = {}
-    if exposure and family in ("poisson", "negative_binomial"):
+    if exposure and fam.sim_exposure:
         edims = dims[:2]
         ex = rs.uniform(0.5, 2.0, size=tuple(sizes[d] for d in edims), chunks=tuple(cmap[d] for d in edims))
         ds["exposure"] = (edims, ex.astype(dtype))
         aux["exposure"] = ex[tuple(slice(None) if d in edims else None for d in dims)]
-    if family == "binomial":
+    for role in fam.aux_roles:
+        if role in fam.sim_outputs:
+            continue
+        # an auxiliary input the family does not draw (the binomial's trials): whole numbers
+        # 1..19 over the first dim(s)
         tdims = dims[: max(1, len(dims) - 1)]
         tr = rs.randint(1, 20, size=tuple(sizes[d] for d in tdims), chunks=tuple(cmap[d] for d in tdims))
-        ds["trials"] = (tdims, tr.astype(dtype))
-        aux["trials"] = tr[tuple(slice(None) if d in tdims else None for d in dims)].astype(np.float64)
+        ds[role] = (tdims, tr.astype(dtype))
+        aux[role] = tr[tuple(slice(None) if d in tdims else None for d in dims)].astype(np.float64)
+    outputs = fam.sim_outputs
     names = list(aux)
 
     def draw(eta_b, *aux_b, block_id=None):
         rng = np.random.default_rng([seed, 104729, *block_id])
         a = {k: np.broadcast_to(v, eta_b.shape) for k, v in zip(names, aux_b, strict=True)}
-        if family == "exponential":
-            t_event = rng.exponential(np.exp(-eta_b))
-            censor = rng.exponential(2.0 * np.exp(-eta_b))  # about a third censored
-            out = np.stack([np.minimum(t_event, censor), (t_event <= censor).astype(np.float64)])
-        else:
-            out = _draw(family, eta_b, a, rng, alpha)[None]
+        sample = fam.sample(rng, eta_b, a)
+        out = np.stack([sample[k] for k in outputs])
         if missing_fraction > 0:
             out[0][rng.random(eta_b.shape) < missing_fraction] = np.nan
         return out
@@ -160,14 +152,13 @@ def simulate_panel(
         eta,
         *[aux[k] for k in names],
         new_axis=0,
-        chunks=((2 if family == "exponential" else 1,),) + full,
+        chunks=((len(outputs),),) + full,
         dtype=np.float64,
     )
-    ds["y"] = (dims, drawn[0].astype(dtype))
-    if family == "exponential":
-        ds["event"] = (dims, drawn[1].astype(dtype))
-    if family == "negative_binomial":
-        truth["alpha"] = alpha
+    for k, name in enumerate(outputs):
+        ds[name] = (dims, drawn[k].astype(dtype))
+    if fam.ancillary_name is not None:
+        truth[fam.ancillary_name] = fam.ancillary(np.zeros(0))
     ds.attrs["true_params"] = json.dumps(truth)
-    ds.attrs["family"] = family
+    ds.attrs["family"] = fam.name
     return ds
