@@ -6,12 +6,13 @@ mapped through the inverse Hessian that error moves the estimates. On NIST's Wam
 0..20, covariates up to x^5 = 3.2e6, residuals of 2e7) a float64 gradient moves them by 2e-7
 to 5e-6 relative, so no solver that stops where its gradient vanishes gets closer; the error
 comes from the products ``x_ij r_i`` and their sum (the residual's own rounding moves them by
-1e-9). Newton's QR pass accumulates that gradient in ``numpy.longdouble``
-(:mod:`daskglm.qr`); the gradient-only solvers and Newton-Schulz use this pass instead, once,
-for their last step (:meth:`~daskglm.engine.PanelObjective.accurate_evaluation`).
+1e-9). Newton's QR pass accumulates that gradient with the same arithmetic (:mod:`daskglm.qr`);
+the gradient-only solvers and Newton-Schulz use this pass instead, once, for their last step
+(:meth:`~daskglm.engine.PanelObjective.accurate_evaluation`).
 
-How: error-free transformations (Knuth's TwoSum, Dekker's TwoProduct with Veltkamp's split),
-vectorised over the cells, so the result does not depend on the platform's long double.
+How: error-free transformations (Knuth's TwoSum, Dekker's TwoProduct with Veltkamp's split;
+:mod:`daskglm.double_double`, re-exported here), vectorised over the cells, so the result does
+not depend on the platform's long double.
 Per slab of the chunk, with the design formed a piece at a time (:func:`~daskglm.qr.design_rows`):
 
 * ``eta = X b + offset`` and ``r = y - eta`` as unevaluated sums ``hi + lo`` of float64s;
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .double_double import dd_add, dd_gradient, dd_sum, two_prod, two_sum
 from .kernels import ChunkData, _expand, _slabs, build_contractor
 from .layout import Layout
 from .qr import PIECE_VALUES, design_rows
@@ -44,75 +46,10 @@ __all__ = [
     "accurate_unpack",
 ]
 
-#: Veltkamp's splitter for float64: 2^27 + 1
-_SPLITTER = 134217729.0
-
-
-def two_sum(a, b) -> tuple[np.ndarray, np.ndarray]:
-    """``(s, e)`` with ``s = fl(a + b)`` and ``s + e = a + b`` exactly (Knuth; any magnitudes)."""
-    s = a + b
-    bb = s - a
-    return s, (a - (s - bb)) + (b - bb)
-
-
-def _split(a) -> tuple[np.ndarray, np.ndarray]:
-    """Veltkamp's split: ``a = hi + lo`` exactly, each with at most 26 significant bits."""
-    t = _SPLITTER * a
-    hi = t - (t - a)
-    return hi, a - hi
-
-
-def two_prod(a, b) -> tuple[np.ndarray, np.ndarray]:
-    """``(p, e)`` with ``p = fl(a b)`` and ``p + e = a b`` exactly (Dekker), barring
-    over/underflow (values beyond about 1e290 or below 1e-290)."""
-    p = a * b
-    ah, al = _split(a)
-    bh, bl = _split(b)
-    return p, ((ah * bh - p) + ah * bl + al * bh) + al * bl
-
-
-def dd_sum(s: np.ndarray, c: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``sum(s) + sum(c)`` over axis 0 as a (hi, lo) pair.
-
-    ``s`` is summed by a pairwise cascade of TwoSums whose errors are carried in float64 next
-    to ``c`` (which must be small beside ``s``, e.g. product errors). The error is about
-    ``eps * |hi| + n eps^2 sum|s|`` (pairwise: ``log2(n) eps^2``) instead of float64's
-    ``log2(n) eps sum|s|``.
-    """
-    s = np.asarray(s, dtype=np.float64)
-    c = np.zeros_like(s) if c is None else np.asarray(c, dtype=np.float64)
-    tail_s = np.zeros(s.shape[1:])
-    tail_c = np.zeros(s.shape[1:])
-    while s.shape[0] > 1:
-        if s.shape[0] % 2:  # fold the odd row into the tail
-            tail_s, e = two_sum(tail_s, s[-1])
-            tail_c = tail_c + c[-1] + e
-            s, c = s[:-1], c[:-1]
-        s, e = two_sum(s[0::2], s[1::2])
-        c = c[0::2] + c[1::2] + e
-    if s.shape[0]:
-        tail_s, e = two_sum(tail_s, s[0])
-        tail_c = tail_c + c[0] + e
-    return two_sum(tail_s, tail_c)
-
 
 def accurate_length(layout: Layout) -> int:
     """Length of a packed chunk result: the (hi, lo) halves of the ``n_beta`` gradient values."""
     return 2 * layout.n_beta
-
-
-def _residual(X: np.ndarray, beta: np.ndarray, y: np.ndarray, off: np.ndarray):
-    """``y - off - X beta`` at each row as a (hi, lo) pair (TwoProduct and TwoSum per term)."""
-    s = np.zeros(X.shape[0])
-    c = np.zeros(X.shape[0])
-    for j in range(X.shape[1]):
-        p, pe = two_prod(X[:, j], beta[j])
-        s, se = two_sum(s, p)
-        c = c + (pe + se)
-    s, se = two_sum(s, off)
-    c = c + se
-    hi, e = two_sum(y, -s)
-    return two_sum(hi, e - c)
 
 
 def accurate_chunk(layout: Layout, params: np.ndarray, *arrays: np.ndarray) -> np.ndarray:
@@ -121,8 +58,11 @@ def accurate_chunk(layout: Layout, params: np.ndarray, *arrays: np.ndarray) -> n
     Gaussian family only (its gradient is linear in the data; see the module docstring).
     Returns shape ``(1,) * ndim + (accurate_length(layout),)``.
     """
-    if layout.family.name != "gaussian":
-        raise ValueError(f"the double-double gradient is for the Gaussian family, not {layout.family.name!r}")
+    if not layout.family.linear:
+        raise ValueError(
+            f"the double-double gradient is for a family whose gradient is linear in the data "
+            f"(the Gaussian), not {layout.family!r}"
+        )
     nb = layout.n_beta
     beta = np.asarray(params, dtype=np.float64)[:nb]
     shape = np.shape(arrays[layout.role("y")[0]])
@@ -142,16 +82,8 @@ def accurate_chunk(layout: Layout, params: np.ndarray, *arrays: np.ndarray) -> n
             for first in range(0, used_rows.size, step):
                 rows = used_rows[first : first + step]
                 X = design_rows(part, rows).astype(np.float64, copy=False)
-                r_hi, r_lo = _residual(X, beta, y[rows], off[rows])
-                v_hi, v_e = two_prod(w[rows], r_hi)
-                v_lo = v_e + w[rows] * r_lo
-                p, pe = two_prod(X, v_hi[:, None])
-                # the products' errors and the low part of w r are eps-small beside p: summed
-                # in float64 their error is eps^2 of the terms
-                s_hi, s_lo = dd_sum(p, pe)
-                s_lo = s_lo + X.T @ v_lo
-                hi, e = two_sum(hi, s_hi)
-                lo = lo + (e + s_lo)
+                s_hi, s_lo = dd_gradient(X, beta, y[rows], off[rows], w[rows])
+                hi, lo = dd_add(hi, lo, s_hi, s_lo)
         hi, lo = two_sum(hi, lo)
     return np.concatenate([hi, lo]).reshape((1,) * len(shape) + (-1,))
 

@@ -36,9 +36,11 @@ Kinds of factorisation:
 Gaussian family, extended precision. A backward-stable solve is still limited by a term
 ``cond^2 * eps * |r| / (|X| |b|)`` when the residuals are large (NIST's Wampler5: y ~ 2e7 with
 coefficients of 1), because the gradient ``X' r`` computed in float64 carries rounding of
-``eps * |X|' |r|``. For the Gaussian the residual is linear in the data, so the ``"newton"``
-pass also accumulates ``X' w (y - offset - X b)`` in ``numpy.longdouble`` (64-bit mantissa on
-x86-64; no gain where it is float64) and returns it as a (hi, lo) pair of float64s; the solver
+``eps * |X|' |r|``. For the Gaussian (:attr:`~daskglm.families.Family.linear`) the residual is
+linear in the data, so the ``"newton"`` pass also accumulates ``X' w (y - offset - X b)`` in
+double-double arithmetic (:func:`daskglm.double_double.dd_gradient`, error-free
+transformations on float64: the same result on every platform, unlike ``numpy.longdouble``,
+which is float64 on Windows and Apple silicon) and returns it as (hi, lo) halves; the solver
 then refines with the corrected semi-normal equations ``R'R s = X'r`` (``s`` from two triangular
 solves), each Newton iteration being one refinement step. That takes Wampler5 from 5.5 to 9
 correct digits.
@@ -52,6 +54,7 @@ import numpy as np
 from scipy.linalg import get_lapack_funcs
 
 from .contract import BlockContractor
+from .double_double import dd_add, dd_gradient, dd_sum, two_sum
 from .kernels import ChunkData, _expand, _slabs, build_contractor
 from .layout import Layout
 
@@ -79,7 +82,8 @@ class TSQR:
     n_negative : int
         Used cells with ``W < 0`` (left out; the factor is then not the Hessian's).
     grad : ndarray or None
-        ``X' w (y - eta)`` accumulated in extended precision (Gaussian ``"newton"`` passes).
+        ``X' w (y - eta)`` accumulated in double-double (Gaussian ``"newton"`` passes), rounded
+        to float64.
     """
 
     r: np.ndarray
@@ -106,21 +110,17 @@ def qr_length(m: int, n_grad: int = 0) -> int:
 
 
 def qr_grad_size(layout: Layout, kind: str) -> int:
-    """Values of the extended-precision gradient a pass returns (Gaussian ``"newton"`` only)."""
-    return layout.n_beta if kind == "newton" and layout.family.name == "gaussian" else 0
+    """Values of the double-double gradient a pass returns (``"newton"`` passes of a
+    :attr:`~daskglm.families.Family.linear` family, the Gaussian, only)."""
+    return layout.n_beta if kind == "newton" and layout.family.linear else 0
 
 
-def _split(x) -> np.ndarray:
-    """A long double vector as float64 (hi, lo) halves, concatenated."""
-    x = np.asarray(x, dtype=np.longdouble)
-    hi = x.astype(np.float64)
-    return np.concatenate([hi, (x - hi).astype(np.float64)])
-
-
-def _join(packed: np.ndarray, n: int):
-    """Sum rows of (hi, lo) halves in long double."""
+def _join(packed: np.ndarray, n: int) -> np.ndarray:
+    """Add rows of (hi, lo) halves in double-double; the (hi, lo) halves of the sum,
+    concatenated."""
     packed = np.asarray(packed, dtype=np.float64).reshape(-1, 2 * n)
-    return packed[:, :n].astype(np.longdouble).sum(axis=0) + packed[:, n:].astype(np.longdouble).sum(axis=0)
+    hi, lo = dd_sum(packed[:, :n], packed[:, n:])
+    return np.concatenate([hi, lo])
 
 
 def _r(A: np.ndarray, m: int) -> np.ndarray:
@@ -170,11 +170,11 @@ def qr_chunk(layout: Layout, params: np.ndarray, kind: str, *arrays: np.ndarray)
     m = qr_width(layout, kind)
     n_grad = qr_grad_size(layout, kind)
     beta, theta = params[:nb], params[nb:]
-    beta_ld = beta.astype(np.longdouble)
+    beta64 = np.asarray(beta, dtype=np.float64)
     shape = np.shape(arrays[layout.role("y")[0]])
     R = np.zeros((0, m))
     n_negative = 0
-    grad = np.zeros(n_grad, dtype=np.longdouble)
+    grad_hi, grad_lo = np.zeros(n_grad), np.zeros(n_grad)
     with np.errstate(all="ignore"):
         local = [_expand(a, s, shape) for a, s in zip(arrays, layout.args, strict=True)]
         con = build_contractor(layout, local, shape)
@@ -197,33 +197,37 @@ def qr_chunk(layout: Layout, params: np.ndarray, kind: str, *arrays: np.ndarray)
                 rows = used_rows[lo : lo + step]
                 sw = np.sqrt(W[rows])
                 X = design_rows(part, rows)
-                if n_grad:  # Gaussian: w (y - offset - X b) and X' of it in extended precision
-                    Xl = X.astype(np.longdouble)
+                if n_grad:  # Gaussian: X' w (y - offset - X b) in double-double
                     off = np.broadcast_to(np.asarray(d.offset, dtype=np.float64), d.shape).ravel()[rows]
-                    y = np.broadcast_to(d.y, d.shape).ravel()[rows]
-                    r = y.astype(np.longdouble) - (Xl @ beta_ld + off.astype(np.longdouble))
-                    grad += Xl.T @ (W[rows].astype(np.longdouble) * r)
+                    y = np.broadcast_to(np.asarray(d.y, dtype=np.float64), d.shape).ravel()[rows]
+                    X64 = np.asarray(X, dtype=np.float64)
+                    s_hi, s_lo = dd_gradient(X64, beta64, y, off, np.asarray(W[rows], dtype=np.float64))
+                    grad_hi, grad_lo = dd_add(grad_hi, grad_lo, s_hi, s_lo)
                 A = X * sw[:, None]
                 if resid is not None:
                     A = np.column_stack([A, resid[rows] / sw])
                 R = _r(np.vstack([R, A]), m)
         if R.shape[0] < m:
             R = _r(R, m)
-    vec = np.concatenate([R.ravel(), [float(n_negative)], _split(grad) if n_grad else []])
+    grad = np.concatenate(two_sum(grad_hi, grad_lo)) if n_grad else []
+    vec = np.concatenate([R.ravel(), [float(n_negative)], grad])
     return vec.reshape((1,) * len(shape) + (-1,))
 
 
 def qr_combine(packed: np.ndarray, m: int, n_grad: int = 0) -> np.ndarray:
     """Combine packed R factors (rows of ``packed``, any leading shape) into one: stack them
-    and factorise again. Counts are summed, gradients summed in extended precision."""
+    and factorise again. Counts are summed, gradients summed in double-double."""
     flat = np.asarray(packed, dtype=np.float64).reshape(-1, qr_length(m, n_grad))
     R = _r(flat[:, : m * m].reshape(-1, m), m)
-    grad = _split(_join(flat[:, m * m + 1 :], n_grad)) if n_grad else []
+    grad = _join(flat[:, m * m + 1 :], n_grad) if n_grad else []
     return np.concatenate([R.ravel(), [flat[:, m * m].sum()], grad])
 
 
 def qr_unpack(vec: np.ndarray, m: int, n_grad: int = 0) -> TSQR:
     """The :class:`TSQR` of a combined packed vector."""
     vec = np.asarray(vec, dtype=np.float64).ravel()
-    grad = _join(vec[m * m + 1 :], n_grad).astype(np.float64) if n_grad else None
+    grad = None
+    if n_grad:
+        halves = _join(vec[m * m + 1 :], n_grad)
+        grad = halves[:n_grad] + halves[n_grad:]
     return TSQR(vec[: m * m].reshape(m, m), int(vec[m * m]), grad)

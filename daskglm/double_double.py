@@ -1,0 +1,136 @@
+"""Double-double arithmetic on float64 arrays: error-free transformations (numpy only).
+
+Knuth's TwoSum, Dekker's TwoProduct with Veltkamp's split, a pairwise cascade of TwoSums, and
+on top of them the Gaussian gradient ``X' w (y - offset - X b)`` of a block of design rows as
+an unevaluated sum ``hi + lo`` of float64s. Vectorised over the cells, so the result has the
+accuracy of a float64 computation in twice the precision whatever the platform's
+``numpy.longdouble`` is (80-bit on x86-64 Linux, plain float64 on Windows and Apple silicon).
+
+Used by the double-double gradient pass (:mod:`daskglm.accurate`) and by the Gaussian
+``"newton"`` QR pass (:mod:`daskglm.qr`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["two_sum", "two_prod", "dd_sum", "dd_residual", "dd_gradient", "dd_add"]
+
+#: Veltkamp's splitter for float64: 2^27 + 1
+_SPLITTER = 134217729.0
+
+
+def two_sum(a, b) -> tuple[np.ndarray, np.ndarray]:
+    """``(s, e)`` with ``s = fl(a + b)`` and ``s + e = a + b`` exactly (Knuth; any magnitudes)."""
+    s = a + b
+    bb = s - a
+    return s, (a - (s - bb)) + (b - bb)
+
+
+def _split(a) -> tuple[np.ndarray, np.ndarray]:
+    """Veltkamp's split: ``a = hi + lo`` exactly, each with at most 26 significant bits."""
+    t = _SPLITTER * a
+    hi = t - (t - a)
+    return hi, a - hi
+
+
+def two_prod(a, b) -> tuple[np.ndarray, np.ndarray]:
+    """``(p, e)`` with ``p = fl(a b)`` and ``p + e = a b`` exactly (Dekker), barring
+    over/underflow (values beyond about 1e290 or below 1e-290)."""
+    p = a * b
+    ah, al = _split(a)
+    bh, bl = _split(b)
+    return p, ((ah * bh - p) + ah * bl + al * bh) + al * bl
+
+
+def dd_sum(s: np.ndarray, c: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``sum(s) + sum(c)`` over axis 0 as a (hi, lo) pair.
+
+    ``s`` is summed by a pairwise cascade of TwoSums whose errors are carried in float64 next
+    to ``c`` (which must be small beside ``s``, e.g. product errors). The error is about
+    ``eps * |hi| + n eps^2 sum|s|`` (pairwise: ``log2(n) eps^2``) instead of float64's
+    ``log2(n) eps sum|s|``.
+    """
+    s = np.asarray(s, dtype=np.float64)
+    c = np.zeros_like(s) if c is None else np.asarray(c, dtype=np.float64)
+    tail_s = np.zeros(s.shape[1:])
+    tail_c = np.zeros(s.shape[1:])
+    while s.shape[0] > 1:
+        if s.shape[0] % 2:  # fold the odd row into the tail
+            tail_s, e = two_sum(tail_s, s[-1])
+            tail_c = tail_c + c[-1] + e
+            s, c = s[:-1], c[:-1]
+        s, e = two_sum(s[0::2], s[1::2])
+        c = c[0::2] + c[1::2] + e
+    if s.shape[0]:
+        tail_s, e = two_sum(tail_s, s[0])
+        tail_c = tail_c + c[0] + e
+    return two_sum(tail_s, tail_c)
+
+
+def dd_add(
+    hi: np.ndarray, lo: np.ndarray, b_hi: np.ndarray, b_lo: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(hi + lo) + (b_hi + b_lo)`` as an unnormalised (hi, lo) pair (an accumulator: call
+    :func:`two_sum` on the pair once at the end)."""
+    hi, e = two_sum(hi, b_hi)
+    return hi, lo + (e + b_lo)
+
+
+def dd_residual(
+    X: np.ndarray, beta: np.ndarray, y: np.ndarray, off: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``y - off - X beta`` at each row as a (hi, lo) pair (TwoProduct and TwoSum per term).
+
+    Parameters
+    ----------
+    X : ndarray
+        ``rows x P`` design rows (float64).
+    beta : ndarray
+        ``P`` coefficients.
+    y, off : ndarray
+        Response and offset per row.
+    """
+    s = np.zeros(X.shape[0])
+    c = np.zeros(X.shape[0])
+    for j in range(X.shape[1]):
+        p, pe = two_prod(X[:, j], beta[j])
+        s, se = two_sum(s, p)
+        c = c + (pe + se)
+    s, se = two_sum(s, off)
+    c = c + se
+    hi, e = two_sum(y, -s)
+    return two_sum(hi, e - c)
+
+
+def dd_gradient(
+    X: np.ndarray, beta: np.ndarray, y: np.ndarray, off: np.ndarray, w: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``X' w (y - off - X beta)`` over the rows of ``X`` as (hi, lo) float64 vectors.
+
+    The residual by :func:`dd_residual`, ``w r`` by TwoProduct, each product ``x_ij v_i``
+    split exactly into ``p + e`` and the ``p`` summed by :func:`dd_sum`. The error is about
+    ``eps^2 |X|' |w r|`` (``eps = 2^-53``) plus the final rounding.
+
+    Parameters
+    ----------
+    X : ndarray
+        ``rows x P`` design rows (float64).
+    beta : ndarray
+        ``P`` coefficients.
+    y, off, w : ndarray
+        Response, offset and weight per row.
+
+    Returns
+    -------
+    (ndarray, ndarray)
+        The ``P`` sums as unnormalised (hi, lo) halves.
+    """
+    r_hi, r_lo = dd_residual(X, beta, y, off)
+    v_hi, v_e = two_prod(w, r_hi)
+    v_lo = v_e + w * r_lo
+    p, pe = two_prod(X, v_hi[:, None])
+    # the products' errors and the low part of w r are eps-small beside p: summed in float64
+    # their error is eps^2 of the terms
+    s_hi, s_lo = dd_sum(p, pe)
+    return s_hi, s_lo + X.T @ v_lo
