@@ -311,6 +311,10 @@ def slabbed(kind: str, layout: Layout, effects: Sequence[Effect], *args):
     *arrays)``), ``"counts"`` (:func:`fe_counts_chunk`; ``(levels, *arrays)``) or
     ``"scores"`` (:func:`fe_scores_chunk`; ``(params, keeps, levels, proj, *arrays)``).
     """
+    if kind == "eval" and effects_numba.ENGINE == "numba":
+        from . import kernels_numba  # the compiled sweep: one call per chunk, its own slabs
+
+        return kernels_numba.fe_eval_chunk(layout, effects, *args)
     n_lead = {"eval": 3, "counts": 0, "scores": 2}[kind]
     lead, (levels, *rest) = args[:n_lead], args[n_lead:]
     proj, arrays = (rest[0], rest[1:]) if kind == "scores" else (None, rest)
