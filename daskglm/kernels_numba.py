@@ -39,9 +39,9 @@ from . import families_numba, kernels
 from .contract import BlockContractor
 from .kernels import _block_matrix, _expand, eval_packer
 from .layout import Layout
-from .sweep_plan import SweepPlan, grid_shape, make_plan, matrix_result, vector_result
+from .sweep_plan import SweepPlan, grid_shape, make_plan, matrix_result, partial_sum, vector_result
 
-__all__ = ["eval_chunk", "SLAB_CELLS"]
+__all__ = ["eval_chunk", "fe_eval_chunk", "SLAB_CELLS"]
 
 #: cells per slab of the compiled sweep (its few arrays stay in the L2 cache)
 SLAB_CELLS = 16384
@@ -305,6 +305,7 @@ def _sweep(
     ffm,
     mfull,
     eta_out,
+    wh_out,
 ):  # pragma: no cover - compiled
     """The whole chunk, slab by slab (``slab_rows`` rows of ``L`` cells each, or segments of
     ``seg`` cells of rows longer than that).
@@ -315,7 +316,8 @@ def _sweep(
     offset, acc size, columns, x grid, x offset, x size) with kind 0 ``acc += v``, 1 ``acc +=
     v x_full[c]``, 2 ``acc += v x_small[c]``; which 0: w g, 1: w h, 2: w f_et, 3: w g^2 (the
     meat), 4: w g f_t. ``sums``: w f, w f_t, w f_tt, w deviance, w f_t^2. With ``final`` also
-    the meat's products (``ffm``, ``mfull``) and eta at every cell (``eta_out``).
+    the meat's products (``ffm``, ``mfull``) and eta at every cell (``eta_out``); ``wh_out``
+    (unless empty) receives ``w h`` at every cell.
     """  # fmt: skip
     R = B.shape[1]
     F = len(src)
@@ -420,6 +422,11 @@ def _sweep(
         for i in range(ns):
             acc += row[i]
         sums[0] += acc
+        if wh_out.shape[0]:
+            wo = wh_out[c0 : c0 + ns]
+            h_ = st[2]
+            for i in range(ns):
+                wo[i] = h_[i]
         if extra:
             sums[1] += _sum(st[3], ns)
             sums[2] += _sum(st[5], ns)
@@ -630,14 +637,6 @@ def _as_columns(layout: Layout, plan: SweepPlan, local: list, n: int):
     return out
 
 
-def _separated(layout: Layout, arrays, eta: np.ndarray) -> int:
-    """Used cells the family's own rule calls separated (:meth:`Family.separated
-    <daskglm.families.Family.separated>`), at the sweep's eta (0 at unused cells, as in numpy)."""
-    d = kernels.ChunkData(layout, arrays)
-    sep = layout.family.separated(d.y, eta, d.aux)
-    return 0 if sep is None else int(np.count_nonzero(sep & d.used))
-
-
 def eval_chunk(
     layout: Layout, params: np.ndarray, hessian: bool, final: bool, *arrays: np.ndarray
 ) -> np.ndarray:
@@ -647,10 +646,54 @@ def eval_chunk(
     not cover. With ``final`` also the deviance, the meat and the separated cells (counted in
     numpy from the sweep's eta, by the family's own rule)."""
     plan = _plan_for(layout)
-    fam = layout.family
-    code = None if plan is None else _family_code(fam)
+    code = None if plan is None else _family_code(layout.family)
     if code is None:
         return kernels.eval_chunk(layout, params, hessian, final, *arrays)
+    with np.errstate(all="ignore"):
+        out = _evaluate(layout, plan, code, params, hessian, final, final and hessian, arrays)
+        vec = eval_packer(layout, hessian=hessian, final=final).pack(out)
+    return vec.reshape((1,) * layout.ndim + (-1,))
+
+
+def fe_eval_chunk(
+    layout: Layout, effects, params: np.ndarray, hessian: bool, final: bool, levels: tuple, *arrays
+):
+    """:func:`daskglm.effects.fe_eval_chunk` by the compiled sweep (same arguments, same dict):
+    the effects' level values enter eta as small grids (NaN, a dropped level, masks its cells),
+    and their reductions (``w g``, ``w h``, ``w h`` times each block's columns and NB2's
+    ``w f_et``, on each effect's grid) are more scatter-adds of the same sweep; ``W = -w h`` is
+    written out at every cell."""
+    plan = _plan_for(layout)
+    code = None if plan is None else _family_code(layout.family)
+    if code is None:
+        return _effects_module().fe_eval_chunk(layout, effects, params, hessian, final, levels, *arrays)
+    with np.errstate(all="ignore"):
+        return _evaluate(layout, plan, code, params, hessian, final, False, arrays, effects, levels)
+
+
+def _effects_module():
+    """:mod:`daskglm.effects` (imported on first use: it imports this module's package peers)."""
+    from . import effects
+
+    return effects
+
+
+def _evaluate(
+    layout: Layout,
+    plan: SweepPlan,
+    code: int,
+    params: np.ndarray,
+    hessian: bool,
+    final: bool,
+    meat: bool,
+    arrays: tuple,
+    effects=None,
+    levels=None,
+) -> dict:
+    """One chunk through :func:`_sweep` and the once-per-chunk contractions: the statistics of
+    :func:`eval_chunk` (``meat`` with the final pass's meat) or, with ``effects``, those of
+    :func:`fe_eval_chunk`."""
+    fam = layout.family
     params = np.asarray(params, dtype=np.float64)
     nb, extra = layout.n_beta, fam.n_extra > 0
     beta, theta = params[:nb], params[nb:]
@@ -658,128 +701,209 @@ def eval_chunk(
     shape = tuple(np.shape(arrays[iy]))
     n = int(np.prod(shape))
     m = len(shape)
-    with np.errstate(all="ignore"):
-        local = [_expand(a, sp, shape) for a, sp in zip(arrays, layout.args, strict=True)]
-        con = _contractor(layout, plan, local, shape)
-        grids = _Grids(shape)
-        # eta's small grids and the offset
-        parts = list(con.linear_grids(beta))
-        off = 0.0
-        for k in layout.role("offset"):
-            off = off + local[k].astype(np.float64, copy=False)
-        for k in layout.role("exposure"):
-            off = off + np.log(local[k].astype(np.float64, copy=False))
-        if np.ndim(off):
-            parts.append(np.asarray(off, dtype=np.float64))
-        ggrid = np.array([grids(g.shape) for g in parts], dtype=np.int64)
-        GV = np.concatenate([np.ascontiguousarray(g).reshape(-1) for g in parts]) if parts else np.zeros(0)
-        goff = np.concatenate([[0], np.cumsum([g.size for g in parts])]).astype(np.int64)
+    arrays = tuple(arrays)
+    effects = list(effects or ())
+    fe_parts = []
+    if effects:
+        for e, a in zip(effects, levels, strict=True):
+            target = [1] * m
+            for k, ax in enumerate(e.axes):
+                target[ax] = np.shape(a)[k]
+            fe_parts.append(np.asarray(a, dtype=np.float64).reshape(target))
+        if not all(np.isfinite(a).all() for a in fe_parts):  # dropped levels: their cells unused
+            ok = np.isfinite(sum(fe_parts[1:], fe_parts[0]))
+            masked = list(arrays)
+            masked[iy] = np.where(ok, np.asarray(arrays[iy], dtype=np.float64), np.nan)
+            arrays = tuple(masked)
+    local = [_expand(a, sp, shape) for a, sp in zip(arrays, layout.args, strict=True)]
+    con = _contractor(layout, plan, local, shape)
+    grids = _Grids(shape)
+    # eta's small grids, the offset and the effects' levels
+    parts = list(con.linear_grids(beta))
+    off = 0.0
+    for k in layout.role("offset"):
+        off = off + local[k].astype(np.float64, copy=False)
+    for k in layout.role("exposure"):
+        off = off + np.log(local[k].astype(np.float64, copy=False))
+    if np.ndim(off):
+        parts.append(np.asarray(off, dtype=np.float64))
+    parts += fe_parts
+    ggrid = np.array([grids(g.shape) for g in parts], dtype=np.int64)
+    GV = np.concatenate([np.ascontiguousarray(g).reshape(-1) for g in parts]) if parts else np.zeros(0)
+    goff = np.concatenate([[0], np.cumsum([g.size for g in parts])]).astype(np.int64)
 
-        def aux_grid(k):
-            if k is None:
-                return -1, np.zeros(0)
-            a = np.ascontiguousarray(local[k], dtype=np.float64)
-            return grids(a.shape), a.reshape(-1)
+    def aux_grid(k):
+        if k is None:
+            return -1, np.zeros(0)
+        a = np.ascontiguousarray(local[k], dtype=np.float64)
+        return grids(a.shape), a.reshape(-1)
 
-        iw = layout.role("weights")
-        wgrid, WV = aux_grid(iw[0] if iw else None)
-        tgrid, TV = aux_grid(layout.role("trials")[0] if "trials" in fam.aux_roles else None)
-        egrid, EV = aux_grid(layout.role("event")[0] if "event" in fam.aux_roles else None)
-        drop = np.zeros(0, dtype=np.uint8)
-        if layout.missing == "drop":
-            bad = np.zeros(shape, dtype=bool)
-            for k, sp in enumerate(layout.args):
-                if sp.role != "y":
-                    ok = np.isfinite(local[k])
-                    bad |= ~(ok.all(axis=-1) if sp.n_features is not None else ok)
-            drop = bad.reshape(-1).astype(np.uint8)
-        # the accumulations
-        accs = _Accumulators(grids)
-        F = plan.n_full
-        h_vec = {U: accs.add(0, 0, grid_shape(U, shape)) for U in plan.vec_grids}
-        if hessian:
-            h_fx = {U: accs.add(1, 1, grid_shape(U, shape), F) for U in plan.vec_grids} if F else {}
-            h_c = {U: accs.add(0, 1, grid_shape(U, shape)) for U in plan.c_grids}
-            XS_parts, xoff, h_t, x_of = [], 0, {}, []
-            for s, targets in plan.comp:
-                X = np.ascontiguousarray(con.X[s])
-                xgrid, xsize = grids(X.shape[1:]), int(np.prod(X.shape[1:]))
-                XS_parts.append(X.reshape(-1))
-                x = (xgrid, xoff, xsize)
-                x_of.append(x)
-                h_t[s] = {U: accs.add(2, 1, grid_shape(U, shape), con.sizes[s], x) for U in targets}
-                xoff += X.size
-            XS = np.concatenate(XS_parts) if XS_parts else np.zeros(0)
+    iw = layout.role("weights")
+    wgrid, WV = aux_grid(iw[0] if iw else None)
+    tgrid, TV = aux_grid(layout.role("trials")[0] if "trials" in fam.aux_roles else None)
+    egrid, EV = aux_grid(layout.role("event")[0] if "event" in fam.aux_roles else None)
+    drop = np.zeros(0, dtype=np.uint8)
+    if layout.missing == "drop":
+        bad = np.zeros(shape, dtype=bool)
+        for k, sp in enumerate(layout.args):
+            if sp.role != "y":
+                ok = np.isfinite(local[k])
+                bad |= ~(ok.all(axis=-1) if sp.n_features is not None else ok)
+        drop = bad.reshape(-1).astype(np.uint8)
+    # the accumulations
+    accs = _Accumulators(grids)
+    F = plan.n_full
+    XS_parts: list = []
+    gathered: dict = {}
+
+    def gather(s):
+        """Where block ``s``'s columns sit among the gathered values: (grid, offset, size)."""
+        if s not in gathered:
+            X = np.ascontiguousarray(con.X[s])
+            xoff = sum(p.size for p in XS_parts)
+            XS_parts.append(X.reshape(-1))
+            gathered[s] = (grids(X.shape[1:]), xoff, int(np.prod(X.shape[1:])))
+        return gathered[s]
+
+    h_vec = {U: accs.add(0, 0, grid_shape(U, shape)) for U in plan.vec_grids}
+    if hessian:
+        h_fx = {U: accs.add(1, 1, grid_shape(U, shape), F) for U in plan.vec_grids} if F else {}
+        h_c = {U: accs.add(0, 1, grid_shape(U, shape)) for U in plan.c_grids}
+        h_t = {s: {U: accs.add(2, 1, grid_shape(U, shape), con.sizes[s], gather(s)) for U in targets}
+               for s, targets in plan.comp}  # fmt: skip
+        if extra:
+            h_e = {U: accs.add(0, 2, grid_shape(U, shape)) for U in plan.vec_grids}
+        if meat:  # the meat: the Hessian's accumulations of w g^2 (and w g f_t)
+            m_fx = {U: accs.add(1, 3, grid_shape(U, shape), F) for U in plan.vec_grids} if F else {}
+            m_c = {U: accs.add(0, 3, grid_shape(U, shape)) for U in plan.c_grids}
+            m_t = {s: {U: accs.add(2, 3, grid_shape(U, shape), con.sizes[s], gather(s)) for U in targets}
+                   for s, targets in plan.comp}  # fmt: skip
             if extra:
-                h_e = {U: accs.add(0, 2, grid_shape(U, shape)) for U in plan.vec_grids}
-            if final:  # the meat: the Hessian's accumulations of w g^2 (and w g f_t)
-                m_fx = {U: accs.add(1, 3, grid_shape(U, shape), F) for U in plan.vec_grids} if F else {}
-                m_c = {U: accs.add(0, 3, grid_shape(U, shape)) for U in plan.c_grids}
-                m_t = {}
-                for (s, targets), (xgrid, xoff_s, xsize) in zip(plan.comp, x_of, strict=True):
-                    x = (xgrid, xoff_s, xsize)
-                    m_t[s] = {U: accs.add(2, 3, grid_shape(U, shape), con.sizes[s], x) for U in targets}
-                if extra:
-                    m_e = {U: accs.add(0, 4, grid_shape(U, shape)) for U in plan.vec_grids}
-        else:
-            XS = np.zeros(0)
-        B, S = grids.tables()
-        ops = np.array(accs.ops, dtype=np.int64).reshape(-1, 9)
-        A = np.zeros(accs.size)
-        sums = np.zeros(5)
-        gfull, efull, ff = np.zeros(F), np.zeros(F), np.zeros((F, F))
-        ffm, mfull = np.zeros((F, F)), np.zeros(F)
-        eta_out = np.zeros(n if final else 0)
-        kernel = families_numba.cell_kernel(fam)
-        cell_theta = kernel.theta(theta)
-        L = grids.rshape[-1]
-        slab_rows = max(1, SLAB_CELLS // max(L, 1))
-        y = np.ascontiguousarray(local[iy], dtype=np.float64).reshape(-1)
-        src = _as_columns(layout, plan, local, n)
-        if n:
-            _sweep(
-                code, cell_theta, kernel.n_rows, extra, hessian, final, y, float(fam.safe_y), L, slab_rows,
-                SLAB_CELLS, src, np.ascontiguousarray(beta[plan.colpos]), B, S, GV, goff, ggrid, wgrid, WV,
-                tgrid, TV, egrid, EV, drop, ops, XS, A, sums, gfull, efull, ff, ffm, mfull, eta_out,
-            )  # fmt: skip
-        # the once-per-chunk contractions
-        out: dict[str, object] = {"ll": sums[0], "dev": sums[3]}
-        grad = vector_result(plan, con, gfull, {U: accs.view(A, h) for U, h in h_vec.items()})
-        out["grad"] = np.concatenate([grad, [sums[1]]]) if extra else grad
-        if hessian:
-            P = layout.n_params
+                m_e = {U: accs.add(0, 4, grid_shape(U, shape)) for U in plan.vec_grids}
+    # the effects' reductions
+    every = frozenset(range(m))
+    fe_g, fe_h, fe_full, fe_e, fe_union, fe_t = [], [], [], [], {}, []
+    for e in effects:
+        eg = grid_shape(frozenset(e.axes), shape)
+        fe_g.append(accs.add(0, 0, eg))
+        if not hessian:
+            continue
+        fe_h.append(accs.add(0, 1, eg))
+        fe_full.append(accs.add(1, 1, eg, F) if F else None)
+        fe_e.append(accs.add(0, 2, eg) if extra else None)
+        t = {}
+        for k in plan.small:
+            union = frozenset(e.axes) | plan.axes[k]
+            if union == every:
+                t[k] = accs.add(2, 1, eg, con.sizes[k], gather(k))
+            elif union not in fe_union:
+                fe_union[union] = accs.add(0, 1, grid_shape(union, shape))
+        fe_t.append(t)
+    XS = np.concatenate(XS_parts) if XS_parts else np.zeros(0)
+    B, S = grids.tables()
+    ops = np.array(accs.ops, dtype=np.int64).reshape(-1, 9)
+    A = np.zeros(accs.size)
+    sums = np.zeros(5)
+    gfull, efull, ff = np.zeros(F), np.zeros(F), np.zeros((F, F))
+    ffm, mfull = np.zeros((F, F)), np.zeros(F)
+    eta_out = np.zeros(n if final else 0)
+    wh_out = np.zeros(n if effects and hessian else 0)
+    kernel = families_numba.cell_kernel(fam)
+    cell_theta = kernel.theta(theta)
+    L = grids.rshape[-1]
+    slab_rows = max(1, SLAB_CELLS // max(L, 1))
+    y = np.ascontiguousarray(local[iy], dtype=np.float64).reshape(-1)
+    src = _as_columns(layout, plan, local, n)
+    if n:
+        _sweep(
+            code, cell_theta, kernel.n_rows, extra, hessian, final, y, float(fam.safe_y), L, slab_rows,
+            SLAB_CELLS, src, np.ascontiguousarray(beta[plan.colpos]), B, S, GV, goff, ggrid, wgrid, WV,
+            tgrid, TV, egrid, EV, drop, ops, XS, A, sums, gfull, efull, ff, ffm, mfull, eta_out, wh_out,
+        )  # fmt: skip
+    # the once-per-chunk contractions
+    out: dict[str, object] = {"ll": sums[0]}
+    if final or extra:
+        out["dev"] = sums[3]
+    grad = vector_result(plan, con, gfull, {U: accs.view(A, h) for U, h in h_vec.items()})
+    out["grad"] = np.concatenate([grad, [sums[1]]]) if extra else grad
+    P = layout.n_params
+    if hessian:
+        M = np.zeros((P, P))
+        M[:nb, :nb] = matrix_result(
+            plan,
+            con,
+            ff,
+            {U: accs.view(A, h) for U, h in h_fx.items()},
+            {U: accs.view(A, h) for U, h in h_c.items()},
+            {s: {U: accs.view(A, h) for U, h in hs.items()} for s, hs in h_t.items()},
+        )
+        if extra:
+            v = vector_result(plan, con, efull, {U: accs.view(A, h) for U, h in h_e.items()})
+            M[:nb, nb] = v
+            M[nb, :nb] = v
+            M[nb, nb] = sums[2]
+        out["hess"] = M
+        if meat:
             M = np.zeros((P, P))
             M[:nb, :nb] = matrix_result(
                 plan,
                 con,
-                ff,
-                {U: accs.view(A, h) for U, h in h_fx.items()},
-                {U: accs.view(A, h) for U, h in h_c.items()},
-                {s: {U: accs.view(A, h) for U, h in hs.items()} for s, hs in h_t.items()},
+                ffm,
+                {U: accs.view(A, h) for U, h in m_fx.items()},
+                {U: accs.view(A, h) for U, h in m_c.items()},
+                {s: {U: accs.view(A, h) for U, h in hs.items()} for s, hs in m_t.items()},
             )
             if extra:
-                v = vector_result(plan, con, efull, {U: accs.view(A, h) for U, h in h_e.items()})
+                v = vector_result(plan, con, mfull, {U: accs.view(A, h) for U, h in m_e.items()})
                 M[:nb, nb] = v
                 M[nb, :nb] = v
-                M[nb, nb] = sums[2]
-            out["hess"] = M
-            if final:
-                M = np.zeros((P, P))
-                M[:nb, :nb] = matrix_result(
-                    plan,
-                    con,
-                    ffm,
-                    {U: accs.view(A, h) for U, h in m_fx.items()},
-                    {U: accs.view(A, h) for U, h in m_c.items()},
-                    {s: {U: accs.view(A, h) for U, h in hs.items()} for s, hs in m_t.items()},
-                )
-                if extra:
-                    v = vector_result(plan, con, mfull, {U: accs.view(A, h) for U, h in m_e.items()})
-                    M[:nb, nb] = v
-                    M[nb, :nb] = v
-                    M[nb, nb] = sums[4]
-                out["meat"] = M
-        if final:
-            out["n_separated"] = _separated(layout, arrays, eta_out.reshape(shape))
-        vec = eval_packer(layout, hessian=hessian, final=final).pack(out)
-    return vec.reshape((1,) * m + (-1,))
+                M[nb, nb] = sums[4]
+            out["meat"] = M
+    if final:
+        d = kernels.ChunkData(layout, arrays)
+        sep = fam.separated(d.y, eta_out.reshape(shape), d.aux)
+        out["n_separated"] = 0 if sep is None else int(np.count_nonzero(sep & d.used))
+        if effects:
+            const = np.where(d.used, fam.constant(d.y, d.aux), 0.0)
+            out["ll_const"] = float(d.weighted(const).sum())
+    if effects:
+        _effects_out(
+            out, plan, con, accs, A, effects, shape, fe_g, fe_h, fe_full, fe_e, fe_union, fe_t, wh_out
+        )
+    return out
+
+
+def _effects_out(out, plan, con, accs, A, effects, shape, fe_g, fe_h, fe_full, fe_e, fe_union, fe_t, wh_out):
+    """The effects' statistics of :func:`fe_eval_chunk` from the sweep's grids (local grids,
+    signs as :func:`daskglm.effects.fe_eval_chunk`)."""
+
+    def compact(arr, axes, lead=0):
+        keep = list(range(lead)) + [lead + a for a in axes]
+        return arr.reshape([arr.shape[d] for d in keep])
+
+    out["grad_fe"] = [compact(accs.view(A, h), e.axes).copy() for e, h in zip(effects, fe_g, strict=True)]
+    if not fe_h:
+        return
+    out["diag_fe"] = [-compact(accs.view(A, h), e.axes) for e, h in zip(effects, fe_h, strict=True)]
+    unions = {U: accs.view(A, h) for U, h in fe_union.items()}
+    row_of = {int(p): r for r, p in enumerate(plan.colpos)}
+    cross = []
+    for j, e in enumerate(effects):
+        eaxes = frozenset(e.axes)
+        cols = []
+        full = accs.view(A, fe_full[j]) if fe_full[j] is not None else None
+        for k, block in enumerate(con.axes):
+            if k in plan.full:
+                rows = [row_of[p] for p in range(con.offsets[k], con.offsets[k + 1])]
+                cols.append(-compact(full[rows], e.axes, lead=1))
+            elif k in fe_t[j]:
+                cols.append(-compact(accs.view(A, fe_t[j][k]), e.axes, lead=1))
+            else:
+                union = eaxes | block
+                prod = {union: con.X[k] * unions[union][None]}
+                cols.append(-compact(partial_sum(prod, eaxes, lead=1), e.axes, lead=1))
+        if fe_e[j] is not None:
+            cols.append(-compact(accs.view(A, fe_e[j]), e.axes)[None])
+        cross.append(np.moveaxis(np.concatenate(cols, axis=0), 0, -1))
+    out["cross_fe"] = cross
+    out["W"] = -wh_out.reshape(shape)

@@ -320,3 +320,41 @@ def test_final_pass_counts_separated_cells(family):
         assert want["n_separated"] > 0
     assert got["n_separated"] == want["n_separated"]
     _close(got["meat"], want["meat"], 1e-12)
+
+
+@pytest.mark.parametrize("family", _families())
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=cases(), seed=st.integers(0, 2**31 - 1), data=st.data())
+def test_fixed_effects_evaluation_equals_numpy(family, case, seed, data, monkeypatch):
+    """``effects.fe_eval_chunk`` (numpy) against the sweep's ``fe_eval_chunk``: effects on any
+    axes, level values with dropped (NaN) levels, every family, final and not."""
+    from daskglm import effects
+
+    monkeypatch.setattr(kernels_numba, "SLAB_CELLS", case["slab"])
+    layout, values, params, _ = _model(family, case, seed)
+    m = layout.ndim
+    subsets = [tuple(s) for r in range(1, m + 1) for s in itertools.combinations(range(m), r)]
+    chosen = data.draw(st.lists(st.sampled_from(subsets), min_size=1, max_size=2))
+    rng = np.random.default_rng(seed)
+    shape = values[layout.role("y")[0]].shape
+    effs, levels = [], []
+    for axes in chosen:
+        grid = tuple(shape[a] for a in axes)
+        effs.append(effects.Effect(tuple(f"d{a}" for a in axes), axes, grid))
+        lv = rng.uniform(-0.3, 0.3, grid)
+        lv[rng.random(grid) < 0.15] = np.nan
+        levels.append(lv)
+    for hessian, final in itertools.product((True, False), (False, True)):
+        want = effects.fe_eval_chunk(layout, effs, params, hessian, final, tuple(levels), *values)
+        got = kernels_numba.fe_eval_chunk(layout, effs, params, hessian, final, tuple(levels), *values)
+        assert set(got) == set(want)
+        for key, w in want.items():
+            g = got[key]
+            if isinstance(w, list):
+                assert len(g) == len(w)
+                for gj, wj in zip(g, w, strict=True):
+                    assert gj.shape == wj.shape, key
+                    _close(gj, wj, 1e-12)
+            else:
+                assert np.shape(g) == np.shape(w), key
+                _close(g, w, 1e-12, abs(want["ll"]) if key in ("dev", "ll_const") else 0.0)
