@@ -154,3 +154,59 @@ def test_exact_fit_reports_infinite_likelihood(solver):
     assert "Log-likelihood: inf" in text
     np.testing.assert_array_equal(res.params.to_numpy(), np.ones(6))
     assert res.history["ll"].notna().all()  # inf where an iterate fits exactly
+
+
+@pytest.mark.parametrize("chunks", [None, 5])
+def test_qr_gradient_is_double_double(chunks):
+    """The Gaussian ``"newton"`` QR pass's gradient ``X' (y - X b)`` on Wampler5 near the
+    certified estimates (terms up to 3e6 * 2e7, cancelling to a small sum) against exact
+    rational arithmetic on the same float64 inputs: within ``1e-15`` of the exact value plus
+    ``1e-28`` of the terms' ``|X|' |r|``. A float64 sum errs by about ``1e-16`` of the terms
+    (and so did ``numpy.longdouble`` on Windows and Apple silicon); double-double does not
+    depend on the platform."""
+    from fractions import Fraction
+
+    import dask
+
+    from daskglm import graph
+    from daskglm.engine import run_setup
+    from daskglm.panel import build_panel
+    from daskglm.qr import qr_grad_size, qr_unpack, qr_width
+    from daskglm.qr_graph import qr_graph
+
+    ds, names, meta = load("Wampler5")
+    panel = build_panel(ds, "y", names, dg.Gaussian(), chunks=chunks)
+    layout = run_setup(panel, graph.PassCounter()).layout
+    cert = np.array([p["estimate"]["value"] for p in meta["certified"]["parameters"]], dtype=float)
+    order = [layout.param_names.index(n) for n in ["Intercept", *names]]
+    beta = np.zeros(layout.n_params)
+    beta[order] = cert * (1 + 1e-9 * np.arange(1, cert.size + 1))  # near, not at, the optimum
+    assert len(panel.arrays[0].chunks[0]) == (5 if chunks else 1)  # chunks combined in a tree
+    (vec,) = dask.compute(qr_graph(layout, panel.arrays, beta, "newton"))
+    grad = qr_unpack(vec, qr_width(layout, "newton"), qr_grad_size(layout, "newton")).grad
+    X = np.column_stack([np.ones(ds.sizes["obs"])] + [ds[n].to_numpy() for n in names])[:, np.argsort(order)]
+    y = ds["y"].to_numpy()
+    r = [
+        Fraction(yi) - sum(Fraction(a) * Fraction(b) for a, b in zip(row, beta, strict=True))
+        for row, yi in zip(X.tolist(), y.tolist(), strict=True)
+    ]
+    exact = np.array(
+        [
+            float(sum(Fraction(row[j]) * ri for row, ri in zip(X.tolist(), r, strict=True)))
+            for j in range(X.shape[1])
+        ]
+    )
+    terms = np.abs(X).T @ np.abs(np.array([float(v) for v in r]))
+    float64 = X.T @ (y - X @ beta)
+    assert np.all(np.abs(grad - exact) <= 1e-15 * np.abs(exact) + 1e-28 * terms), (grad, exact)
+    assert np.any(np.abs(float64 - exact) > 1e3 * np.abs(grad - exact))  # float64 would not do
+
+
+def test_qr_route_with_a_one_cell_chunk():
+    """Filip's 82 rows in chunks of 27 leave a last chunk of one cell, where every block's axis
+    has length 1: the QR passes (setup and Newton) gathered its design rows with the wrong
+    shape and the fit raised; now the same digits as unchunked."""
+    digits = nist_digits("Filip", chunks=27)
+    assert digits["converged"]
+    assert digits["estimates"] >= REQUIRED["Filip"], digits
+    assert digits["std_errors"] >= REQUIRED["Filip"], digits
