@@ -143,8 +143,17 @@ def _compiled(kernel: str):
 class Family:
     """Base class of the response families.
 
-    Subclasses set ``name`` and implement :meth:`derivatives`, :meth:`mean`,
-    :meth:`constant`, :meth:`unit_deviance` and :meth:`start`.
+    Subclasses set ``name`` and implement :meth:`derivatives`, :meth:`inverse_link`,
+    :meth:`constant`, :meth:`unit_deviance`, :meth:`saturated` and :meth:`start`. Everything
+    else that differs between families is declared here and overridden where it differs (no
+    module outside this one and the registry asks which family it has;
+    ``tests/test_architecture.py`` checks that): the fit's numerics (:attr:`linear`,
+    :attr:`estimates_scale`, :meth:`dispersion`), what the results report
+    (:meth:`full_loglike`, :meth:`scale`, the ancillary parameter: :attr:`ancillary_name`,
+    :meth:`ancillary`, :meth:`ancillary_se`, :meth:`fixed_at`, :meth:`restricted`), the
+    separation warning (:meth:`separated`, :attr:`separation_wording`) and simulation
+    (:meth:`sample`, :attr:`sim_intercept`, :attr:`sim_exposure`). A new family is one
+    subclass plus one entry of :data:`daskglm.registry.FAMILIES`.
     """
 
     name: ClassVar[str] = ""
