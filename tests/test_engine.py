@@ -210,7 +210,7 @@ def _close(got, want, rtol, scale=0.0):
 
 
 @pytest.mark.parametrize("family", _families())
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=cases(), seed=st.integers(0, 2**31 - 1))
 def test_numba_engine_equals_numpy_and_the_expanded_design(family, case, seed, monkeypatch):
     monkeypatch.setattr(kernels_numba, "SLAB_CELLS", case["slab"])
@@ -336,7 +336,7 @@ def test_final_pass_counts_separated_cells(family):
 
 
 @pytest.mark.parametrize("family", _families())
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=cases(), seed=st.integers(0, 2**31 - 1), data=st.data())
 def test_fixed_effects_evaluation_equals_numpy(family, case, seed, data, monkeypatch):
     """``effects.fe_eval_chunk`` (numpy) against the sweep's ``fe_eval_chunk``: effects on any
