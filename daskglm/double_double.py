@@ -37,9 +37,13 @@ def _split(a) -> tuple[np.ndarray, np.ndarray]:
 def two_prod(a, b) -> tuple[np.ndarray, np.ndarray]:
     """``(p, e)`` with ``p = fl(a b)`` and ``p + e = a b`` exactly (Dekker), barring
     over/underflow (values beyond about 1e290 or below 1e-290)."""
+    return _two_prod_split(a, *_split(a), b, *_split(b))
+
+
+def _two_prod_split(a, ah, al, b, bh, bl) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`two_prod` with both factors already split (``a = ah + al`` by :func:`_split`):
+    an array used in several products is split once."""
     p = a * b
-    ah, al = _split(a)
-    bh, bl = _split(b)
     return p, ((ah * bh - p) + ah * bl + al * bh) + al * bl
 
 
@@ -78,7 +82,7 @@ def dd_add(
 
 
 def dd_residual(
-    X: np.ndarray, beta: np.ndarray, y: np.ndarray, off: np.ndarray
+    X: np.ndarray, beta: np.ndarray, y: np.ndarray, off: np.ndarray, split: tuple | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """``y - off - X beta`` at each row as a (hi, lo) pair (TwoProduct and TwoSum per term).
 
@@ -90,11 +94,15 @@ def dd_residual(
         ``P`` coefficients.
     y, off : ndarray
         Response and offset per row.
+    split : (ndarray, ndarray), optional
+        ``X``'s halves by :func:`_split`, when the caller has them.
     """
+    Xh, Xl = _split(X) if split is None else split
+    bh, bl = _split(np.asarray(beta, dtype=np.float64))
     s = np.zeros(X.shape[0])
     c = np.zeros(X.shape[0])
     for j in range(X.shape[1]):
-        p, pe = two_prod(X[:, j], beta[j])
+        p, pe = _two_prod_split(X[:, j], Xh[:, j], Xl[:, j], beta[j], bh[j], bl[j])
         s, se = two_sum(s, p)
         c = c + (pe + se)
     s, se = two_sum(s, off)
@@ -126,10 +134,12 @@ def dd_gradient(
     (ndarray, ndarray)
         The ``P`` sums as unnormalised (hi, lo) halves.
     """
-    r_hi, r_lo = dd_residual(X, beta, y, off)
+    Xh, Xl = _split(X)
+    r_hi, r_lo = dd_residual(X, beta, y, off, (Xh, Xl))
     v_hi, v_e = two_prod(w, r_hi)
     v_lo = v_e + w * r_lo
-    p, pe = two_prod(X, v_hi[:, None])
+    vh, vl = _split(v_hi)
+    p, pe = _two_prod_split(X, Xh, Xl, v_hi[:, None], vh[:, None], vl[:, None])
     # the products' errors and the low part of w r are eps-small beside p: summed in float64
     # their error is eps^2 of the terms
     s_hi, s_lo = dd_sum(p, pe)
