@@ -266,6 +266,11 @@ def fit(
         persisted, persist_reason = persist_decision(persist, nbytes, target, from_store)
         work_panel, chunk_note = persist_panel(panel, target, chunks) if persisted else (panel, "")
         persist_reason += chunk_note
+        if not persisted and from_store:
+            arrays, held = graph.hold_small_arrays(panel.layout, panel.arrays)
+            work_panel = replace(work_panel, arrays=arrays)
+            if held:
+                persist_reason += f"; the inputs off the full grid ({held / 1e6:.1f} MB) held in memory"
         log.info("daskglm: %s", persist_reason)
         counter = graph.PassCounter()
         setup = run_setup(work_panel, counter)

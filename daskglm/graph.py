@@ -232,6 +232,33 @@ def persist_arrays(arrays: list) -> list:
     return list(dask.persist(*arrays))
 
 
+#: inputs off the full grid are held in memory when together they take at most this share of
+#: the full-grid inputs' bytes and at most ``SMALL_ARRAYS_MAX_BYTES``
+SMALL_ARRAYS_SHARE = 0.125
+SMALL_ARRAYS_MAX_BYTES = 512e6
+
+
+def hold_small_arrays(layout: Layout, arrays: list) -> tuple[list, int]:
+    """Persist the inputs that do not span every panel dim (covariates on ``(i, j)``, ``k``...).
+
+    A fit that streams its full-grid arrays from a store would otherwise read these again in
+    every pass, once per chunk that needs them: with 24 small covariates beside 5 full-grid
+    arrays that cost more than the full-grid reads. Held only when they are small beside the
+    full-grid arrays (see ``SMALL_ARRAYS_SHARE``). Returns the arrays and the bytes held.
+    """
+    full = sum(int(a.nbytes) for a, s in zip(arrays, layout.args, strict=True) if len(s.axes) == layout.ndim)
+    small = [k for k, s in enumerate(layout.args) if len(s.axes) < layout.ndim]
+    small = [k for k in small if not materialized([arrays[k]])]
+    nbytes = sum(int(arrays[k].nbytes) for k in small)
+    if not small or nbytes > min(SMALL_ARRAYS_SHARE * full, SMALL_ARRAYS_MAX_BYTES):
+        return arrays, 0
+    held = dask.persist(*[arrays[k] for k in small])
+    out = list(arrays)
+    for k, a in zip(small, held, strict=True):
+        out[k] = a
+    return out, nbytes
+
+
 def materialized(arrays: list) -> bool:
     """Whether every chunk of every array is already data (persisted, or numpy chunks), so
     that a pass has no input tasks to fuse and graph optimization can be skipped."""
