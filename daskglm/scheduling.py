@@ -350,21 +350,30 @@ def persist_panel(panel: Panel, target: ComputeTarget, chunks=None) -> tuple[Pan
     """The panel with its arrays persisted in the cluster's memory, and a note on the chunks.
 
     Unless the user chose ``chunks=``, the panel is first rechunked by :func:`cluster_chunks`
-    (balanced chunks, one task per thread and pass where memory allows), except when its
-    arrays are persisted on the cluster already (:func:`in_cluster_memory`): a second,
-    rechunked copy would double their memory.
+    (balanced chunks, one task per thread and pass where memory allows). A panel the user
+    persisted on the cluster already (:func:`in_cluster_memory`) is rechunked only when its
+    chunks are many (more than two per thread) and a second copy takes at most a quarter of
+    the workers' memory: the user's copy stays in memory while they hold it.
     """
     note = ""
-    if chunks is None and target.client is not None and not in_cluster_memory(panel.arrays):
-        new = cluster_chunks(panel.chunks, target.threads())
+    if chunks is None and target.client is not None:
+        threads = target.threads()
+        n_chunks = int(np.prod([len(c) for c in panel.chunks]))
+        if in_cluster_memory(panel.arrays):
+            mem = target.worker_memory()
+            nbytes = sum(int(a.nbytes) for a in panel.arrays)
+            small = mem is None or nbytes <= 0.25 * mem
+            wanted = n_chunks > 2 * threads and small
+        else:
+            wanted = True
+        new = cluster_chunks(panel.chunks, threads) if wanted else tuple(panel.chunks)
         if new != tuple(panel.chunks):
             features = [a.n_features is not None for a in panel.layout.args]
             axes = [a.axes for a in panel.layout.args]
             arrays = graph.align_arrays(panel.arrays, axes, features, new)
             note = (
-                f"; rechunked from {int(np.prod([len(c) for c in panel.chunks]))} to "
-                f"{int(np.prod([len(c) for c in new]))} chunks of about "
-                f"{int(np.prod([max(c) for c in new]))} cells"
+                f"; rechunked from {n_chunks} to {int(np.prod([len(c) for c in new]))} chunks of "
+                f"about {int(np.prod([max(c) for c in new]))} cells"
             )
             panel = replace(panel, arrays=arrays, chunks=new)
     return replace(panel, arrays=graph.persist_arrays(panel.arrays)), note

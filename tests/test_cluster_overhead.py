@@ -108,12 +108,17 @@ def test_cluster_fit_rechunks_persists_and_sets_up_workers(tmp_path):
     ):
         res = dg.fit(path, "y", x, "poisson", progress=False, client=client)
         plugins = client.run(lambda dask_worker: "daskglm-worker-malloc" in dask_worker.plugins)
-        # a panel the user persisted on the cluster is used as is (no second, rechunked copy)
-        on_cluster = client.persist(xr.open_zarr(path))
-        assert in_cluster_memory([on_cluster["y"].data])
-        kept = dg.fit(on_cluster, "y", x, "poisson", progress=False, client=client)
+        # a panel the user persisted on the cluster in few chunks is used as is (no second copy)
+        few = client.persist(xr.open_zarr(path).chunk({"i": 4, "j": 6}))
+        assert in_cluster_memory([few["y"].data])
+        kept = dg.fit(few, "y", x, "poisson", progress=False, client=client)
+        # in many small chunks (12 for 2 threads) and small beside the workers' memory: rechunked
+        many = client.persist(xr.open_zarr(path))
+        merged = dg.fit(many, "y", x, "poisson", progress=False, client=client)
     assert "rechunked" not in kept.persist_reason
-    np.testing.assert_allclose(kept.params, ref.params, rtol=1e-10, atol=1e-12)
+    assert "rechunked from 12 to 2 chunks" in merged.persist_reason
+    for other in (kept, merged):
+        np.testing.assert_allclose(other.params, ref.params, rtol=1e-10, atol=1e-12)
     assert all(plugins.values())
     assert res.persisted and "rechunked" in res.persist_reason and "to 2 chunks" in res.persist_reason
     np.testing.assert_allclose(res.params, ref.params, rtol=1e-10, atol=1e-12)
