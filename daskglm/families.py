@@ -32,6 +32,10 @@ __all__ = [
     "Family",
     "FamilyOption",
     "variable_or_number",
+    "count_index",
+    "table_index",
+    "per_count",
+    "shifted_special",
     "Gaussian",
     "Poisson",
     "Binomial",
@@ -122,12 +126,56 @@ def shifted_special(fn, y: Array, r: float, index: np.ndarray | None = None) -> 
     return table[index]
 
 
+def table_index(y: Array) -> np.ndarray | None:
+    """:func:`count_index` of ``y`` when a table over ``0 .. max(y)`` is no longer than ``y``
+    (so tabulating never costs more special-function calls than evaluating per cell), else None."""
+    index = count_index(y)
+    return None if index is None or int(index.max()) >= index.size else index
+
+
+def per_count(fn, y: Array, index: np.ndarray | None = None) -> Array:
+    """``fn(y)`` at every cell for an elementwise ``fn``, evaluated once per whole count.
+
+    With ``index`` (:func:`table_index` of ``y``; found here when not given) ``fn`` is evaluated
+    on ``0 .. max(y)`` and gathered: the same numbers as ``fn(y)`` (the same float64 arguments),
+    without a special-function call per cell. Where ``y`` holds no whole counts in a moderate
+    range, ``fn(y)`` per cell.
+    """
+    if index is None:
+        index = table_index(y)
+    if index is None:
+        return fn(y)
+    return fn(np.arange(int(index.max()) + 1, dtype=np.float64))[index]
+
+
+def _log_factorial(k: Array) -> Array:
+    """``gammaln(k + 1)`` (``log k!``)."""
+    return special.gammaln(k + 1.0)
+
+
+def _trials_index(y: Array, m: Array) -> tuple[np.ndarray, np.ndarray] | None:
+    """:func:`table_index` of successes ``y`` and trials ``m`` (same shape, ``y <= m``), or None."""
+    y, m = np.asarray(y), np.asarray(m)
+    if y.shape != m.shape:
+        return None
+    im = table_index(m)
+    iy = None if im is None else table_index(y)
+    if iy is None or not np.all(iy <= im):
+        return None
+    return iy, im
+
+
 def _trigamma(x):
     return special.polygamma(1, x)
 
 
 def _xlogy(x: Array, y: Array) -> Array:
     return special.xlogy(x, y)
+
+
+def _poisson_saturated(y: Array) -> Array:
+    """The Poisson saturated model's ``f``: ``y log y - y``."""
+    return _xlogy(y, y) - y
 
 
 def _compiled(kernel: str):
@@ -431,14 +479,14 @@ class Poisson(Family):
         return _compiled("POISSON")
 
     def constant(self, y, aux):
-        return -special.gammaln(y + 1.0)
+        return -per_count(_log_factorial, y)
 
     def unit_deviance(self, y, eta, aux, theta):
         mu = np.exp(eta)
         return 2.0 * (_xlogy(y, y) - y * eta - (y - mu))
 
     def saturated(self, y, aux):
-        return _xlogy(y, y) - y
+        return per_count(_poisson_saturated, y)
 
     def separated(self, y, eta, aux):
         # a zero count whose fitted mean has run off to 0 (eta -> -inf): the MLE does not exist
@@ -574,7 +622,12 @@ class Binomial(Family):
 
     def constant(self, y, aux):
         m = aux["trials"]
-        return special.gammaln(m + 1.0) - special.gammaln(y + 1.0) - special.gammaln(m - y + 1.0)
+        counts = _trials_index(y, m)
+        if counts is None:
+            return special.gammaln(m + 1.0) - special.gammaln(y + 1.0) - special.gammaln(m - y + 1.0)
+        iy, im = counts
+        table = _log_factorial(np.arange(int(im.max()) + 1, dtype=np.float64))
+        return table[im] - table[iy] - table[im - iy]
 
     def unit_deviance(self, y, eta, aux, theta):
         m = aux["trials"]
@@ -586,7 +639,13 @@ class Binomial(Family):
 
     def saturated(self, y, aux):
         m = aux["trials"]
-        return _xlogy(y, y) + _xlogy(m - y, m - y) - _xlogy(m, m)
+        counts = _trials_index(y, m)
+        if counts is None:
+            return _xlogy(y, y) + _xlogy(m - y, m - y) - _xlogy(m, m)
+        iy, im = counts
+        k = np.arange(int(im.max()) + 1, dtype=np.float64)
+        table = _xlogy(k, k)
+        return table[iy] + table[im - iy] - table[im]
 
     def separated(self, y, eta, aux):
         # fitted probability within 1e-10 of 0 or 1
@@ -678,7 +737,7 @@ class NegativeBinomial(Family):
         return None if kernel is None else kernel._replace(fixed_theta=(float(np.log(self.alpha)),))
 
     def constant(self, y, aux):
-        return -special.gammaln(y + 1.0)
+        return -per_count(_log_factorial, y)
 
     def unit_deviance(self, y, eta, aux, theta):
         r = self._r(theta)
@@ -689,8 +748,15 @@ class NegativeBinomial(Family):
         if self.alpha is None:
             return None
         r = 1.0 / self.alpha
-        lg = shifted_special(special.gammaln, y, r, count_index(y))
-        return lg + r * (np.log(r) - np.log(r + y)) + _xlogy(y, y) - y * np.log(r + y)
+        index = count_index(y)
+
+        def sat(k, index=None):
+            lg = shifted_special(special.gammaln, k, r, index)
+            return lg + r * (np.log(r) - np.log(r + k)) + _xlogy(k, k) - k * np.log(r + k)
+
+        if index is None or int(index.max()) >= index.size:  # per cell (gammaln tabulated if it can)
+            return sat(y, index)
+        return per_count(sat, y, index)
 
     def separated(self, y, eta, aux):
         return (y == 0) & (eta < -BOUNDARY_ETA)

@@ -18,11 +18,13 @@ the chunks and tree-sums the results.
 
 from __future__ import annotations
 
+import itertools
 from functools import partial
 
 import numpy as np
 
-from .contract import BlockContractor, partial_sum
+from .contract import BlockContractor, partial_sum, sum_axes
+from .families import Gaussian
 from .layout import ArgSpec, Layout, StatPacker
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "setup_packer",
     "eval_packer",
     "setup_chunk",
+    "setup_gram",
     "eval_chunk",
     "eval_kernel",
     "cluster_chunk",
@@ -220,60 +223,170 @@ def setup_packer(layout: Layout) -> StatPacker:
     return p
 
 
-def setup_chunk(layout: Layout, *arrays: np.ndarray) -> np.ndarray:
-    """The setup pass over one chunk (see :func:`setup_packer` for the fields)."""
+def setup_chunk(layout: Layout, *arrays: np.ndarray, engine: str | None = None) -> np.ndarray:
+    """The setup pass over one chunk (see :func:`setup_packer` for the fields).
+
+    The counts, sums and constants are taken slab by slab (:func:`_slabs`: temporaries stay
+    cache-sized); the Gram matrix ``X' diag(w) X`` by :func:`setup_gram` (the compiled sweep
+    under the numba ``engine``, :func:`daskglm.engines.resolve_engine`).
+    """
+    shape = np.shape(arrays[layout.role("y")[0]])
     with np.errstate(all="ignore"):
-        d = ChunkData(layout, arrays)
-        fam, w, used, cand = layout.family, d.w, d.used, d.candidate
-        nargs = len(layout.args)
-        bad_used, bad_any, nonpos = np.zeros(nargs), np.zeros(nargs), np.zeros(nargs)
+        out = _setup_sums(layout, arrays, shape)
+        out["gram"] = setup_gram(layout, arrays, engine)
+        vec = setup_packer(layout).pack(out)
+    return vec.reshape((1,) * len(shape) + (-1,))
+
+
+def _onto(a: np.ndarray, like) -> np.ndarray:
+    """``a`` (a slab's full shape) summed over the axes where ``like`` has length 1."""
+    drop = tuple(d for d in range(a.ndim) if np.shape(like)[d] == 1 and a.shape[d] != 1)
+    return sum_axes(a, drop) if drop else a
+
+
+def _setup_sums(layout: Layout, arrays: tuple, shape: tuple[int, ...]) -> dict:
+    """The setup pass's counts, weighted sums and constants, slab by slab.
+
+    An input's non-finite values are counted only where ``isfinite(...).all()`` fails on the
+    slab; an input that does not span the slab axis is checked on the first slab only (the
+    same cells every slab). With unit weights (no weights, every cell used) the sums skip the
+    weighting.
+    """
+    fam = layout.family
+    nargs = len(layout.args)
+    rules = fam.domain_rules()
+    out: dict[str, object] = dict.fromkeys(
+        ("n_candidate", "n_used", "sw", "swy", "swy2", "swoff", "swyoff", "swd", "swm", "ll_const"), 0.0
+    )
+    out["ll_sat"], out["neg_weights"] = 0.0, 0.0
+    bad_used, bad_any, nonpos = np.zeros(nargs), np.zeros(nargs), np.zeros(nargs)
+    domain = np.zeros(max(1, len(rules)))
+    weighted = bool(layout.role("weights"))
+    seen: dict[tuple, bool] = {}  # (input, its cut) -> all finite there
+    for cut, slab_arrays in _cell_slabs(layout, arrays, shape):
+        d = ChunkData(layout, slab_arrays)
+        cand, used, n = d.candidate, d.used, int(np.prod(d.shape))
         for k, spec in enumerate(layout.args):
             if spec.role == "y":
                 continue
-            nonfinite = ~d.finite(k)
-            bad_used[k] = np.count_nonzero(np.broadcast_to(nonfinite, d.shape) & cand)
-            bad_any[k] = np.count_nonzero(nonfinite)
-            if spec.role == "exposure":
-                nonpos[k] = np.count_nonzero(np.broadcast_to(~(d.local[k] > 0), d.shape) & used)
-        out = {"bad_used": bad_used, "bad_any": bad_any, "nonpos_exposure": nonpos}
-        out["n_candidate"] = np.count_nonzero(cand)
-        out["n_used"] = np.count_nonzero(used)
-        iw = layout.role("weights")
-        if iw:
-            out["neg_weights"] = np.count_nonzero((w < 0) & used)
-        rules = fam.domain_rules()
-        out["domain"] = np.array(
-            [np.count_nonzero(np.broadcast_to(r.bad(d.y, d.aux), d.shape) & used) for r in rules] or [0]
-        )
-        y = d.y
-        expoff = np.broadcast_to(np.exp(d.offset), d.shape)
-        out["sw"] = w.sum()
-        out["swy"] = (w * y).sum()
-        out["swy2"] = (w * y * y).sum()
-        out["swoff"] = (w * expoff).sum()
-        out["swyoff"] = (w * y * expoff).sum()
-        if "event" in d.aux:
-            out["swd"] = (w * d.aux["event"]).sum()
-        if "trials" in d.aux:
-            out["swm"] = (w * d.aux["trials"]).sum()
-        out["ll_const"] = (w * fam.constant(y, d.aux)).sum()
-        sat = fam.saturated(y, d.aux)
-        out["ll_sat"] = np.nan if sat is None else (w * sat).sum()
-        out["gram"] = _gram(layout, arrays, d)
-        vec = setup_packer(layout).pack(out)
-    return vec.reshape((1,) * len(d.shape) + (-1,))
+            # an input off some cut axis meets the same values in several slabs: count its
+            # non-finite values (bad_any) the first time only
+            key = (k,) + tuple(s for d_, s in cut if d_ in spec.axes)
+            first = key not in seen
+            if first:
+                seen[key] = bool(np.isfinite(d.local[k]).all())
+            if not seen[key]:
+                nonfinite = ~d.finite(k)
+                bad_used[k] += np.count_nonzero(np.broadcast_to(nonfinite, d.shape) & cand)
+                if first:
+                    bad_any[k] += np.count_nonzero(nonfinite)
+            if spec.role == "exposure" and not bool((d.local[k] > 0).all()):
+                nonpos[k] += np.count_nonzero(np.broadcast_to(~(d.local[k] > 0), d.shape) & used)
+        out["n_candidate"] += n if d.all_used else np.count_nonzero(cand)
+        out["n_used"] += n if d.all_used else np.count_nonzero(used)
+        if weighted:
+            out["neg_weights"] += np.count_nonzero((d.w < 0) & used)
+        for q, r in enumerate(rules):
+            bad = r.bad(d.y, d.aux)
+            if np.any(bad):
+                domain[q] += np.count_nonzero(np.broadcast_to(bad, d.shape) & used)
+        for name, value in _weighted_sums(d).items():
+            out[name] += value
+    out.update(bad_used=bad_used, bad_any=bad_any, nonpos_exposure=nonpos, domain=domain)
+    return out
 
 
-def _gram(layout: Layout, arrays: tuple, d: ChunkData) -> np.ndarray:
-    """``X' diag(w) X`` of the chunk, slab by slab as in :func:`eval_chunk`: the whole chunk at
-    once ran 7x slower (the batched products of pairs of smaller blocks over a large grid)."""
-    con = d.contractor
+def _cell_slabs(layout: Layout, arrays: tuple, shape: tuple[int, ...], cells: int | None = None):
+    """Split a chunk's arguments into slabs of at most about ``cells`` cells.
+
+    As :func:`_slabs`, but the axes before the slab axis are cut too (one position at a time),
+    so a slab is cache-sized whatever the chunk's shape (:func:`_slabs` keeps them whole: a
+    50 x 100 x 1000 chunk made slabs of 3.25e6 cells). Yields ``(cut, slab_arguments)`` with
+    ``cut`` the ``(axis, start)`` of every axis cut; ``cells`` defaults to :data:`SLAB_CELLS`.
+    """
+    cells = SLAB_CELLS if cells is None else cells
+    m = len(shape)
+    if m == 0 or int(np.prod(shape)) <= cells:
+        yield (), arrays
+        return
+    ax = next(a for a in range(m) if int(np.prod(shape[a + 1 :])) <= cells)
+    step = max(cells // max(int(np.prod(shape[ax + 1 :])), 1), 1)
+    for lead in itertools.product(*(range(shape[d]) for d in range(ax))):
+        for start in range(0, shape[ax], step):
+            where = {d: slice(i, i + 1) for d, i in enumerate(lead)}
+            where[ax] = slice(start, start + step)
+            out = []
+            for a, spec in zip(arrays, layout.args, strict=True):
+                idx = [where.get(d, slice(None)) for d in spec.axes]
+                out.append(a[tuple(idx)] if idx else a)
+            yield tuple((d, s.start) for d, s in where.items()), tuple(out)
+
+
+def _weighted_sums(d: ChunkData) -> dict[str, float]:
+    """One slab's ``sw``, ``swy``, ``swy2``, ``swoff``, ``swyoff``, ``swd``, ``swm``,
+    ``ll_const`` and ``ll_sat`` (the offset's ``exp`` on its own grid). No BLAS dot products: a
+    multithreaded ``ddot`` on a busy machine cost ~100 ns/cell."""
+    fam, y = d.layout.family, np.ravel(d.y)
+    unit = d.unit_weights
+    w = None if unit else np.ravel(np.broadcast_to(d.w, d.shape))
+
+    def wsum(v: np.ndarray) -> float:
+        v = np.ravel(np.broadcast_to(v, d.shape))
+        return float(v.sum() if unit else (w * v).sum())
+
+    wy = y if unit else w * y
+    out = {"sw": float(y.size if unit else w.sum()), "swy": float(wy.sum()), "swy2": float((wy * y).sum())}
+    off = d.offset
+    if np.ndim(off) == 0:
+        out["swoff"] = out["sw"] * float(np.exp(off))
+        out["swyoff"] = out["swy"] * float(np.exp(off))
+    else:
+        expoff = np.exp(off)
+        if unit:  # every cell of the offset's grid stands for the same number of cells
+            out["swoff"] = float(expoff.sum()) * (y.size // expoff.size)
+        else:
+            out["swoff"] = float((_onto(w.reshape(d.shape), expoff) * expoff).sum())
+        out["swyoff"] = float((_onto(wy.reshape(d.shape), expoff) * expoff).sum())
+    if "event" in d.aux:
+        out["swd"] = wsum(d.aux["event"])
+    if "trials" in d.aux:
+        out["swm"] = wsum(d.aux["trials"])
+    out["ll_const"] = wsum(fam.constant(d.y, d.aux))
+    sat = fam.saturated(d.y, d.aux)
+    out["ll_sat"] = np.nan if sat is None else wsum(sat)
+    return out
+
+
+def setup_gram(layout: Layout, arrays: tuple, engine: str | None = None) -> np.ndarray:
+    """``X' diag(w) X`` of one chunk (``w`` the weight, 0 at unused cells).
+
+    Under the numba engine it is minus the Hessian of the same layout under a Gaussian family
+    (``h = -1`` at every cell), computed by the compiled evaluation sweep
+    (:func:`daskglm.kernels_numba.eval_chunk`) at any parameters; under the numpy engine the
+    numpy accumulator, slab by slab as in :func:`eval_chunk` (the whole chunk at once ran 7x
+    slower: the batched products of pairs of smaller blocks over a large grid).
+    """
+    from .engines import resolve_engine
+
+    if resolve_engine(engine) == "numba":
+        from .kernels_numba import eval_chunk as compiled
+
+        gauss = layout.with_family(_GAUSSIAN)
+        vec = compiled(gauss, np.zeros(gauss.n_params), True, False, *arrays)
+        return -eval_packer(gauss, hessian=True).unpack(np.ravel(vec))["hess"]
+    shape = np.shape(arrays[layout.role("y")[0]])
+    local = [_expand(a, s, shape) for a, s in zip(arrays, layout.args, strict=True)]
+    con = build_contractor(layout, local, shape)
     acc = con.accumulator("matrix")
-    for (ax, start, stop), slab_arrays in _slabs(layout, arrays, d.shape):
+    for (ax, start, stop), slab_arrays in _slabs(layout, arrays, shape):
         part = con if ax is None else con.slab(ax, start, stop)
         slab = ChunkData(layout, slab_arrays, contractor=part)
         acc.add(part, np.ascontiguousarray(np.broadcast_to(slab.w, slab.shape)))
     return acc.result()
+
+
+#: the family whose Hessian is ``-X' diag(w) X`` (:func:`setup_gram`)
+_GAUSSIAN = Gaussian()
 
 
 # -------------------------------------------------------------------------- evaluation pass
