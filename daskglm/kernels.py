@@ -375,14 +375,15 @@ def setup_gram(layout: Layout, arrays: tuple, engine: str | None = None) -> np.n
         vec = compiled(gauss, np.zeros(gauss.n_params), True, False, *arrays)
         return -eval_packer(gauss, hessian=True).unpack(np.ravel(vec))["hess"]
     shape = np.shape(arrays[layout.role("y")[0]])
-    local = [_expand(a, s, shape) for a, s in zip(arrays, layout.args, strict=True)]
-    con = build_contractor(layout, local, shape)
-    acc = con.accumulator("matrix")
-    for (ax, start, stop), slab_arrays in _slabs(layout, arrays, shape):
-        part = con if ax is None else con.slab(ax, start, stop)
-        slab = ChunkData(layout, slab_arrays, contractor=part)
-        acc.add(part, np.ascontiguousarray(np.broadcast_to(slab.w, slab.shape)))
-    return acc.result()
+    with np.errstate(all="ignore"):
+        local = [_expand(a, s, shape) for a, s in zip(arrays, layout.args, strict=True)]
+        con = build_contractor(layout, local, shape)
+        acc = con.accumulator("matrix")
+        for (ax, start, stop), slab_arrays in _slabs(layout, arrays, shape):
+            part = con if ax is None else con.slab(ax, start, stop)
+            slab = ChunkData(layout, slab_arrays, contractor=part)
+            acc.add(part, np.ascontiguousarray(np.broadcast_to(slab.w, slab.shape)))
+        return acc.result()
 
 
 #: the family whose Hessian is ``-X' diag(w) X`` (:func:`setup_gram`)
