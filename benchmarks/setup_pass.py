@@ -5,39 +5,69 @@
 Loads the first chunk of every input of the 1e9-cell Poisson panel of ``benchmarks/billion.py``
 (``y``, ``exposure`` on (i, j), four full-grid covariates, two covariates on each of (i, j),
 (i, k), (j, k), i, j, k; 50 x 100 x 1000 = 5e6 cells, float32) into memory and times, single
-threaded (CPU time of this thread, best of ``--repeat``):
+threaded and as in a dask worker (one BLAS thread, ``MALLOC_TRIM_THRESHOLD_=65536`` as dask's
+nannies set it, then glibc's thresholds raised as :class:`daskglm.workers.WorkerMalloc` does:
+temporaries over 32 MiB are fresh ``mmap`` s whose pages fault in), the CPU time of this thread
+(best of ``--repeat``), the wall time of that call and its minor page faults:
 
 * ``kernels.setup_chunk`` with each engine (``"numpy"``: the Gram through the numpy
   accumulator; ``"numba"``: through the compiled sweep);
+* its two parts: the slab-by-slab counts, sums and constants (``kernels._setup_sums``) and
+  the compiled Gram (``kernels.setup_gram``, a Gaussian layout's Hessian);
 * the compiled evaluation pass with the Hessian (``kernels_numba.eval_chunk``, ``final=False``)
-  and the final pass (``final=True``), and the numpy evaluation pass for scale.
+  and the final pass (``final=True``); where the final pass's extra time goes: the final pass
+  without the HC0 meat (``kernels_numba._evaluate(..., meat=False)``, a diagnostic: the fit
+  computes the meat whatever ``cov_type``) and without the Hessian; the numpy evaluation pass
+  for scale.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import resource
+import sys
 import time
 import warnings
 
-import numpy as np
-import xarray as xr
+#: a dask worker's environment (``distributed.nanny.pre-spawn-environ``), set before the process starts
+WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MALLOC_TRIM_THRESHOLD_": "65536"}
+if any(os.environ.get(k) != v for k, v in WORKER_ENV.items()):
+    os.environ.update(WORKER_ENV)
+    os.execv(sys.executable, [sys.executable, *sys.argv])
 
-from daskglm import kernels, kernels_numba
-from daskglm.panel import build_panel
-from daskglm.registry import resolve_family
+import numpy as np  # noqa: E402
+import xarray as xr  # noqa: E402
+
+from daskglm import kernels, kernels_numba  # noqa: E402
+from daskglm.panel import build_panel  # noqa: E402
+from daskglm.registry import resolve_family  # noqa: E402
+from daskglm.workers import set_malloc_thresholds  # noqa: E402
 
 warnings.simplefilter("ignore")
 
 
-def best_ns_per_cell(func, args: tuple, cells: int, repeat: int) -> float:
-    """Best CPU time of ``func(*args)`` over ``repeat`` calls (after one warm-up), in ns/cell."""
+def best_ns_per_cell(func, args: tuple, cells: int, repeat: int) -> tuple[float, float, int]:
+    """The call of ``func(*args)`` with the least CPU time over ``repeat`` calls (after one
+    warm-up): its CPU and wall ns/cell and its minor page faults."""
     func(*args)
-    best = np.inf
+    best = (np.inf, np.inf, 0)
     for _ in range(repeat):
-        t0 = time.thread_time()
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        t0, w0 = time.thread_time(), time.perf_counter()
         func(*args)
-        best = min(best, time.thread_time() - t0)
-    return best * 1e9 / cells
+        cpu, wall = time.thread_time() - t0, time.perf_counter() - w0
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+        best = min(best, (cpu * 1e9 / cells, wall * 1e9 / cells, faults))
+    return best
+
+
+def final_without_meat(layout, params, *chunk):
+    """The compiled final pass (deviance, separated cells, Hessian) without the meat."""
+    plan = kernels_numba._plan_for(layout)
+    code = kernels_numba._family_code(layout.family)
+    with np.errstate(all="ignore"):
+        return kernels_numba._evaluate(layout, plan, code, params, True, True, False, chunk)
 
 
 def main() -> None:
@@ -45,6 +75,7 @@ def main() -> None:
     ap.add_argument("--store", default="/tmp/billion/panel.zarr")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
+    set_malloc_thresholds(64 * 2**20)  # a 4 GB worker's (WorkerMalloc: min(64 MiB, limit / 16))
     ds = xr.open_zarr(args.store)
     x = [v for v in ds.data_vars if v.startswith("x")]
     panel = build_panel(ds, "y", x, resolve_family("poisson"), exposure="exposure")
@@ -53,16 +84,24 @@ def main() -> None:
     cells = chunk[layout.role("y")[0]].size
     params = np.zeros(layout.n_params)
     params[0] = 0.5
+    shape = chunk[layout.role("y")[0]].shape
     rows = {
         "setup_chunk, engine=numpy": (lambda *a: kernels.setup_chunk(*a, engine="numpy"), (layout, *chunk)),
         "setup_chunk, engine=numba": (lambda *a: kernels.setup_chunk(*a, engine="numba"), (layout, *chunk)),
+        "  counts, sums, constants": (kernels._setup_sums, (layout, chunk, shape)),
+        "  Gram, compiled": (lambda *a: kernels.setup_gram(*a, engine="numba"), (layout, chunk)),
         "eval numba (hessian)": (kernels_numba.eval_chunk, (layout, params, True, False, *chunk)),
+        "eval numba (no hessian)": (kernels_numba.eval_chunk, (layout, params, False, False, *chunk)),
         "final numba (hessian, final)": (kernels_numba.eval_chunk, (layout, params, True, True, *chunk)),
+        "  final without the meat": (final_without_meat, (layout, params, *chunk)),
+        "  final without the hessian": (kernels_numba.eval_chunk, (layout, params, False, True, *chunk)),
         "eval numpy (hessian)": (kernels.eval_chunk, (layout, params, True, False, *chunk)),
     }
     print(f"one chunk of {args.store}: {cells} cells, {layout.n_params} parameters, best of {args.repeat}")
+    print(f"{'':32s} {'cpu ns/cell':>11s} {'wall ns/cell':>12s} {'page faults':>11s}")
     for name, (func, fargs) in rows.items():
-        print(f"{name:32s} {best_ns_per_cell(func, fargs, cells, args.repeat):7.1f} ns/cell", flush=True)
+        cpu, wall, faults = best_ns_per_cell(func, fargs, cells, args.repeat)
+        print(f"{name:32s} {cpu:11.1f} {wall:12.1f} {faults:11d}", flush=True)
 
 
 if __name__ == "__main__":
