@@ -17,11 +17,17 @@ from functools import partial
 import dask.array as da
 import numpy as np
 
-from .accurate import accurate_chunk, accurate_combine, accurate_length
+from .accurate import (
+    accurate_chunk,
+    accurate_combine,
+    accurate_hessian_chunk,
+    accurate_hessian_length,
+    accurate_length,
+)
 from .graph import _map_chunks
 from .layout import Layout
 
-__all__ = ["accurate_graph"]
+__all__ = ["accurate_graph", "accurate_hessian_graph"]
 
 
 def _identity(x, axis=None, keepdims=True):
@@ -36,9 +42,20 @@ def _combine(n: int, x: np.ndarray, axis=None, keepdims: bool = True) -> np.ndar
 def accurate_graph(layout: Layout, arrays: list, params: np.ndarray) -> da.Array:
     """``X' w (y - offset - X b)`` at ``params`` over the whole panel, packed as (hi, lo)
     halves in a 1-D dask array (Gaussian family)."""
-    n = layout.n_beta
     func = partial(accurate_chunk, layout, np.asarray(params, dtype=np.float64))
     blocks = _map_chunks(func, layout, arrays, accurate_length(layout))
+    return _reduce(blocks, layout, layout.n_beta, "daskglm-accurate-gradient")
+
+
+def accurate_hessian_graph(layout: Layout, arrays: list) -> da.Array:
+    """``X' w X`` over the whole panel, packed as the (hi, lo) halves of the row-major matrix
+    in a 1-D dask array (Gaussian family; :func:`~daskglm.accurate.accurate_hessian_chunk`)."""
+    func = partial(accurate_hessian_chunk, layout)
+    blocks = _map_chunks(func, layout, arrays, accurate_hessian_length(layout))
+    return _reduce(blocks, layout, layout.n_beta**2, "daskglm-accurate-hessian")
+
+
+def _reduce(blocks: da.Array, layout: Layout, n: int, name: str) -> da.Array:
     return da.reduction(
         blocks,
         chunk=_identity,
@@ -50,5 +67,5 @@ def accurate_graph(layout: Layout, arrays: list, params: np.ndarray) -> da.Array
         split_every=8,
         concatenate=True,
         meta=np.empty((0,)),
-        name="daskglm-accurate-gradient",
+        name=name,
     )

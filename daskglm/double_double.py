@@ -6,15 +6,30 @@ an unevaluated sum ``hi + lo`` of float64s. Vectorised over the cells, so the re
 accuracy of a float64 computation in twice the precision whatever the platform's
 ``numpy.longdouble`` is (80-bit on x86-64 Linux, plain float64 on Windows and Apple silicon).
 
-Used by the double-double gradient pass (:mod:`daskglm.accurate`) and by the Gaussian
-``"newton"`` QR pass (:mod:`daskglm.qr`).
+Also the Gaussian Hessian ``X' w X`` of a block (:func:`dd_gram`) and products of small
+double-double matrices (:func:`dd_matmul`, :func:`dd_scale`), from which the inverse-free
+preconditioner runs its Newton-Schulz iterations where float64 has no correct digits left
+(NIST's Filip: equilibrated condition number 1.5e19).
+
+Used by the double-double passes (:mod:`daskglm.accurate`), by the Gaussian ``"newton"`` QR
+pass (:mod:`daskglm.qr`) and by :mod:`daskglm.solvers.preconditioning`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["two_sum", "two_prod", "dd_sum", "dd_residual", "dd_gradient", "dd_add"]
+__all__ = [
+    "two_sum",
+    "two_prod",
+    "dd_sum",
+    "dd_residual",
+    "dd_gradient",
+    "dd_gram",
+    "dd_add",
+    "dd_matmul",
+    "dd_scale",
+]
 
 #: Veltkamp's splitter for float64: 2^27 + 1
 _SPLITTER = 134217729.0
@@ -144,3 +159,36 @@ def dd_gradient(
     # their error is eps^2 of the terms
     s_hi, s_lo = dd_sum(p, pe)
     return s_hi, s_lo + X.T @ v_lo
+
+
+def dd_gram(X: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``X' w X`` over the rows of ``X`` as (hi, lo) ``P x P`` float64 matrices.
+
+    ``w x_i`` by TwoProduct, each product ``(w x_i) x_j`` split exactly into ``p + e`` (the
+    low part of ``w x_i`` times ``x_j`` joins ``e``) and the ``p`` summed by :func:`dd_sum`:
+    an error of about ``eps^2 |X|' w |X|`` plus the final rounding. Costs ``rows P^2`` products.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    v_hi, v_lo = two_prod(np.asarray(w, dtype=np.float64)[:, None], X)
+    p, pe = two_prod(v_hi[:, :, None], X[:, None, :])
+    return dd_sum(p, pe + v_lo[:, :, None] * X[:, None, :])
+
+
+def dd_matmul(
+    a_hi: np.ndarray, a_lo: np.ndarray, b_hi: np.ndarray, b_lo: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The product of double-double matrices ``(a_hi + a_lo) (b_hi + b_lo)``, normalised.
+
+    ``A`` is ``P x K``, ``B`` is ``K x Q``; every ``a_ik b_kj`` by TwoProduct (the cross terms
+    with the low parts in float64: they are ``eps`` beside it) and the sums over ``k`` by
+    :func:`dd_sum`. Error about ``eps^2 |A| |B|``. Additions and multiplications only.
+    """
+    p, e = two_prod(a_hi[:, :, None], b_hi[None, :, :])
+    e = e + (a_hi[:, :, None] * b_lo[None, :, :] + a_lo[:, :, None] * b_hi[None, :, :])
+    return dd_sum(np.moveaxis(p, 1, 0), np.moveaxis(e, 1, 0))
+
+
+def dd_scale(hi: np.ndarray, lo: np.ndarray, s) -> tuple[np.ndarray, np.ndarray]:
+    """``(hi + lo) s`` for a float64 ``s`` (scalar or broadcasting array), normalised."""
+    p, e = two_prod(hi, s)
+    return two_sum(p, e + lo * s)

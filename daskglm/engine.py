@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import graph
-from .accurate import accurate_unpack
-from .accurate_graph import accurate_graph
+from .accurate import accurate_hessian_unpack, accurate_unpack
+from .accurate_graph import accurate_graph, accurate_hessian_graph
 from .checks import SetupInfo, intercept_position, interpret_setup, needs_orthogonal_check
 from .clustering import combine_cluster_meats, intersections
 from .effects_graph import FixedEffectPasses
@@ -140,6 +140,19 @@ class PanelObjective:
         e = self._evaluation(params, finalize_eval(self.layout, vec, hessian=False))
         e.grad = accurate_unpack(avec, self.layout.n_beta)
         return e
+
+    def accurate_hessian(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The Hessian ``-X' w X`` summed in double-double as (hi, lo) matrices (one pass, the
+        first call only: it does not depend on the parameters), for the inverse-free
+        preconditioner where the float64 Hessian is too ill-conditioned (NIST's Filip).
+        Gaussian family only; ``None`` (and no pass) for the other families."""
+        if not self.layout.family.linear:
+            return None
+        if getattr(self, "_accurate_hessian", None) is None:
+            h = accurate_hessian_graph(self.layout, self.panel.arrays)
+            (vec,) = graph.run(self.counter, "eval", h, optimize=self.optimize)
+            self._accurate_hessian = accurate_hessian_unpack(vec, self.layout.n_beta)
+        return self._accurate_hessian
 
     def gradient_rounding(self, e: Evaluation) -> np.ndarray | None:
         """The size of the float64 gradient's rounding error at ``e``, per coefficient, from

@@ -214,12 +214,16 @@ def test_inverse_free_on_star98_with_rebuilds(monkeypatch, solver, real_fits):
     np.testing.assert_allclose(res.params, newton.params, rtol=1e-6)
 
 
+@pytest.mark.parametrize("data", ["Wampler5", "Filip"])
 @pytest.mark.parametrize("solver", INVERSE_FREE)
-def test_inverse_free_on_wampler5_with_the_accurate_step(monkeypatch, solver):
-    """The double-double gradient of the last step (NIST Wampler5, Gaussian) is products and
-    sums only: the trap, armed from iteration 0, stays silent, and the estimates are within
-    1e-6 of Newton's."""
-    ds, cols, fam, newton, _ = _real_case("Wampler5")
+def test_inverse_free_on_wampler5_with_the_accurate_step(monkeypatch, solver, data):
+    """The double-double gradient of the last step (NIST Wampler5 and Filip, Gaussian) is
+    products and sums only: the trap, armed from iteration 0, stays silent, and the estimates
+    are within 1e-6 of Newton's. On Filip Newton-Schulz builds its inverse from the
+    double-double Hessian in iteration 1, under the trap (the gradient solvers build their
+    preconditioner before iteration 0: :func:`test_accurate_preconditioner_on_filip` arms
+    the trap around that)."""
+    ds, cols, fam, newton, _ = _real_case(data)
     trap = LinalgTrap(monkeypatch)
     try:
         res = dg.fit(ds, "y", cols, fam, solver=solver, cov_type=None, callback=trap.arm)
@@ -228,6 +232,55 @@ def test_inverse_free_on_wampler5_with_the_accurate_step(monkeypatch, solver):
     assert trap.armed_at_iteration == 0 and trap.calls == []
     assert res.converged and res.history["accurate_gradient"].iloc[-1]
     assert max_rel(res.params, newton.params) <= 1e-6
+    if solver == "newton_schulz" and data == "Filip":
+        assert res.history["accurate_hessian"].iloc[1] is True
+
+
+def _filip_hessians():
+    """Filip's design (1, x, ..., x^10), its float64 Hessian and the double-double one."""
+    from daskglm.double_double import dd_gram
+
+    meta = json.loads((NIST_DIR / "Filip.json").read_text())
+    df = pd.read_csv(NIST_DIR / "Filip.csv")
+    x = df["x"].to_numpy(dtype=float)
+    X = np.column_stack([x**p for p in meta["powers"]])
+    hi, lo = dd_gram(X, np.ones(len(x)))
+    certified = np.array([q["estimate"]["value"] for q in meta["certified"]["parameters"]])
+    return X, df["y"].to_numpy(dtype=float), -(X.T @ X), (-hi, -lo), certified
+
+
+def test_accurate_preconditioner_on_filip(monkeypatch):
+    """On Filip the float64 Hessian is not even positive definite after centring and scaling
+    (its smallest eigenvalue is 6.5e-19 of the largest, 10; float64 rounding is 1e-15), so the
+    float64 preconditioner needs a damping; given the double-double Hessian, it is built from
+    that by Newton-Schulz in double-double, under the trap. Checked against NIST's certified
+    values: two preconditioned steps ``b + R R' g`` with the double-double gradient, from
+    zero, reach 7 certified digits (the float64 preconditioner: none)."""
+    if not (NIST_DIR / "Filip.json").exists():
+        pytest.skip(f"NIST StRD files are not at {NIST_DIR}")
+    from daskglm.double_double import dd_gradient
+
+    X, y, H, H_dd, certified = _filip_hessians()
+    plain = MatrixPreconditioner.from_hessian(H, 0, 11)
+    assert plain.damping > 0 and not plain.accurate
+    trap = LinalgTrap(monkeypatch)
+    trap.arm({"iteration": 0})
+    try:
+        pre = MatrixPreconditioner.from_hessian(H, 0, 11, lambda: H_dd)
+    finally:
+        trap.disarm()
+    assert trap.calls == [] and pre.accurate and pre.damping == 0.0
+    assert pre.residual < 1e-20  # ||I - Z Y|| in double-double (float64 cannot go below 1e-3)
+
+    def lre_after(p, steps):
+        b = np.zeros(11)
+        for _ in range(steps):
+            g_hi, g_lo = dd_gradient(X, b, y, np.zeros(len(y)), np.ones(len(y)))
+            b = b + p.direction(g_hi + g_lo)
+        return -np.log10(max_rel(b, certified))
+
+    assert lre_after(pre, 2) >= 7.0
+    assert lre_after(plain, 2) < 1.0
 
 
 def test_the_trap_catches_newton(monkeypatch):
@@ -349,7 +402,24 @@ RANDHIE_POISSON = {
 }
 
 NIST_DIR = Path("/work/shared/reference/nist-strd")
-NIST_POLYNOMIALS = ["Norris", "Pontius", "Wampler1", "Wampler2", "Wampler3", "Wampler4", "Wampler5"]
+NIST_POLYNOMIALS = [
+    "Norris",
+    "Pontius",
+    "NoInt1",
+    "NoInt2",
+    "Wampler1",
+    "Wampler2",
+    "Wampler3",
+    "Wampler4",
+    "Wampler5",
+    "Filip",
+]
+#: fitted without an intercept (NIST's model has none)
+NIST_NO_INTERCEPT = {"NoInt1", "NoInt2"}
+#: NIST's bar (the issue's): 9 certified digits, 6 on the Wampler sets and Filip; the solvers
+#: are held to 9 wherever they reach it (Filip: x, ..., x^10, whose float64 design alone limits
+#: any method to about 7.5 digits, Newton's QR route included)
+NIST_MIN_LRE = {"Filip": 6.0}
 
 
 def _real_data(name: str):
@@ -372,7 +442,8 @@ def _real_data(name: str):
 
 
 def _nist_data(name: str):
-    """A NIST StRD polynomial as a cross-section: ``y`` on ``x, x2, ..., x5`` (intercept)."""
+    """A NIST StRD polynomial as a cross-section: ``y`` on ``x, x2, ...`` (an intercept except
+    on NoInt1-2)."""
     if not (NIST_DIR / f"{name}.json").exists():
         pytest.skip(f"NIST StRD files are not at {NIST_DIR}")
     meta = json.loads((NIST_DIR / f"{name}.json").read_text())
@@ -386,9 +457,17 @@ def _nist_data(name: str):
 @functools.cache
 def _real_case(name: str):
     ds, cols, fam, published = _nist_data(name) if name in NIST_POLYNOMIALS else _real_data(name)
-    newton = dg.fit(ds, "y", cols, fam)
+    newton = dg.fit(ds, "y", cols, fam, **nist_kw(name))
     assert newton.converged
     return ds, cols, fam, newton, published
+
+
+def nist_kw(name: str) -> dict:
+    return {"intercept": False} if name in NIST_NO_INTERCEPT else {}
+
+
+def nist_order(name: str, cols: list[str]) -> list[str]:
+    return cols if name in NIST_NO_INTERCEPT else ["Intercept", *cols]
 
 
 @pytest.fixture
@@ -436,29 +515,34 @@ def test_real_data_reaches_newton_and_published(solver, data):
 
 @pytest.mark.parametrize("solver, data", _cases(NIST_POLYNOMIALS))
 def test_nist_polynomials_reach_newton(solver, data, record_property):
-    """NIST StRD x, x^2..x^5 regressions (equilibrated condition numbers up to 5e6).
+    """NIST StRD polynomial regressions: x..x^5 (Wampler1-5, equilibrated condition numbers up
+    to 5e6), x and x^2 (Norris, Pontius), x without an intercept (NoInt1-2), x..x^10 (Filip:
+    centred and scaled, condition number 1.5e19).
 
     Against Newton (which takes QR steps with an extended-precision gradient on these) to
-    1e-6, and at least 9 of NIST's certified digits (LRE, McCullough 1998) on every set, for
-    every solver, within its default iteration limit. Wampler5 (residuals of 2e7 against
-    covariates up to 3.2e6) is the hard one: a float64 gradient ``X'r`` carries a rounding
-    error that moves the estimates by up to 5e-6 relative (``test_accurate.py``), so the
-    solvers' last step takes the gradient in double-double there (``accurate_gradient`` in
-    the history)."""
+    1e-6, and at least 9 of NIST's certified digits (LRE, McCullough 1998) on every set but
+    Filip (6, NIST's bar for it), for every solver, within its default iteration limit.
+    Wampler5 (residuals of 2e7 against covariates up to 3.2e6): a float64 gradient ``X'r``
+    carries a rounding error that moves the estimates by up to 5e-6 relative
+    (``test_accurate.py``), so the solvers' last step takes the gradient in double-double
+    there (``accurate_gradient`` in the history). Filip: the float64 Hessian has a negative
+    eigenvalue where the true one is 6.5e-19, so the preconditioner (the inverse for
+    Newton-Schulz) is built from the Hessian summed in double-double by Newton-Schulz
+    iterations run in double-double (``accurate_hessian``)."""
     ds, cols, fam, newton, certified = _real_case(data)
-    res = dg.fit(ds, "y", cols, fam, solver=solver)
+    res = dg.fit(ds, "y", cols, fam, solver=solver, **nist_kw(data))
     assert res.converged, res.message
     assert res.n_iter < SOLVERS[solver].config().max_iter
-    order = ["Intercept", *cols]
+    order = nist_order(data, cols)
     dist = max_rel(res.params[order], newton.params[order])
     assert dist <= 1e-6
     lre = -np.log10(max_rel(res.params[order], certified) + 1e-16)
     record_property("lre", round(lre, 2))
-    print(f"\n{solver} on {data}: {lre:.1f} certified digits, {dist:.1e} from Newton")
-    assert lre >= 9.0
+    print(f"\n{solver} on {data}: {lre:.1f} certified digits, {dist:.1e} from Newton, {res.passes} passes")
+    assert lre >= NIST_MIN_LRE.get(data, 9.0)
     # the last step takes the gradient in double-double where float64's rounding would move the
     # estimates (its estimate is 1e-6 and 3e-5 relative on Wampler4-5, 1e-12 on Norris)
-    expected = {"Wampler4": True, "Wampler5": True, "Norris": False}
+    expected = {"Wampler4": True, "Wampler5": True, "Norris": False, "Filip": True}
     if data in expected:
         assert res.history["accurate_gradient"].iloc[-1] == expected[data]
 

@@ -26,7 +26,13 @@ import numpy as np
 from scipy import optimize
 
 from .base import Evaluation, IterationLog, Objective, SolverResult, warn_not_converged
-from .preconditioning import GradientStop, MatrixPreconditioner, StallMonitor, accurate_evaluator
+from .preconditioning import (
+    GradientStop,
+    MatrixPreconditioner,
+    StallMonitor,
+    accurate_evaluator,
+    rounding_decrement,
+)
 
 __all__ = [
     "GradientDescentConfig",
@@ -197,6 +203,7 @@ class _Run:
         self.pre = self._build(e0)
         phi0 = objective.dispersion(e0)
         self.stop = GradientStop(config.tol, self.pre, phi_floor=LL_NOISE * phi0)
+        self._set_noise(e0)
         self.monitor = StallMonitor(max(self.window, 1))
         self.log = IterationLog(objective, callback)
         self.refreshes = 0
@@ -208,7 +215,16 @@ class _Run:
         own = getattr(ob, "preconditioner", None)
         if own is not None:
             return own(e)
-        return MatrixPreconditioner.from_hessian(e.hess, ob.intercept_index, ob.n_beta)
+        return MatrixPreconditioner.from_hessian(
+            e.hess, ob.intercept_index, ob.n_beta, getattr(ob, "accurate_hessian", None)
+        )
+
+    def _set_noise(self, e: Evaluation) -> None:
+        """Where the preconditioner came from the double-double Hessian, the decrement that
+        the float64 gradient's rounding alone gives (:func:`~.preconditioning.rounding_decrement`)
+        is where the loop stops and the double-double polish takes over."""
+        accurate = getattr(self.pre, "accurate", False)
+        self.stop.noise = rounding_decrement(self.objective, e, self.pre) if accurate else 0.0
 
     def phi(self, e: Evaluation) -> float:
         return max(self.objective.dispersion(e), self.stop.phi_floor)
@@ -224,6 +240,7 @@ class _Run:
             return e
         self.pre = self._build(fresh)
         self.stop.pre = self.pre
+        self._set_noise(fresh)
         self.monitor.reset()
         self.refreshes += 1
         return fresh

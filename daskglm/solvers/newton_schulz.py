@@ -43,7 +43,9 @@ from .preconditioning import (
     NS_TOL,
     Preconditioner,
     accurate_evaluator,
+    accurate_inverse,
     damped_inverse,
+    needs_accurate_hessian,
     newton_schulz_inverse,
 )
 
@@ -97,12 +99,22 @@ class _Inverse:
         self.config = config
         self.eq: Preconditioner | None = None
         self.X: np.ndarray | None = None
+        #: ``C^-1/2`` when the inverse came from the double-double Hessian (applied as two
+        #: products, :meth:`Preconditioner.from_equilibrated_root`), else None
+        self.root: np.ndarray | None = None
+        self.hess: np.ndarray | None = None
 
     def step(self, grad: np.ndarray, hess: np.ndarray) -> tuple[np.ndarray, dict]:
         """``(-H)^-1 g`` (damped if needed) and the iteration's Newton-Schulz figures."""
         cfg = self.config
         products = 0
         r = None
+        if self.root is not None and np.array_equal(hess, self.hess):
+            # the Gaussian's Hessian does not depend on the parameters: same inverse
+            info = {"ns_iterations": 0, "ns_products": 0, "ns_residual": self.residual}
+            info.update(ns_warm=True, damping=0.0, accurate_hessian=True)
+            return self.apply(grad), info
+        self.root = None
         if self.eq is not None and self.X is not None:
             r = newton_schulz_inverse(
                 self.eq.equilibrate(hess), self.X, tol=cfg.ns_tol, max_iter=cfg.ns_max_iter, warm_only=True
@@ -115,6 +127,19 @@ class _Inverse:
             self.eq = Preconditioner.from_hessian(hess, ob.intercept_index, ob.n_beta)
             r, mu, more = damped_inverse(self.eq.equilibrate(hess), tol=cfg.ns_tol, max_iter=cfg.ns_max_iter)
             products += more
+            accurate = getattr(ob, "accurate_hessian", None)
+            if accurate is not None and needs_accurate_hessian(r, mu):
+                # the float64 Hessian has no correct digits in its smallest directions
+                dd = accurate()
+                built = (
+                    accurate_inverse(dd, ob.intercept_index, ob.n_beta, sqrt=True) if dd is not None else None
+                )
+                if built is not None:
+                    self.eq, ra = built
+                    self.root, self.hess, self.X, self.residual = ra.X, np.array(hess), None, ra.residual
+                    info = {"ns_iterations": ra.iterations, "ns_products": products + ra.products}
+                    info.update(ns_residual=ra.residual, ns_warm=False, damping=0.0, accurate_hessian=True)
+                    return self.apply(grad), info
         self.X = r.X if mu == 0.0 else None
         info = {
             "ns_iterations": r.iterations,
@@ -127,6 +152,8 @@ class _Inverse:
 
     def apply(self, grad: np.ndarray) -> np.ndarray:
         """``(-H)^-1 g`` with the last undamped inverse (after :meth:`step`)."""
+        if self.root is not None:
+            return self.eq.from_equilibrated_root(self.root, grad)
         return self.eq.from_equilibrated(self.X, grad)
 
 

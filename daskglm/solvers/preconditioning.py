@@ -21,7 +21,16 @@ Two layers:
   which it converges (a Levenberg-Marquardt damping).
 
 :func:`newton_schulz_inverse` gives ``C^-1`` by ``X_{k+1} = X_k (2I - C X_k)`` for the
-Newton-Schulz solver (:mod:`.newton_schulz`). :class:`StallMonitor` tells the gradient solvers
+Newton-Schulz solver (:mod:`.newton_schulz`).
+
+Where the float64 Hessian has no correct digits in its smallest directions (NIST's Filip, x to
+x^10: the centred and scaled curvature has condition number 1.5e19, and its float64 version a
+negative eigenvalue, -2e-15, where the true one is 6.5e-19), a Gaussian objective offers the
+Hessian summed in double-double (``accurate_hessian``, one pass); it is equilibrated and
+inverted by the same Newton-Schulz iterations run in double-double arithmetic
+(:func:`dd_newton_schulz_inverse`, :func:`dd_newton_schulz_inverse_sqrt`: products and
+additions of double-double numbers, scalings by powers of two), and the result rounded to
+float64 (:func:`accurate_inverse`). :class:`StallMonitor` tells the gradient solvers
 when to rebuild the preconditioner from a fresh Hessian (one extra pass) because the curvature
 has moved away from the one it was built from.
 """
@@ -33,6 +42,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..double_double import dd_matmul, dd_scale, two_sum
+
 __all__ = [
     "Preconditioner",
     "MatrixPreconditioner",
@@ -42,8 +53,13 @@ __all__ = [
     "newton_schulz_inverse",
     "newton_schulz_inverse_sqrt",
     "damped_inverse",
+    "dd_newton_schulz_inverse",
+    "dd_newton_schulz_inverse_sqrt",
+    "accurate_inverse",
+    "needs_accurate_hessian",
     "ACCURATE_RTOL",
     "accurate_evaluator",
+    "rounding_decrement",
 ]
 
 #: residual (Frobenius norm of ``I - C X``) below which a Newton-Schulz iteration has converged
@@ -52,6 +68,15 @@ NS_TOL = 1e-14
 NS_MAX_ITER = 100
 #: dampings ``mu`` tried, in order, when ``C`` is not positive definite
 DAMPINGS = tuple(10.0**k for k in range(-8, 7))
+#: a float64 Newton-Schulz residual floor above this (about ``cond(C) eps``: a condition number
+#: of 1e10), or a damping needed for a Gaussian Hessian that is positive semi-definite by
+#: construction, means the float64 Hessian has too few correct digits in its smallest
+#: directions: the preconditioner is rebuilt from the double-double Hessian
+DD_TRIGGER = 1e-6
+#: tolerance and most iterations of the double-double Newton-Schulz iterations (from a scaled
+#: identity about ``log2(cond(C)) + 6`` updates: 71 on NIST's Filip, condition number 1.5e19)
+DD_NS_TOL = 1e-28
+DD_NS_MAX_ITER = 200
 
 
 def _fro(M: np.ndarray) -> float:
@@ -224,6 +249,128 @@ def damped_inverse(
     )
 
 
+def _pow2(x: float) -> float:
+    """The power of two at or above ``x > 0`` (scaling by it is exact)."""
+    return float(2.0 ** np.ceil(np.log2(x)))
+
+
+def _dd_fro(hi: np.ndarray, lo: np.ndarray) -> float:
+    return _fro(hi + lo)
+
+
+def _dd_eye_minus(hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``I - (hi + lo)``, normalised."""
+    h, e = two_sum(np.eye(hi.shape[0]), -hi)
+    return two_sum(h, e - lo)
+
+
+def _dd_add(a: tuple, b: tuple) -> tuple[np.ndarray, np.ndarray]:
+    h, e = two_sum(a[0], b[0])
+    return two_sum(h, e + (a[1] + b[1]))
+
+
+def _dd_sym(a: tuple) -> tuple[np.ndarray, np.ndarray]:
+    return dd_scale(*_dd_add(a, (a[0].T, a[1].T)), 0.5)
+
+
+def dd_newton_schulz_inverse(
+    c_hi: np.ndarray, c_lo: np.ndarray, *, tol: float = DD_NS_TOL, max_iter: int = DD_NS_MAX_ITER
+) -> NSResult:
+    """:func:`newton_schulz_inverse` (cold start) in double-double arithmetic.
+
+    ``C = c_hi + c_lo``; ``X_0 = alpha I`` with ``alpha`` the power of two at or below
+    ``1 / ||C||_inf`` (exact), then ``X_{k+1} = X_k + X_k (I - C X_k)`` with every product by
+    :func:`~daskglm.double_double.dd_matmul`. Reaches a residual of about ``cond(C) eps^2``
+    instead of ``cond(C) eps``. Returns ``X`` rounded to float64 (``hi + lo``).
+    """
+    P = c_hi.shape[0]
+    norm_inf = float(np.max(np.sum(np.abs(c_hi), axis=1))) if P else 1.0
+    if not (np.isfinite(norm_inf) and norm_inf > 0):
+        return NSResult(np.zeros_like(c_hi), np.inf, 0, 0, False)
+    alpha = 1.0 / _pow2(norm_inf)
+    X = (alpha * np.eye(P), np.zeros((P, P)))
+    R = _dd_eye_minus(*dd_scale(c_hi, c_lo, alpha))
+    res, prev, products = _dd_fro(*R), np.inf, 0
+    for it in range(max_iter + 1):
+        if res <= tol or _floor_reached(res, prev):
+            return NSResult(_sym(X[0] + X[1]), min(res, prev), it, products, True)
+        if not np.isfinite(res) or res > 1e8 or it == max_iter:
+            return NSResult(_sym(X[0] + X[1]), res, it, products, False)
+        X = _dd_add(X, dd_matmul(*X, *R))
+        R = _dd_eye_minus(*dd_matmul(c_hi, c_lo, *X))
+        products += 2
+        prev, res = res, _dd_fro(*R)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def dd_newton_schulz_inverse_sqrt(
+    c_hi: np.ndarray, c_lo: np.ndarray, *, tol: float = DD_NS_TOL, max_iter: int = DD_NS_MAX_ITER
+) -> NSResult:
+    """:func:`newton_schulz_inverse_sqrt` in double-double arithmetic.
+
+    ``c`` is the power of four at or above ``||C||_inf``, so that ``C / c`` and ``Z /
+    sqrt(c)`` are exact scalings. Returns ``C^-1/2`` rounded to float64.
+    """
+    P = c_hi.shape[0]
+    norm_inf = float(np.max(np.sum(np.abs(c_hi), axis=1))) if P else 1.0
+    if not (np.isfinite(norm_inf) and norm_inf > 0):
+        return NSResult(np.zeros_like(c_hi), np.inf, 0, 0, False)
+    root = float(2.0 ** np.ceil(0.5 * np.log2(norm_inf)))  # sqrt(c), a power of two
+    c = root * root
+    Y = dd_scale(c_hi, c_lo, 1.0 / c)
+    Z = (np.eye(P), np.zeros((P, P)))
+    ZY = Y
+    res, prev, products = _dd_fro(*_dd_eye_minus(*ZY)), np.inf, 0
+    for it in range(max_iter + 1):
+        if res <= tol or _floor_reached(res, prev):
+            return NSResult(_sym(Z[0] + Z[1]) / root, min(res, prev), it, products, True)
+        if not np.isfinite(res) or res > 1e8 or it == max_iter:
+            return NSResult(_sym(Z[0] + Z[1]) / root, res, it, products, False)
+        T = dd_scale(*_dd_add(dd_scale(np.eye(P), np.zeros((P, P)), 3.0), dd_scale(*ZY, -1.0)), 0.5)
+        Y, Z = dd_matmul(*Y, *T), dd_matmul(*T, *Z)
+        ZY = dd_matmul(*Z, *Y)
+        products += 3
+        prev, res = res, _dd_fro(*_dd_eye_minus(*ZY))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def needs_accurate_hessian(r: NSResult, mu: float) -> bool:
+    """Whether a float64 Newton-Schulz outcome calls for the double-double Hessian: it needed
+    a damping, or its residual floor (about ``cond(C) eps``) is above :data:`DD_TRIGGER`."""
+    return mu > 0 or not r.converged or not (r.residual <= DD_TRIGGER)
+
+
+def accurate_inverse(
+    hess_dd: tuple[np.ndarray, np.ndarray], intercept: int | None, n_beta: int, *, sqrt: bool
+) -> tuple[Preconditioner, NSResult] | None:
+    """The equilibration and ``C^-1`` (or ``C^-1/2``) from a double-double Hessian.
+
+    The centring ``m`` comes from the rounded Hessian as in :meth:`Preconditioner.from_hessian`
+    (any float64 ``m`` defines an exact change of coordinates); ``T' (-H) T`` is formed in
+    double-double (``T`` is float64, so its products are exact up to ``eps^2``), ``D`` is its
+    diagonal, and ``C = D^-1/2 T' (-H) T D^-1/2`` is scaled in double-double with the same
+    float64 factors ``1 / sqrt(D)`` that :meth:`Preconditioner.from_equilibrated` applies. The
+    Newton-Schulz iteration then runs in double-double. ``None`` if it does not converge.
+    """
+    hi, lo = (np.asarray(a, dtype=np.float64) for a in hess_dd)
+    P = hi.shape[0]
+    base = Preconditioner.from_hessian(hi + lo, intercept, n_beta)
+    T = np.eye(P)
+    if base.intercept is not None:
+        T[base.intercept, :] -= base.m
+        T[base.intercept, base.intercept] = 1.0
+    A = dd_matmul(*dd_matmul(T.T, np.zeros((P, P)), -hi, -lo), T, np.zeros((P, P)))
+    diag = np.diag(A[0] + A[1]).copy()
+    if not np.all(np.isfinite(diag) & (diag > 0)):
+        return None
+    pre = Preconditioner(base.m, base.intercept, diag)
+    s = 1.0 / np.sqrt(diag)
+    # one factor at a time: the float64 product s_i s_j would be rounded
+    C = _dd_sym(dd_scale(*dd_scale(*A, s[:, None]), s[None, :]))
+    r = dd_newton_schulz_inverse_sqrt(*C) if sqrt else dd_newton_schulz_inverse(*C)
+    return (pre, r) if r.converged else None
+
+
 @dataclass(frozen=True)
 class Preconditioner:
     """Centring vector ``m`` (zero off the covariates), intercept index and curvature ``D``.
@@ -303,6 +450,17 @@ class Preconditioner:
         s = 1.0 / np.sqrt(self.D)
         return self.to_beta(s * (X @ (s * self.to_theta(v))))
 
+    def from_equilibrated_root(self, Z: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """``T D^-1/2 Z Z D^-1/2 T' v`` for a symmetric ``Z`` (``C^-1/2``: ``Z Z = C^-1``).
+
+        Applied as two products with ``Z`` rather than one with ``C^-1``: where ``C`` is
+        extremely ill-conditioned (NIST's Filip, 1.5e19) the rounded ``C^-1`` has entries of
+        1e18 and a float64 product with it no correct digits in the well-determined
+        directions, while ``Z``'s entries are only ``sqrt(cond(C))``.
+        """
+        s = 1.0 / np.sqrt(self.D)
+        return self.to_beta(s * (Z @ (Z @ (s * self.to_theta(v)))))
+
 
 @dataclass(frozen=True)
 class MatrixPreconditioner:
@@ -324,6 +482,8 @@ class MatrixPreconditioner:
         Frobenius norm of ``I - Z (C + mu I) Z`` as left by the Newton-Schulz iteration.
     products : int
         P x P products spent building it.
+    accurate : bool
+        Whether it was built from the double-double Hessian (:func:`accurate_inverse`).
     """
 
     diagonal: Preconditioner
@@ -331,13 +491,32 @@ class MatrixPreconditioner:
     damping: float
     residual: float
     products: int
+    accurate: bool = False
 
     @classmethod
-    def from_hessian(cls, hess: np.ndarray, intercept: int | None, n_beta: int) -> MatrixPreconditioner:
-        """Build from the Hessian of the log-likelihood (products, additions, scalings only)."""
+    def from_hessian(
+        cls,
+        hess: np.ndarray,
+        intercept: int | None,
+        n_beta: int,
+        accurate_hessian: Callable[[], tuple[np.ndarray, np.ndarray] | None] | None = None,
+    ) -> MatrixPreconditioner:
+        """Build from the Hessian of the log-likelihood (products, additions, scalings only).
+
+        ``accurate_hessian`` (the objective's, Gaussian only) gives the Hessian in
+        double-double; it is asked for, and the preconditioner built from it in double-double
+        (:func:`accurate_inverse`), when the float64 iteration needed a damping or stopped at a
+        residual above :data:`DD_TRIGGER` (:func:`needs_accurate_hessian`).
+        """
         diag = Preconditioner.from_hessian(hess, intercept, n_beta)
         C = diag.equilibrate(hess)
         r, mu, products = damped_inverse(C, sqrt=True)
+        if accurate_hessian is not None and needs_accurate_hessian(r, mu):
+            dd = accurate_hessian()
+            built = accurate_inverse(dd, intercept, n_beta, sqrt=True) if dd is not None else None
+            if built is not None:
+                pre, ra = built
+                return cls(pre, ra.X, 0.0, ra.residual, products + ra.products, True)
         return cls(diag, r.X, mu, r.residual, products)
 
     @property
@@ -383,11 +562,21 @@ class GradientStop:
     tol: float
     pre: Preconditioner | MatrixPreconditioner
     phi_floor: float = 0.0
+    #: ``sum(v^2)`` for the float64 gradient's rounding ``v`` in the whitened coordinates
+    #: (:func:`rounding_decrement`): divided by ``phi``, the decrement that rounding alone
+    #: gives. Set only for a preconditioner built from the double-double Hessian (NIST's
+    #: Filip: there the float64 gradient's rounding keeps the decrement far above ``tol``;
+    #: the double-double polish step then finishes); 0 otherwise.
+    noise: float = 0.0
 
     def check(self, ll_prev: float, ll: float, grad: np.ndarray, phi: float) -> tuple[bool, float, float]:
-        """Return ``(converged, decrement, relative_change)``."""
+        """Return ``(converged, decrement, relative_change)``.
+
+        The decrement is compared with ``max(tol, noise / phi)``."""
         phi = max(phi, self.phi_floor)
         dec = self.pre.decrement(grad) / phi
+        if dec <= self.noise / phi and abs(ll - ll_prev) <= 1e-13 * (abs(ll) + 1.0) + self.noise:
+            return True, dec, abs(ll - ll_prev) / phi / (abs(ll) / phi + 1.0)
         rel = abs(ll - ll_prev) / phi / (abs(ll) / phi + 1.0)
         return bool(dec <= self.tol and rel <= self.tol), dec, rel
 
@@ -423,6 +612,22 @@ class StallMonitor:
         if len(h) <= self.window:
             return False
         return bool(h[-1] * self.factor > h[-1 - self.window])
+
+
+def rounding_decrement(objective, e, pre) -> float:
+    """``sum(v^2)`` with ``v = |R'| u``: the objective's float64 gradient rounding ``u``
+    (``gradient_rounding(e)``, per coefficient) in the whitened coordinates of ``pre``
+    (``R'`` formed column by column from unit vectors: products only); 0 where the objective
+    has no such estimate."""
+    rounding = getattr(objective, "gradient_rounding", None)
+    u = rounding(e) if rounding is not None else None
+    if u is None:
+        return 0.0
+    P = len(e.params)
+    u = np.concatenate([np.asarray(u, dtype=np.float64), np.zeros(P - len(u))])
+    Rt = np.column_stack([pre.to_theta(col) for col in np.eye(P)])
+    v = np.abs(Rt) @ u
+    return float(v @ v)
 
 
 #: relative movement of the estimates that a float64 gradient's rounding may cause before the
