@@ -156,6 +156,11 @@ def _log_factorial(k: Array) -> Array:
     return special.gammaln(k + 1.0)
 
 
+def _neg_log_factorial(k: Array) -> Array:
+    """``-gammaln(k + 1)`` (negated in the table, not at every cell)."""
+    return -special.gammaln(k + 1.0)
+
+
 def _trials_index(y: Array, m: Array) -> tuple[np.ndarray, np.ndarray] | None:
     """:func:`table_index` of successes ``y`` and trials ``m`` (same shape, ``y <= m``), or None."""
     y, m = np.asarray(y), np.asarray(m)
@@ -274,6 +279,11 @@ class Family:
     def saturated(self, y: Array, aux: dict[str, Array]) -> Array | None:
         """Per-cell ``f`` of the saturated model, or ``None`` if it depends on ``theta``."""
         raise NotImplementedError
+
+    def setup_terms(self, y: Array, aux: dict[str, Array]) -> tuple[Array, Array | None]:
+        """:meth:`constant` and :meth:`saturated` together (the setup pass needs both; a family
+        whose terms are tabulated per count finds the counts' index once)."""
+        return self.constant(y, aux), self.saturated(y, aux)
 
     def separated(self, y: Array, eta: Array, aux: dict[str, Array]) -> Array | None:
         """Cells whose fitted mean sits on the boundary (a sign of separation), if defined."""
@@ -482,7 +492,7 @@ class Poisson(Family):
         return _compiled("POISSON")
 
     def constant(self, y, aux):
-        return -per_count(_log_factorial, y)
+        return per_count(_neg_log_factorial, y)
 
     def unit_deviance(self, y, eta, aux, theta):
         mu = np.exp(eta)
@@ -490,6 +500,10 @@ class Poisson(Family):
 
     def saturated(self, y, aux):
         return per_count(_poisson_saturated, y)
+
+    def setup_terms(self, y, aux):
+        index = table_index(y)
+        return per_count(_neg_log_factorial, y, index), per_count(_poisson_saturated, y, index)
 
     def separated(self, y, eta, aux):
         # a zero count whose fitted mean has run off to 0 (eta -> -inf): the MLE does not exist
@@ -624,8 +638,10 @@ class Binomial(Family):
         return _compiled("BINOMIAL")
 
     def constant(self, y, aux):
-        m = aux["trials"]
-        counts = _trials_index(y, m)
+        return self._constant(y, aux["trials"], _trials_index(y, aux["trials"]))
+
+    @staticmethod
+    def _constant(y, m, counts):
         if counts is None:
             return special.gammaln(m + 1.0) - special.gammaln(y + 1.0) - special.gammaln(m - y + 1.0)
         iy, im = counts
@@ -641,14 +657,21 @@ class Binomial(Family):
         return 2.0 * (succ + fail)
 
     def saturated(self, y, aux):
-        m = aux["trials"]
-        counts = _trials_index(y, m)
+        return self._saturated(y, aux["trials"], _trials_index(y, aux["trials"]))
+
+    @staticmethod
+    def _saturated(y, m, counts):
         if counts is None:
             return _xlogy(y, y) + _xlogy(m - y, m - y) - _xlogy(m, m)
         iy, im = counts
         k = np.arange(int(im.max()) + 1, dtype=np.float64)
         table = _xlogy(k, k)
         return table[iy] + table[im - iy] - table[im]
+
+    def setup_terms(self, y, aux):
+        m = aux["trials"]
+        counts = _trials_index(y, m)
+        return self._constant(y, m, counts), self._saturated(y, m, counts)
 
     def separated(self, y, eta, aux):
         # fitted probability within 1e-10 of 0 or 1
@@ -740,7 +763,7 @@ class NegativeBinomial(Family):
         return None if kernel is None else kernel._replace(fixed_theta=(float(np.log(self.alpha)),))
 
     def constant(self, y, aux):
-        return -per_count(_log_factorial, y)
+        return per_count(_neg_log_factorial, y)
 
     def unit_deviance(self, y, eta, aux, theta):
         r = self._r(theta)

@@ -351,8 +351,8 @@ def _weighted_sums(d: ChunkData) -> dict[str, float]:
         out["swd"] = wsum(d.aux["event"])
     if "trials" in d.aux:
         out["swm"] = wsum(d.aux["trials"])
-    out["ll_const"] = wsum(fam.constant(d.y, d.aux))
-    sat = fam.saturated(d.y, d.aux)
+    const, sat = fam.setup_terms(d.y, d.aux)
+    out["ll_const"] = wsum(const)
     out["ll_sat"] = np.nan if sat is None else wsum(sat)
     return out
 

@@ -288,3 +288,8 @@ def test_count_tables_equal_per_cell():
     lf, xl = special.gammaln, special.xlogy
     np.testing.assert_array_equal(B.constant(y, {"trials": m}), lf(m + 1) - lf(y + 1) - lf(m - y + 1))
     np.testing.assert_array_equal(B.saturated(y, {"trials": m}), xl(y, y) + xl(m - y, m - y) - xl(m, m))
+    for fam, aux in ((dg.Poisson(), {}), (B, {"trials": m}), (dg.NegativeBinomial(alpha=0.5), {})):
+        for yy in (y, y + 0.5):
+            const, sat = fam.setup_terms(yy, aux)  # the setup pass's pair, one count index
+            np.testing.assert_array_equal(const, fam.constant(yy, aux))
+            np.testing.assert_array_equal(sat, fam.saturated(yy, aux))
