@@ -11,6 +11,13 @@ R z``) where that curvature is the identity, so a unit gradient step is a Newton
 last Hessian. At convergence one more full step ``R R' g`` polishes the estimates
 (:meth:`_Run.polish`; for the Gaussian, where a float64 gradient's rounding would move the
 estimates, with the gradient summed in double-double, one more pass: :mod:`daskglm.accurate`).
+Where the float64 Hessian is too ill-conditioned for that (the float64 Newton-Schulz iteration
+needs a damping or stops above a residual of 1e-6: NIST's Filip, condition number 1.5e19), a
+Gaussian objective's Hessian is summed in double-double (``accurate_hessian``, one pass, once)
+and the preconditioner built from it by the same iterations in double-double arithmetic
+(:func:`~.preconditioning.accurate_inverse`); the loop then stops when the decrement is at
+the level the float64 gradient's rounding gives (:func:`~.preconditioning.rounding_decrement`)
+and the double-double polish step finishes.
 Nothing in :func:`gradient_descent` or :func:`adam` solves, inverts or factorises a matrix,
 before or inside their loops.
 

@@ -575,7 +575,11 @@ class GradientStop:
         The decrement is compared with ``max(tol, noise / phi)``."""
         phi = max(phi, self.phi_floor)
         dec = self.pre.decrement(grad) / phi
-        if dec <= self.noise / phi and abs(ll - ll_prev) <= 1e-13 * (abs(ll) + 1.0) + self.noise:
+        if (
+            self.noise > 0
+            and dec <= self.noise / phi
+            and abs(ll - ll_prev) <= 1e-13 * (abs(ll) + 1.0) + self.noise
+        ):
             return True, dec, abs(ll - ll_prev) / phi / (abs(ll) / phi + 1.0)
         rel = abs(ll - ll_prev) / phi / (abs(ll) / phi + 1.0)
         return bool(dec <= self.tol and rel <= self.tol), dec, rel
