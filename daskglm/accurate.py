@@ -128,9 +128,13 @@ def accurate_hessian_chunk(layout: Layout, *arrays: np.ndarray) -> np.ndarray:
     hi = np.zeros(nb * nb)
     lo = np.zeros(nb * nb)
     with np.errstate(all="ignore"):
+        # dd_gram forms rows x nb x nb products: keep that within PIECE_VALUES
+        rows = max(PIECE_VALUES // max(nb * nb, 1), 1)
         for X, _, _, w in _pieces(layout, arrays):
-            g_hi, g_lo = dd_gram(X, w)
-            hi, lo = dd_add(hi, lo, g_hi.ravel(), g_lo.ravel())
+            for first in range(0, X.shape[0], rows):
+                part = slice(first, first + rows)
+                g_hi, g_lo = dd_gram(X[part], w[part])
+                hi, lo = dd_add(hi, lo, g_hi.ravel(), g_lo.ravel())
         hi, lo = two_sum(hi, lo)
     return np.concatenate([hi, lo]).reshape((1,) * len(shape) + (-1,))
 
