@@ -74,7 +74,8 @@ DAMPINGS = tuple(10.0**k for k in range(-8, 7))
 #: directions: the preconditioner is rebuilt from the double-double Hessian
 DD_TRIGGER = 1e-6
 #: tolerance and most iterations of the double-double Newton-Schulz iterations (from a scaled
-#: identity about ``log2(cond(C)) + 6`` updates: 71 on NIST's Filip, condition number 1.5e19)
+#: identity about ``log2(cond(C)) + 6`` updates: on NIST's Filip, condition number 1.5e19, 71 for
+#: ``C^-1`` and 62 for ``C^-1/2``)
 DD_NS_TOL = 1e-28
 DD_NS_MAX_ITER = 200
 
