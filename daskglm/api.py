@@ -273,7 +273,7 @@ def fit(
                 persist_reason += f"; the inputs off the full grid ({held / 1e6:.1f} MB) held in memory"
         log.info("daskglm: %s", persist_reason)
         counter = graph.PassCounter()
-        setup = run_setup(work_panel, counter)
+        setup = run_setup(work_panel, counter, engine)
         panel = replace(panel, layout=setup.layout)
         work_panel = replace(work_panel, layout=setup.layout)
         if setup.n_dropped:

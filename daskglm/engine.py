@@ -28,10 +28,10 @@ from .solvers.newton import newton_direction
 __all__ = ["FE_OBJECTIVES", "PanelObjective", "make_objective", "run_setup", "start_params"]
 
 
-def run_setup(panel: Panel, counter: graph.PassCounter) -> SetupInfo:
+def run_setup(panel: Panel, counter: graph.PassCounter, engine: str | None = None) -> SetupInfo:
     """The first pass: validate the data and gather sums, constants and the Gram matrix."""
     layout = panel.layout
-    (vec,) = graph.run(counter, "setup", graph.setup_graph(layout, panel.arrays))
+    (vec,) = graph.run(counter, "setup", graph.setup_graph(layout, panel.arrays, engine))
     stats = setup_packer(layout).unpack(vec)
     if needs_orthogonal_check(stats["gram"], intercept_position(layout)):
         # the Gram matrix cannot tell a dependence from ill-conditioning: one more pass for the
@@ -186,7 +186,7 @@ class PanelObjective:
             final["hess"],
             cov_type,
             scale=scale,
-            meat=final["meat"],
+            meat=final.get("meat"),
             cluster_meat=final.get("cluster_meat"),
             n_clusters=final.get("n_clusters"),
             nobs=self.setup.sum_weights,
@@ -216,11 +216,18 @@ class PanelObjective:
         cluster axis sets; several is multi-way clustering), ``cluster_meat`` (combined over
         the intersections by inclusion-exclusion) and ``n_clusters`` (the smallest number
         of clusters of the ways). ``inference=False`` skips the P x P matrices
-        (``cov_type=None``); ``scores`` is accepted for the protocol (the meat comes free).
+        (``cov_type=None``); ``scores=False`` skips the HC0 meat (nonrobust standard errors).
         """
+        meat = scores
         graphs = [
             graph.eval_graph(
-                self.layout, self.panel.arrays, params, hessian=inference, final=True, engine=self.engine
+                self.layout,
+                self.panel.arrays,
+                params,
+                hessian=inference,
+                final=True,
+                engine=self.engine,
+                meat=meat,
             )
         ]
         parts = intersections(ways) if ways else []
@@ -232,7 +239,7 @@ class PanelObjective:
         if orthogonal:
             graphs.append(qr_graph(self.layout, self.panel.arrays, params, "newton"))
         out = graph.run(self.counter, "final", *graphs, optimize=self.optimize)
-        st = finalize_eval(self.layout, out[0], hessian=inference, final=True)
+        st = finalize_eval(self.layout, out[0], hessian=inference, final=True, meat=meat)
         if parts:
             meats = [np.asarray(out[1 + 2 * j]) for j in range(len(parts))]
             counts = [int(out[2 + 2 * j]) for j in range(len(parts))]

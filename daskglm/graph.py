@@ -178,22 +178,35 @@ def root_parts(g) -> list | None:
     return None
 
 
-def setup_graph(layout: Layout, arrays: list) -> da.Array:
-    """The setup pass: validation counts, sums, constants and the Gram matrix."""
+def setup_graph(layout: Layout, arrays: list, engine: str | None = None) -> da.Array:
+    """The setup pass: validation counts, sums, constants and the Gram matrix (``engine`` as
+    in :func:`eval_graph`: the Gram goes through the compiled sweep under numba)."""
     n = setup_packer(layout).length
-    return _tree_sum(_map_chunks(partial(setup_chunk, layout), layout, arrays, n), layout.ndim)
+    func = partial(setup_chunk, layout, engine=engine)
+    return _tree_sum(_map_chunks(func, layout, arrays, n), layout.ndim)
 
 
 def eval_graph(
-    layout: Layout, arrays: list, params: np.ndarray, *, hessian=True, final=False, engine: str | None = None
+    layout: Layout,
+    arrays: list,
+    params: np.ndarray,
+    *,
+    hessian=True,
+    final=False,
+    engine: str | None = None,
+    meat: bool = True,
 ) -> da.Array:
     """LL, gradient and (optionally) Hessian at ``params`` as one tree-summed vector.
+
+    ``meat=False`` leaves the final pass's HC0 meat out (it costs about half an evaluation).
 
     ``engine``: ``"numba"`` (the compiled sweep, :mod:`daskglm.kernels_numba`) or ``"numpy"``
     (the reference kernel); ``None`` for the default (:func:`daskglm.engines.resolve_engine`).
     """
-    n = eval_packer(layout, hessian=hessian, final=final).length
-    func = partial(eval_kernel(engine), layout, np.asarray(params, dtype=np.float64), hessian, final)
+    n = eval_packer(layout, hessian=hessian, final=final, meat=meat).length
+    func = partial(
+        eval_kernel(engine), layout, np.asarray(params, dtype=np.float64), hessian, final, meat=meat
+    )
     return _tree_sum(_map_chunks(func, layout, arrays, n), layout.ndim)
 
 

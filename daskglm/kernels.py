@@ -391,19 +391,21 @@ _GAUSSIAN = Gaussian()
 
 
 # -------------------------------------------------------------------------- evaluation pass
-def eval_packer(layout: Layout, *, hessian: bool = True, final: bool = False) -> StatPacker:
+def eval_packer(
+    layout: Layout, *, hessian: bool = True, final: bool = False, meat: bool = True
+) -> StatPacker:
     """Fields of an evaluation pass at given parameters.
 
     ``ll``, ``grad`` always; ``hess`` unless ``hessian=False``; with ``final=True`` also the
-    deviance, the separation count and (with the Hessian) the HC0 meat ``sum w s s'`` of the
-    per-cell scores.
+    deviance, the separation count and (with the Hessian, unless ``meat=False``: only robust
+    standard errors read it) the HC0 meat ``sum w s s'`` of the per-cell scores.
     """
     P = layout.n_params
     p = StatPacker().add("ll").add("grad", (P,))
     if hessian:
         p.add("hess", (P, P))
     p.add("dev")
-    if final and hessian:
+    if final and hessian and meat:
         p.add("meat", (P, P))
     if final:
         p.add("n_separated")
@@ -411,9 +413,10 @@ def eval_packer(layout: Layout, *, hessian: bool = True, final: bool = False) ->
 
 
 def eval_chunk(
-    layout: Layout, params: np.ndarray, hessian: bool, final: bool, *arrays: np.ndarray
+    layout: Layout, params: np.ndarray, hessian: bool, final: bool, *arrays: np.ndarray, meat: bool = True
 ) -> np.ndarray:
-    """Log-likelihood, gradient and (optionally) Hessian of one chunk at ``params``.
+    """Log-likelihood, gradient and (optionally) Hessian of one chunk at ``params``
+    (:func:`eval_packer` for the fields; ``meat`` as there).
 
     The chunk is processed in cache-sized slabs (the statistics are sums over cells). The
     blocks and the parts of eta off the full grid are made once per chunk, and so are the
@@ -433,7 +436,8 @@ def eval_chunk(
             acc["hess"] = con.accumulator("matrix")
             if extra:
                 acc["hess_bt"] = con.accumulator("vector")
-        if final and hessian:
+        meat = meat and final and hessian
+        if meat:
             acc["meat"] = con.accumulator("matrix")
             if extra:
                 acc["meat_bt"] = con.accumulator("vector")
@@ -455,7 +459,7 @@ def eval_chunk(
                     sums["f_tt"] += d.weighted(der.f_tt).sum()
             if final or extra:  # NB2's saturated likelihood moves with alpha: track it each pass
                 sums["dev"] += d.weighted(fam.unit_deviance(d.y, eta, d.aux, theta)).sum()
-            if final and hessian:
+            if meat:
                 acc["meat"].add(part, wg * der.g)
                 if extra:
                     acc["meat_bt"].add(part, d.weighted(der.g * der.f_t))
@@ -469,9 +473,9 @@ def eval_chunk(
         P = layout.n_params
         if hessian:
             out["hess"] = _quadratic(acc["hess"], acc.get("hess_bt"), sums["f_tt"], nb, P)
-        if final and hessian:
+        if meat:
             out["meat"] = _quadratic(acc["meat"], acc.get("meat_bt"), sums["meat_tt"], nb, P)
-        vec = eval_packer(layout, hessian=hessian, final=final).pack(out)
+        vec = eval_packer(layout, hessian=hessian, final=final, meat=meat).pack(out)
     return vec.reshape((1,) * len(shape) + (-1,))
 
 
@@ -530,9 +534,11 @@ def _quadratic(bb, bt, tt: float, nb: int, P: int) -> np.ndarray:
     return M
 
 
-def finalize_eval(layout: Layout, vec: np.ndarray, *, hessian: bool = True, final: bool = False) -> dict:
+def finalize_eval(
+    layout: Layout, vec: np.ndarray, *, hessian: bool = True, final: bool = False, meat: bool = True
+) -> dict:
     """Unpack the tree-summed vector of an evaluation pass."""
-    return eval_packer(layout, hessian=hessian, final=final).unpack(vec)
+    return eval_packer(layout, hessian=hessian, final=final, meat=meat).unpack(vec)
 
 
 # -------------------------------------------------------------------------- cluster scores

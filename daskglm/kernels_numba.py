@@ -638,7 +638,7 @@ def _as_columns(layout: Layout, plan: SweepPlan, local: list, n: int):
 
 
 def eval_chunk(
-    layout: Layout, params: np.ndarray, hessian: bool, final: bool, *arrays: np.ndarray
+    layout: Layout, params: np.ndarray, hessian: bool, final: bool, *arrays: np.ndarray, meat: bool = True
 ) -> np.ndarray:
     """Log-likelihood, gradient and (optionally) Hessian of one chunk at ``params``: the
     compiled sweep. Same arguments and packed output as :func:`daskglm.kernels.eval_chunk`,
@@ -648,10 +648,11 @@ def eval_chunk(
     plan = _plan_for(layout)
     code = None if plan is None else _family_code(layout.family)
     if code is None:
-        return kernels.eval_chunk(layout, params, hessian, final, *arrays)
+        return kernels.eval_chunk(layout, params, hessian, final, *arrays, meat=meat)
+    meat = meat and final and hessian
     with np.errstate(all="ignore"):
-        out = _evaluate(layout, plan, code, params, hessian, final, final and hessian, arrays)
-        vec = eval_packer(layout, hessian=hessian, final=final).pack(out)
+        out = _evaluate(layout, plan, code, params, hessian, final, meat, arrays)
+        vec = eval_packer(layout, hessian=hessian, final=final, meat=meat).pack(out)
     return vec.reshape((1,) * layout.ndim + (-1,))
 
 
