@@ -39,6 +39,12 @@ NB2 needs ``lgamma``, ``digamma`` and ``trigamma`` of ``y + r`` less their value
 naive difference, as ``shifted_special`` computes it): whole counts below the slab length are
 looked up in a table made per call, other cells are evaluated one by one; the numbers are the
 same either way.
+
+Every function here is compiled with ``fastmath=False`` *explicitly*: numba lets a callee whose
+``fastmath`` is unset inherit its caller's flags, and the compiled sweep that calls these
+(:mod:`daskglm.kernels_numba`) allows reassociation, which folds compensations such as
+``x - ((1 + x) - 1)`` in ``log1p`` to zero (``log(1 + e^-30)`` lost its third digit) and would
+cache that version for every later caller.
 """
 
 from __future__ import annotations
@@ -145,7 +151,7 @@ _LN2_HI = 6.93147180369123816490e-01
 _LN2_LO = 1.90821492927058770002e-10
 
 
-@numba.njit(inline="always", cache=True, error_model="numpy")
+@numba.njit(inline="always", cache=True, error_model="numpy", fastmath=False)
 def exp(x):  # pragma: no cover - compiled
     """``exp(x)`` without a libm call, so that loops calling it vectorise.
 
@@ -203,7 +209,7 @@ _LG6 = 1.531383769920937332e-01
 _LG7 = 1.479819860511658591e-01
 
 
-@numba.njit(inline="always", cache=True, error_model="numpy")
+@numba.njit(inline="always", cache=True, error_model="numpy", fastmath=False)
 def log(x):  # pragma: no cover - compiled
     """``log(x)`` without a libm call, so that loops calling it vectorise.
 
@@ -234,7 +240,7 @@ def log(x):  # pragma: no cover - compiled
     return x if x == np.inf else np.nan
 
 
-@numba.njit(inline="always", cache=True, error_model="numpy")
+@numba.njit(inline="always", cache=True, error_model="numpy", fastmath=False)
 def log1p(x):  # pragma: no cover - compiled
     """``log(1 + x)`` for ``x > -1`` with :func:`log`: ``log(u) + (x - (u - 1)) / u`` where
     ``u = 1 + x`` rounded (the correction restores what the rounding of ``u`` lost)."""
@@ -242,21 +248,21 @@ def log1p(x):  # pragma: no cover - compiled
     return log(u) + (x - (u - 1.0)) / u
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
 def log_array(x, out):  # pragma: no cover - compiled
     """``out[:] = log(x)`` with :func:`log` (for tests and benchmarks)."""
     for i in range(x.shape[0]):
         out[i] = log(x[i])
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
 def log1p_array(x, out):  # pragma: no cover - compiled
     """``out[:] = log1p(x)`` with :func:`log1p` (for tests and benchmarks)."""
     for i in range(x.shape[0]):
         out[i] = log1p(x[i])
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
 def exp_array(x, out):  # pragma: no cover - compiled
     """``out[:] = exp(x)`` with :func:`exp` (for tests and benchmarks)."""
     for i in range(x.shape[0]):
@@ -269,7 +275,7 @@ _PSI_ROOT_HI = 1.4616321449683622
 _PSI_ROOT_LO = 9.549995429965697e-17
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
 def digamma(x):  # pragma: no cover - compiled
     """The digamma function psi(x) for ``x > 0`` (nan for ``x <= 0`` or nan, inf at inf).
 
@@ -326,7 +332,7 @@ def digamma(x):  # pragma: no cover - compiled
     return ((x - _PSI_ROOT_HI) - _PSI_ROOT_LO) * p + w
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
 def trigamma(x):  # pragma: no cover - compiled
     """The trigamma function psi'(x) for ``x > 0`` (nan for ``x <= 0`` or nan, 0 at inf).
 
@@ -354,14 +360,14 @@ def trigamma(x):  # pragma: no cover - compiled
     return w + (1.0 / x + (0.5 * z + (z / x) * p))
 
 
-@numba.njit(inline="always", cache=True, error_model="numpy")
+@numba.njit(inline="always", cache=True, error_model="numpy", fastmath=False)
 def _xlogy(x, y):  # pragma: no cover - compiled
     """``scipy.special.xlogy``: 0 where ``x == 0`` (and ``y`` is not nan), else ``x log y``."""
     return 0.0 if x == 0.0 and y == y else x * log(y)
 
 
 # --------------------------------------------------------------------------- Gaussian
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
 def _gaussian_stats(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
     f, g, h = out[0], out[1], out[2]
     for i in range(y.shape[0]):
@@ -371,7 +377,7 @@ def _gaussian_stats(y, eta, trials, event, theta, out):  # pragma: no cover - co
         h[i] = -1.0
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
 def _gaussian_deviance(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
     for i in range(y.shape[0]):
         r = y[i] - eta[i]
@@ -379,7 +385,7 @@ def _gaussian_deviance(y, eta, trials, event, theta, out):  # pragma: no cover -
 
 
 # --------------------------------------------------------------------------- Poisson
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
 def _poisson_stats(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
     f, g, h = out[0], out[1], out[2]
     for i in range(y.shape[0]):
@@ -389,7 +395,7 @@ def _poisson_stats(y, eta, trials, event, theta, out):  # pragma: no cover - com
         h[i] = -mu
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
 def _poisson_deviance(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
     for i in range(y.shape[0]):
         mu = exp(eta[i])
@@ -397,7 +403,7 @@ def _poisson_deviance(y, eta, trials, event, theta, out):  # pragma: no cover - 
 
 
 # --------------------------------------------------------------------------- exponential
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
 def _exponential_stats(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
     f, g, h = out[0], out[1], out[2]
     for i in range(y.shape[0]):
@@ -408,7 +414,7 @@ def _exponential_stats(y, eta, trials, event, theta, out):  # pragma: no cover -
         h[i] = -mut
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
 def _exponential_deviance(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
     for i in range(y.shape[0]):
         d = event[i]
@@ -417,7 +423,7 @@ def _exponential_deviance(y, eta, trials, event, theta, out):  # pragma: no cove
 
 
 # --------------------------------------------------------------------------- binomial (logit)
-@numba.njit(inline="always", cache=True, error_model="numpy")
+@numba.njit(inline="always", cache=True, error_model="numpy", fastmath=False)
 def _expit_both(x):  # pragma: no cover - compiled
     # (expit(x), expit(-x)) from one exp, each without the cancellation of 1 - expit(x)
     if x >= 0.0:
@@ -429,7 +435,7 @@ def _expit_both(x):  # pragma: no cover - compiled
     return e * q, q
 
 
-@numba.njit(inline="always", cache=True, error_model="numpy")
+@numba.njit(inline="always", cache=True, error_model="numpy", fastmath=False)
 def _log1pexp(x):  # pragma: no cover - compiled
     # np.logaddexp(0.0, x), numpy's formula: x + log1p(exp(-x)) for x > 0, else log1p(exp(x))
     # (log1p(exp(0)) = log(2) exactly, as numpy's special case; nan stays nan)
@@ -437,7 +443,7 @@ def _log1pexp(x):  # pragma: no cover - compiled
     return x + v if x > 0.0 else v
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
 def _binomial_stats(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
     f, g, h = out[0], out[1], out[2]
     n = y.shape[0]
@@ -451,7 +457,7 @@ def _binomial_stats(y, eta, trials, event, theta, out):  # pragma: no cover - co
         f[i] = y[i] * eta[i] - trials[i] * _log1pexp(eta[i])
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
 def _binomial_deviance(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
     for i in range(y.shape[0]):
         m = trials[i]
@@ -462,7 +468,7 @@ def _binomial_deviance(y, eta, trials, event, theta, out):  # pragma: no cover -
 
 
 # --------------------------------------------------------------------------- negative binomial (NB2)
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
 def _table_top(y):  # pragma: no cover - compiled
     """The largest whole number among the cells of ``y`` in ``0 .. len(y) - 1`` (-1 if none)."""
     top = -1.0
@@ -473,7 +479,7 @@ def _table_top(y):  # pragma: no cover - compiled
     return int(top)
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
 def _nb2_special(y, r, derivs, lg, dg, tg):  # pragma: no cover - compiled
     """``fn(y + r) - fn(r)`` per cell for lgamma (and, if ``derivs``, digamma and trigamma),
     into ``lg`` (``dg``, ``tg``).
@@ -514,7 +520,7 @@ def _nb2_special(y, r, derivs, lg, dg, tg):  # pragma: no cover - compiled
                 tg[i] = trigamma(x) - tg0
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
 def _nb2_fill(y, eta, theta, out, derivs):  # pragma: no cover - compiled
     n = y.shape[0]
     r = math.exp(-theta[0])
@@ -541,17 +547,17 @@ def _nb2_fill(y, eta, theta, out, derivs):  # pragma: no cover - compiled
             out[4, i] = -r * mu * (yi - mu) / (rmu * rmu)
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
 def _nb2_fixed_stats(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
     _nb2_fill(y, eta, theta, out, False)
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
 def _nb2_stats(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
     _nb2_fill(y, eta, theta, out, True)
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
 def _nb2_deviance(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
     r = math.exp(-theta[0])
     for i in range(y.shape[0]):
@@ -560,7 +566,7 @@ def _nb2_deviance(y, eta, trials, event, theta, out):  # pragma: no cover - comp
         out[i] = 2.0 * (_xlogy(yi, yi) - yi * eta[i] - (yi + r) * (log(yi + r) - log(mu + r)))
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
 def cell_stats(code, y, eta, trials, event, theta, out):  # pragma: no cover - compiled
     """``stats`` of the kernel numbered ``code`` (:attr:`CellKernel.code`)."""
     if code == 0:
@@ -579,7 +585,7 @@ def cell_stats(code, y, eta, trials, event, theta, out):  # pragma: no cover - c
         raise ValueError("cell_stats: unknown kernel code")
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
 def cell_deviance(code, y, eta, trials, event, theta, out):  # pragma: no cover - compiled
     """``deviance`` of the kernel numbered ``code`` (:attr:`CellKernel.code`)."""
     if code == 0:
