@@ -24,19 +24,10 @@ from .accurate import (
     accurate_hessian_length,
     accurate_length,
 )
-from .graph import _map_chunks
+from .graph import _map_chunks, combined_reduction
 from .layout import Layout
 
 __all__ = ["accurate_graph", "accurate_hessian_graph"]
-
-
-def _identity(x, axis=None, keepdims=True):
-    return x
-
-
-def _combine(n: int, x: np.ndarray, axis=None, keepdims: bool = True) -> np.ndarray:
-    out = accurate_combine(x, n)
-    return out.reshape((1,) * (x.ndim - 1) + (-1,)) if keepdims else out
 
 
 def accurate_graph(layout: Layout, arrays: list, params: np.ndarray) -> da.Array:
@@ -56,16 +47,4 @@ def accurate_hessian_graph(layout: Layout, arrays: list) -> da.Array:
 
 
 def _reduce(blocks: da.Array, layout: Layout, n: int, name: str) -> da.Array:
-    return da.reduction(
-        blocks,
-        chunk=_identity,
-        combine=partial(_combine, n),
-        aggregate=partial(_combine, n),
-        axis=tuple(range(layout.ndim)),
-        keepdims=False,
-        dtype=np.float64,
-        split_every=8,
-        concatenate=True,
-        meta=np.empty((0,)),
-        name=name,
-    )
+    return combined_reduction(blocks, layout.ndim, partial(accurate_combine, n=n), name)

@@ -178,6 +178,35 @@ def root_parts(g) -> list | None:
     return None
 
 
+def _as_is(x, axis=None, keepdims=True):
+    return x
+
+
+def _packed(combine, x: np.ndarray, axis=None, keepdims: bool = True) -> np.ndarray:
+    out = combine(x)
+    return out.reshape((1,) * (x.ndim - 1) + (-1,)) if keepdims else out
+
+
+def combined_reduction(blocks: da.Array, ndim: int, combine, name: str) -> da.Array:
+    """Tree-reduce per-chunk packed vectors whose combine is not a sum (the TSQR's stacked R
+    factors, double-double sums): ``combine(stacked) -> vector`` at every tree node and the root
+    (``split_every=8``), as a 1-D dask array."""
+    merge = partial(_packed, combine)
+    return da.reduction(
+        blocks,
+        chunk=_as_is,
+        combine=merge,
+        aggregate=merge,
+        axis=tuple(range(ndim)),
+        keepdims=False,
+        dtype=np.float64,
+        split_every=8,
+        concatenate=True,
+        meta=np.empty((0,)),
+        name=name,
+    )
+
+
 def setup_graph(layout: Layout, arrays: list, engine: str | None = None) -> da.Array:
     """The setup pass: validation counts, sums, constants and the Gram matrix (``engine`` as
     in :func:`eval_graph`: the Gram goes through the compiled sweep under numba)."""

@@ -828,38 +828,26 @@ def _evaluate(
     grad = vector_result(plan, con, gfull, {U: accs.view(A, h) for U, h in h_vec.items()})
     out["grad"] = np.concatenate([grad, [sums[1]]]) if extra else grad
     P = layout.n_params
-    if hessian:
+
+    def views(hs: dict) -> dict:
+        return {U: accs.view(A, h) for U, h in hs.items()}
+
+    def quadratic(full, fx, c, t, efull, e, tt) -> np.ndarray:
+        """The P x P matrix of one accumulation (the Hessian's or the meat's), with NB2's row."""
         M = np.zeros((P, P))
-        M[:nb, :nb] = matrix_result(
-            plan,
-            con,
-            ff,
-            {U: accs.view(A, h) for U, h in h_fx.items()},
-            {U: accs.view(A, h) for U, h in h_c.items()},
-            {s: {U: accs.view(A, h) for U, h in hs.items()} for s, hs in h_t.items()},
-        )
+        pairs = {s: views(hs) for s, hs in t.items()}
+        M[:nb, :nb] = matrix_result(plan, con, full, views(fx), views(c), pairs)
         if extra:
-            v = vector_result(plan, con, efull, {U: accs.view(A, h) for U, h in h_e.items()})
+            v = vector_result(plan, con, efull, views(e))
             M[:nb, nb] = v
             M[nb, :nb] = v
-            M[nb, nb] = sums[2]
-        out["hess"] = M
+            M[nb, nb] = tt
+        return M
+
+    if hessian:
+        out["hess"] = quadratic(ff, h_fx, h_c, h_t, efull, h_e if extra else None, sums[2])
         if meat:
-            M = np.zeros((P, P))
-            M[:nb, :nb] = matrix_result(
-                plan,
-                con,
-                ffm,
-                {U: accs.view(A, h) for U, h in m_fx.items()},
-                {U: accs.view(A, h) for U, h in m_c.items()},
-                {s: {U: accs.view(A, h) for U, h in hs.items()} for s, hs in m_t.items()},
-            )
-            if extra:
-                v = vector_result(plan, con, mfull, {U: accs.view(A, h) for U, h in m_e.items()})
-                M[:nb, nb] = v
-                M[nb, :nb] = v
-                M[nb, nb] = sums[4]
-            out["meat"] = M
+            out["meat"] = quadratic(ffm, m_fx, m_c, m_t, mfull, m_e if extra else None, sums[4])
     if final:
         d = kernels.ChunkData(layout, arrays)
         sep = fam.separated(d.y, eta_out.reshape(shape), d.aux)

@@ -15,20 +15,11 @@ from functools import partial
 import dask.array as da
 import numpy as np
 
-from .graph import _map_chunks
+from .graph import _map_chunks, combined_reduction
 from .layout import Layout
 from .qr import qr_chunk, qr_combine, qr_grad_size, qr_length, qr_width
 
 __all__ = ["qr_graph"]
-
-
-def _identity(x, axis=None, keepdims=True):
-    return x
-
-
-def _combine(m: int, n_grad: int, x: np.ndarray, axis=None, keepdims: bool = True) -> np.ndarray:
-    out = qr_combine(x, m, n_grad)
-    return out.reshape((1,) * (x.ndim - 1) + (-1,)) if keepdims else out
 
 
 def qr_graph(layout: Layout, arrays: list, params: np.ndarray, kind: str) -> da.Array:
@@ -37,16 +28,5 @@ def qr_graph(layout: Layout, arrays: list, params: np.ndarray, kind: str) -> da.
     m, n_grad = qr_width(layout, kind), qr_grad_size(layout, kind)
     func = partial(qr_chunk, layout, np.asarray(params, dtype=np.float64), kind)
     blocks = _map_chunks(func, layout, arrays, qr_length(m, n_grad))
-    return da.reduction(
-        blocks,
-        chunk=_identity,
-        combine=partial(_combine, m, n_grad),
-        aggregate=partial(_combine, m, n_grad),
-        axis=tuple(range(layout.ndim)),
-        keepdims=False,
-        dtype=np.float64,
-        split_every=8,
-        concatenate=True,
-        meta=np.empty((0,)),
-        name=f"daskglm-tsqr-{kind}",
-    )
+    combine = partial(qr_combine, m=m, n_grad=n_grad)
+    return combined_reduction(blocks, layout.ndim, combine, f"daskglm-tsqr-{kind}")
