@@ -74,13 +74,13 @@ def sum_axes(src: np.ndarray, drop: tuple[int, ...]) -> np.ndarray:
     return arr.reshape(out_shape)
 
 
-def partial_sum(cache: dict, keep: frozenset, lead: int = 0) -> np.ndarray:
+def partial_sum(cache: dict, keep: frozenset, lead: int = 0, total=None) -> np.ndarray:
     """Sum a cached cell array over the panel axes not in ``keep`` (keepdims).
 
     ``cache`` maps sets of panel axes to partial sums already made (initially the full-grid
     array under the set of all axes); the new sum starts from the smallest one that still
     has every axis of ``keep`` and is cached in turn. ``lead`` leading (feature) axes are
-    kept.
+    kept. ``total(array, axes)`` sums (default :func:`sum_axes`, products with ones).
     """
     hit = cache.get(keep)
     if hit is not None:
@@ -88,7 +88,7 @@ def partial_sum(cache: dict, keep: frozenset, lead: int = 0) -> np.ndarray:
     src_key = min((k for k in cache if keep <= k), key=lambda k: cache[k].size)
     src = cache[src_key]
     drop = tuple(d + lead for d in sorted(src_key - keep) if src.shape[d + lead] != 1)
-    out = sum_axes(src, drop) if drop else src
+    out = (total or sum_axes)(src, drop) if drop else src
     cache[keep] = out
     return out
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import contract
 from .contract import BlockContractor, _inner
 from .layout import Layout
 
@@ -146,15 +147,11 @@ def make_plan(layout: Layout) -> SweepPlan | None:
 def partial_sum(cache: dict, keep: frozenset, lead: int = 0) -> np.ndarray:
     """:func:`daskglm.contract.partial_sum` with ``ndarray.sum``: the accumulated grids are
     small (a chunk's grids off the full one), where numpy's sum beats the BLAS route."""
-    hit = cache.get(keep)
-    if hit is not None:
-        return hit
-    src_key = min((k for k in cache if keep <= k), key=lambda k: cache[k].size)
-    src = cache[src_key]
-    drop = tuple(d + lead for d in sorted(src_key - keep) if src.shape[d + lead] != 1)
-    out = src.sum(axis=drop, keepdims=True) if drop else src
-    cache[keep] = out
-    return out
+    return contract.partial_sum(cache, keep, lead, total=_ndarray_sum)
+
+
+def _ndarray_sum(src: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    return src.sum(axis=axes, keepdims=True)
 
 
 def grid_shape(axes: frozenset, shape: tuple[int, ...]) -> tuple[int, ...]:
