@@ -27,7 +27,7 @@ import numpy as np
 import statsmodels.api as sm
 
 import daskglm as dg
-from daskglm.simulate import simulate_panel
+from daskglm.api.simulate import simulate_panel
 
 warnings.simplefilter("ignore")
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,7 +3,7 @@
     python benchmarks/cluster_overhead.py [--sizes 200,200,50] [--chunks peers|demo|I,J,K]
         [--repeat 3] [--workers 2] [--label NAME] [--out FILE.json]
 
-The panel: 3-D Poisson, 28 coefficients in 7 dim-blocks (``daskglm.simulate.simulate_panel``,
+The panel: 3-D Poisson, 28 coefficients in 7 dim-blocks (``daskglm.api.simulate.simulate_panel``,
 as ``peers.py`` and ``engine_vs_floor.py``), 2e6 cells by default, stored chunked as
 ``simulate_panel`` chunks by default (``--chunks peers``) or as ``daskglm demo`` does
 (``--chunks demo``: 50 x 50 x k). Settings, each fitted ``--repeat`` times after a warm-up fit
@@ -52,14 +52,14 @@ import xarray as xr
 from dask.callbacks import Callback
 
 import daskglm as dg
-from daskglm import graph
-from daskglm.simulate import simulate_panel
+from daskglm.api.simulate import simulate_panel
+from daskglm.graph import passes as graph
 
 warnings.simplefilter("ignore")
 
 
 class PassClock:
-    """Wall-clock window of every pass (wraps :meth:`daskglm.graph.PassCounter.record`)."""
+    """Wall-clock window of every pass (wraps :meth:`daskglm.graph.passes.PassCounter.record`)."""
 
     def __init__(self):
         self.windows: list[tuple[str, float, float]] = []
@@ -235,7 +235,7 @@ def run_cluster(client, data, x, repeat: int) -> dict:
 
 def engine_name() -> str:
     try:
-        from daskglm.engines import resolve_engine  # the compiled kernel's switch, when present
+        from daskglm.kernels.engines import resolve_engine  # the compiled kernel's switch, when present
     except ImportError:
         return "numpy (no engine switch)"
     try:

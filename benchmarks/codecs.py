@@ -8,7 +8,7 @@
 (``codecs.json`` holds the three: a run with fits, a floors-only run with CPU seconds, the
 decode table; ``notes`` are the conclusions written after looking at them.)
 
-The panel: 3-D float32 Poisson written by ``daskglm.simulate`` (y, 4 full-grid covariates and
+The panel: 3-D float32 Poisson written by ``daskglm.api.simulate`` (y, 4 full-grid covariates and
 4 covariates on each of (i,j), (i,k), (j,k), i, j, k: 29 coefficients), held in memory once and
 written to zarr with each codec / chunk shape, so the write time is compression and I/O only.
 Simulated float32 normals are incompressible noise, so a second, *compressible* panel is
@@ -60,7 +60,7 @@ import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
 import daskglm as dg
-from daskglm.simulate import simulate_panel
+from daskglm.api.simulate import simulate_panel
 
 warnings.simplefilter("ignore")
 HERE = Path(__file__).parent
@@ -99,7 +99,7 @@ def chunk_shapes(sizes: dict[str, int]) -> dict[str, dict[str, int]]:
 
 # --------------------------------------------------------------------------- data
 def noise_panel(sizes: dict[str, int]) -> xr.Dataset:
-    """``daskglm.simulate``'s Poisson panel in float32, computed into memory."""
+    """``daskglm.api.simulate``'s Poisson panel in float32, computed into memory."""
     ds = simulate_panel(sizes, "poisson", seed=1, dtype=np.float32)
     return dask.persist(ds, scheduler="threads")[0]
 

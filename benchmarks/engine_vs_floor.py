@@ -4,7 +4,7 @@
 
 The panel: 3-D Poisson, 29 coefficients in 7 dim-blocks (full grid, (i,j), (i,k), (j,k), i, j,
 k) plus the intercept, chunks of 100 x 100 x k. For each size and engine (``"numpy"``, the
-reference kernel, and ``"numba"``, the compiled sweep of :mod:`daskglm.kernels_numba`):
+reference kernel, and ``"numba"``, the compiled sweep of :mod:`daskglm.kernels.chunk_numba`):
 
 * **kernel**: ns per cell of one evaluation (gradient and Hessian) of one chunk, single-threaded
   (the thread's CPU time, best of several), beside the floor's ns per cell;
@@ -35,11 +35,13 @@ import xarray as xr
 from _tools import _floor as plain_pass_seconds  # benchmarks/ is the script's folder
 
 import daskglm as dg
-from daskglm import graph, kernels, kernels_numba
-from daskglm.engine import run_setup
-from daskglm.panel import build_panel
-from daskglm.registry import resolve_family
-from daskglm.simulate import simulate_panel
+from daskglm.api.registry import resolve_family
+from daskglm.api.simulate import simulate_panel
+from daskglm.frontend.objective import run_setup
+from daskglm.frontend.panel import build_panel
+from daskglm.graph import passes as graph
+from daskglm.kernels import chunk as kernels
+from daskglm.kernels import chunk_numba as kernels_numba
 
 warnings.simplefilter("ignore")
 

@@ -24,8 +24,8 @@ import types
 import numba
 import numpy as np
 
-from daskglm import families_numba as fn
-from daskglm.families import Binomial, Exponential, Gaussian, NegativeBinomial, Poisson
+from daskglm.kernels import families_numba as fn
+from daskglm.kernels.families import Binomial, Exponential, Gaussian, NegativeBinomial, Poisson
 
 N = 65536
 

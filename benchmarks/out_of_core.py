@@ -26,7 +26,7 @@ import numpy as np
 from distributed import Client, LocalCluster
 
 import daskglm as dg
-from daskglm.simulate import simulate_panel
+from daskglm.api.simulate import simulate_panel
 
 warnings.simplefilter("ignore")
 

@@ -42,7 +42,7 @@ sys.path.insert(0, str(HERE))
 
 from report import write_plot, write_results  # noqa: E402
 
-from daskglm.simulate import simulate_panel  # noqa: E402
+from daskglm.api.simulate import simulate_panel  # noqa: E402
 
 GB = 1e9
 warnings.filterwarnings("ignore", message="Consolidated metadata")

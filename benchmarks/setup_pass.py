@@ -6,7 +6,7 @@ Loads the first chunk of every input of the 1e9-cell Poisson panel of ``benchmar
 (``y``, ``exposure`` on (i, j), four full-grid covariates, two covariates on each of (i, j),
 (i, k), (j, k), i, j, k; 50 x 100 x 1000 = 5e6 cells, float32) into memory and times, single
 threaded and as in a dask worker (one BLAS thread, ``MALLOC_TRIM_THRESHOLD_=65536`` as dask's
-nannies set it, then glibc's thresholds raised as :class:`daskglm.workers.WorkerMalloc` does:
+nannies set it, then glibc's thresholds raised as :class:`daskglm.runtime.workers.WorkerMalloc` does:
 temporaries over 32 MiB are fresh ``mmap`` s whose pages fault in), the CPU time of this thread
 (best of ``--repeat``), the wall time of that call and its minor page faults:
 
@@ -39,10 +39,11 @@ if any(os.environ.get(k) != v for k, v in WORKER_ENV.items()):
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
-from daskglm import kernels, kernels_numba  # noqa: E402
-from daskglm.panel import build_panel  # noqa: E402
-from daskglm.registry import resolve_family  # noqa: E402
-from daskglm.workers import set_malloc_thresholds  # noqa: E402
+from daskglm.api.registry import resolve_family  # noqa: E402
+from daskglm.frontend.panel import build_panel  # noqa: E402
+from daskglm.kernels import chunk as kernels  # noqa: E402
+from daskglm.kernels import chunk_numba as kernels_numba  # noqa: E402
+from daskglm.runtime.workers import set_malloc_thresholds  # noqa: E402
 
 warnings.simplefilter("ignore")
 

@@ -32,8 +32,8 @@ import statsmodels.api as sm
 import xarray as xr
 
 import daskglm as dg
-from daskglm.registry import SOLVERS
-from daskglm.simulate import simulate_panel
+from daskglm.api.registry import SOLVERS
+from daskglm.api.simulate import simulate_panel
 
 NIST_DIR = Path("/work/shared/reference/nist-strd")
 

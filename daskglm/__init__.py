@@ -4,15 +4,15 @@
 >>> res = dg.fit(ds, y="y", x=["x_ijk", "x_ij", "x_i"], family="poisson", exposure="t")
 """
 
-from .api import SeparationWarning, fit
-from .checks import DataError
-from .families import Binomial, Exponential, Family, Gaussian, NegativeBinomial, Poisson
-from .registry import FAMILIES, SOLVERS
-from .report import coefplot, etable, plot_convergence, tidy
-from .results import GLMResults
-from .scheduling import ClusterLostError
+from .api.fitting import SeparationWarning, fit
+from .api.registry import FAMILIES, SOLVERS
+from .api.report import coefplot, etable, plot_convergence, tidy
+from .api.results import GLMResults
+from .frontend.tables import from_long, write_zarr
+from .kernels.checks import DataError
+from .kernels.families import Binomial, Exponential, Family, Gaussian, NegativeBinomial, Poisson
+from .runtime.scheduling import ClusterLostError
 from .solvers.base import ConvergenceWarning
-from .tables import from_long, write_zarr
 
 __all__ = [
     "fit",

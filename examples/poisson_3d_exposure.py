@@ -12,7 +12,7 @@ import tempfile
 import numpy as np
 
 import daskglm as dg
-from daskglm.simulate import simulate_panel
+from daskglm.api.simulate import simulate_panel
 
 sizes = {"exporter": 80, "importer": 80, "year": 25}
 blocks = {

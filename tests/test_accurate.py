@@ -1,4 +1,4 @@
-"""The double-double Gaussian gradient (:mod:`daskglm.accurate`) against exact arithmetic.
+"""The double-double Gaussian gradient (:mod:`daskglm.kernels.accurate`) against exact arithmetic.
 
 References are exact: Python's :mod:`fractions` on the long table of ``tests/helpers.py``
 (covariates broadcast in pandas; weights, an offset, missing cells, chunks that cut every dim
@@ -21,10 +21,17 @@ import xarray as xr
 from helpers import expand, make_panel
 
 import daskglm as dg
-from daskglm import graph
-from daskglm.accurate import accurate_chunk, accurate_combine, accurate_unpack, dd_sum, two_prod, two_sum
-from daskglm.engine import make_objective, run_setup
-from daskglm.panel import build_panel
+from daskglm.frontend.objective import make_objective, run_setup
+from daskglm.frontend.panel import build_panel
+from daskglm.graph import passes as graph
+from daskglm.kernels.accurate import (
+    accurate_chunk,
+    accurate_combine,
+    accurate_unpack,
+    dd_sum,
+    two_prod,
+    two_sum,
+)
 from daskglm.solvers.base import Evaluation
 from daskglm.solvers.preconditioning import accurate_evaluator
 

@@ -1,15 +1,15 @@
 """Static checks of the package's structure, by parsing its source with :mod:`ast` (no imports).
 
-* Families own what is theirs: no module outside ``families.py``, ``families_numba.py`` and
-  ``registry.py`` compares a family's ``name``, compares anything with a registered family's
+* Families own what is theirs: no module outside ``kernels/families.py``, ``kernels/families_numba.py`` and
+  ``api/registry.py`` compares a family's ``name``, compares anything with a registered family's
   name (or alias), keys a dict by family names, or uses ``isinstance``/``issubclass``/``type``
   with a concrete family class. A family's behaviour is a declared attribute or method of
-  :class:`daskglm.families.Family` (``linear``, ``estimates_scale``, ``full_loglike``,
+  :class:`daskglm.kernels.families.Family` (``linear``, ``estimates_scale``, ``full_loglike``,
   ``dispersion``, ``ancillary``, ``separation_wording``, ``sample``, ...), so a new family is
   one class plus one registry entry.
 * The layer rule of DEVELOPERS.md ("Layers"): imports go one way, from the public API down to
-  the numpy kernels. :data:`LAYERS` below is that table as a mapping; a module missing from it
-  fails the test (add it to DEVELOPERS.md's table and here).
+  the numpy kernels. A module's layer is the folder it lives in (:data:`FOLDERS`); a module in no
+  layer folder fails the test (move it into one and add it to DEVELOPERS.md's table).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from daskglm.registry import FAMILIES, FAMILY_ALIASES
+from daskglm.api.registry import FAMILIES, FAMILY_ALIASES
 
 PACKAGE = Path(__file__).resolve().parents[1] / "daskglm"
 DEVELOPERS = PACKAGE.parent / "DEVELOPERS.md"
@@ -34,58 +34,26 @@ LAYER_NAMES = {
     API: "public API and CLI",
 }
 
-#: module (path relative to daskglm/, without .py) -> layer; DEVELOPERS.md's "Layers" table
-LAYERS: dict[str, int] = {
-    # numpy kernels: numpy, scipy (numba for the compiled kernels)
-    "families": KERNELS,
-    "families_numba": KERNELS,
-    "layout": KERNELS,
-    "contract": KERNELS,
+#: layer folder of daskglm/ -> layer; DEVELOPERS.md's "Layers" table. A module's layer is the folder
+#: it lives in (``solvers/`` sits beside ``kernels/`` in the lowest layer); the package's own
+#: ``__init__.py`` is the public API.
+FOLDERS: dict[str, int] = {
     "kernels": KERNELS,
-    "kernels_numba": KERNELS,
-    "sweep_plan": KERNELS,
-    "engines": KERNELS,
-    "effects": KERNELS,
-    "effects_numba": KERNELS,
-    "qr": KERNELS,
-    "double_double": KERNELS,
-    "accurate": KERNELS,
-    "checks": KERNELS,
-    "inference": KERNELS,
-    "clustering": KERNELS,
-    "solvers/__init__": KERNELS,
-    "solvers/base": KERNELS,
-    "solvers/newton": KERNELS,
-    "solvers/newton_schulz": KERNELS,
-    "solvers/gradient": KERNELS,
-    "solvers/preconditioning": KERNELS,
-    # graph building: dask, the kernels
+    "solvers": KERNELS,
     "graph": GRAPH,
-    "qr_graph": GRAPH,
-    "accurate_graph": GRAPH,
-    "effects_graph": GRAPH,
-    # named-dim front end: xarray, pandas, graph
-    "panel": FRONT_END,
-    "engine": FRONT_END,
-    "fixed_effects": FRONT_END,
-    "fe_gradient": FRONT_END,
-    "tables": FRONT_END,
-    "formula": FRONT_END,
-    # orchestration: dask/distributed config, tqdm
-    "scheduling": ORCHESTRATION,
-    "workers": ORCHESTRATION,
-    "checkpoint": ORCHESTRATION,
-    "progress": ORCHESTRATION,
-    # public API and CLI: everything
+    "frontend": FRONT_END,
+    "runtime": ORCHESTRATION,
     "api": API,
-    "results": API,
-    "fe_results": API,
-    "report": API,
-    "registry": API,
-    "simulate": API,
-    "cli": API,
-    "__init__": API,
 }
+
+
+def _layer_of(module: str) -> int | None:
+    """The layer of a module key (``kernels/families``), None if it is in no layer folder."""
+    if module == "__init__":
+        return API
+    folder, _, rest = module.partition("/")
+    return FOLDERS.get(folder) if rest else None
+
 
 #: third-party packages a layer may not import (the lowest layer each may appear in is above)
 FORBIDDEN = {
@@ -99,16 +67,19 @@ FORBIDDEN = {
 #: (module, package) pairs the table allows beside its layer's rule, each with its reason
 #: (written in DEVELOPERS.md's table too)
 EXCEPTIONS = {
-    ("tables", "dask"): "writes the long tables' panels to zarr chunk by chunk (dask.array)",
-    ("tables", "tqdm"): "the ingest's progress bar",
-    ("formula", "dask"): "the distinct levels of a dask-backed factor (dask.array.unique)",
+    ("frontend/tables", "dask"): "writes the long tables' panels to zarr chunk by chunk (dask.array)",
+    ("frontend/tables", "tqdm"): "the ingest's progress bar",
+    ("frontend/formula", "dask"): "the distinct levels of a dask-backed factor (dask.array.unique)",
 }
 
-EXEMPT_FAMILY_CHECK = {"families", "families_numba", "registry"}
+EXEMPT_FAMILY_CHECK = {"kernels/families", "kernels/families_numba", "api/registry"}
 
 
 def _modules() -> dict[str, Path]:
     return {str(p.relative_to(PACKAGE).with_suffix("")): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+MODULES = _modules()
 
 
 def _tree(path: Path) -> ast.Module:
@@ -117,7 +88,7 @@ def _tree(path: Path) -> ast.Module:
 
 def _imports(module: str, tree: ast.Module) -> list[tuple[int, str]]:
     """``(line, name)`` of every import anywhere in the module (function-level ones too):
-    project modules as ``daskglm/<path>`` keys of :data:`LAYERS`, others as their top package."""
+    project modules as their keys (``kernels/families``), others as their top package."""
     parts = module.split("/")
     out = []
     for node in ast.walk(tree):
@@ -127,12 +98,8 @@ def _imports(module: str, tree: ast.Module) -> list[tuple[int, str]]:
             if node.level:
                 base = parts[: len(parts) - node.level]
                 head = base + (node.module.split(".") if node.module else [])
-                # "from . import graph" names modules; "from .graph import x" names one
-                names = (
-                    ["daskglm." + ".".join(head + [a.name]) for a in node.names]
-                    if node.module is None
-                    else ["daskglm." + ".".join(head)]
-                )
+                # "from ..graph import passes" names a module; "from .families import Poisson" one
+                names = ["daskglm." + ".".join(head + [a.name]) for a in node.names]
             else:
                 names = [node.module]
                 if node.module == "daskglm":
@@ -148,30 +115,29 @@ def _imports(module: str, tree: ast.Module) -> list[tuple[int, str]]:
 
 
 def _project_module(name: str) -> str:
-    """The :data:`LAYERS` key of an imported ``daskglm...`` name: the longest prefix that is a
-    module (``daskglm.solvers.newton.newton`` -> ``solvers/newton``), else the package."""
+    """The module key of an imported ``daskglm...`` name: the longest prefix that is a module
+    (``daskglm.solvers.newton.newton`` -> ``solvers/newton``), else the package."""
     parts = name.split(".")[1:]
     for n in range(len(parts), 0, -1):
         key = "/".join(parts[:n])
-        if key in LAYERS:
+        if key in MODULES:
             return key
-        if f"{key}/__init__" in LAYERS:
+        if f"{key}/__init__" in MODULES:
             return f"{key}/__init__"
     return "__init__"
 
 
 def test_every_module_has_a_layer():
-    missing = sorted(set(_modules()) - set(LAYERS))
+    """Every module lives in a layer's folder, so the listing of daskglm/ shows the layers."""
+    missing = sorted(m for m in MODULES if _layer_of(m) is None)
     assert not missing, (
-        f"module(s) {missing} have no layer: add each to DEVELOPERS.md's 'Layers' table and to "
-        "LAYERS in tests/test_architecture.py"
+        f"module(s) {missing} are in no layer folder ({sorted(FOLDERS)}): move each into the folder of "
+        "its layer and add it to DEVELOPERS.md's 'Layers' table"
     )
-    stale = sorted(set(LAYERS) - set(_modules()))
-    assert not stale, f"LAYERS in tests/test_architecture.py names modules that do not exist: {stale}"
 
 
 def test_developers_table_lists_every_module():
-    """DEVELOPERS.md's table and :data:`LAYERS` say the same thing."""
+    """DEVELOPERS.md's table lists every module in the row of its folder's layer."""
     text = DEVELOPERS.read_text(encoding="utf-8")
     rows = {}
     for line in text.splitlines():
@@ -179,26 +145,26 @@ def test_developers_table_lists_every_module():
         if len(cells) == 3 and cells[0] in LAYER_NAMES.values():
             rows[cells[0]] = cells[1]
     assert set(rows) == set(LAYER_NAMES.values()), f"DEVELOPERS.md's Layers table rows: {sorted(rows)}"
-    for module, layer in LAYERS.items():
+    for module in MODULES:
+        if module.endswith("__init__"):
+            continue
+        layer = _layer_of(module)
         name = "solvers/" if module.startswith("solvers/") else f"{module}.py"
         listed = re.findall(r"`([\w/]+(?:\.py)?/?)`", rows[LAYER_NAMES[layer]])
         row = LAYER_NAMES[layer]
         assert name in listed, f"DEVELOPERS.md's Layers table lacks `{name}` in its {row!r} row"
 
 
-@pytest.mark.parametrize("module", sorted(LAYERS))
+@pytest.mark.parametrize("module", sorted(MODULES))
 def test_imports_go_down_the_layers(module):
-    path = _modules().get(module)
-    if path is None:
-        pytest.skip(f"{module} does not exist")
-    layer = LAYERS[module]
+    layer = _layer_of(module)
     bad = []
-    for line, name in _imports(module, _tree(path)):
-        if name in LAYERS:
-            if LAYERS[name] > layer:
+    for line, name in _imports(module, _tree(MODULES[module])):
+        if name in MODULES:
+            if _layer_of(name) > layer:
                 bad.append(
                     f"daskglm/{module}.py:{line} ({LAYER_NAMES[layer]}) imports {name} "
-                    f"({LAYER_NAMES[LAYERS[name]]}), a higher layer"
+                    f"({LAYER_NAMES[_layer_of(name)]}), a higher layer"
                 )
         elif name in FORBIDDEN[layer] and (module, name) not in EXCEPTIONS:
             bad.append(f"daskglm/{module}.py:{line} ({LAYER_NAMES[layer]}) imports {name}")
@@ -260,14 +226,11 @@ def family_branches(tree: ast.Module) -> list[tuple[int, str]]:
     return out
 
 
-@pytest.mark.parametrize("module", sorted(set(LAYERS) - EXEMPT_FAMILY_CHECK))
+@pytest.mark.parametrize("module", sorted(set(MODULES) - EXEMPT_FAMILY_CHECK))
 def test_no_module_branches_on_the_family(module):
-    path = _modules().get(module)
-    if path is None:
-        pytest.skip(f"{module} does not exist")
-    found = family_branches(_tree(path))
+    found = family_branches(_tree(MODULES[module]))
     assert not found, (
-        "decide by a declared attribute or method of daskglm.families.Family instead (so that a "
+        "decide by a declared attribute or method of daskglm.kernels.families.Family instead (so that a "
         "new family is one class plus one registry entry):\n"
         + "\n".join(f"daskglm/{module}.py:{line}: {what}" for line, what in found)
     )
@@ -293,10 +256,17 @@ def test_the_family_check_sees_branches(source):
 def test_the_import_check_sees_imports():
     """Relative, absolute and function-level imports are all resolved to layer keys."""
     tree = ast.parse(
-        "from .engine import x\nimport dask.array as da\nfrom .solvers.newton import newton\n"
-        "def f():\n    from . import api\n    from daskglm import fit\n"
+        "from ..frontend.objective import x\nimport dask.array as da\nfrom ..solvers.newton import newton\n"
+        "def f():\n    from ..api import fitting\n    from daskglm import fit\n    from . import layout\n"
     )
-    found = [name for _, name in _imports("qr", tree)]
-    assert found == ["engine", "dask", "solvers/newton", "api", "__init__"]
-    tree = ast.parse("from .base import Evaluation\nfrom ..graph import run\n")
-    assert [name for _, name in _imports("solvers/gradient", tree)] == ["solvers/base", "graph"]
+    found = [name for _, name in _imports("kernels/qr", tree)]
+    assert found == [
+        "frontend/objective",
+        "dask",
+        "solvers/newton",
+        "api/fitting",
+        "__init__",
+        "kernels/layout",
+    ]
+    tree = ast.parse("from .base import Evaluation\nfrom ..graph import passes as graph\n")
+    assert [name for _, name in _imports("solvers/gradient", tree)] == ["solvers/base", "graph/passes"]

@@ -13,7 +13,7 @@ import pytest
 from helpers import make_panel
 
 import daskglm as dg
-from daskglm.checkpoint import CheckpointMismatch
+from daskglm.runtime.checkpoint import CheckpointMismatch
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import daskglm as dg
-from daskglm.cli import main
+from daskglm.api.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +237,7 @@ def test_options_the_family_or_solver_does_not_take_are_refused(store, argv, mes
 
 
 def _solver_option_cases():
-    from daskglm.registry import SOLVERS
+    from daskglm.api.registry import SOLVERS
 
     value = {int: "7", float: "0.25"}
     for spec in SOLVERS.values():
@@ -283,7 +283,7 @@ def test_solver_options_match_the_api(family_stores, tmp_path, capsys):
 
 
 def test_help_lists_every_registry_name_and_option(capsys):
-    from daskglm.registry import FAMILIES, FAMILY_ALIASES, SOLVERS
+    from daskglm.api.registry import FAMILIES, FAMILY_ALIASES, SOLVERS
 
     with pytest.raises(SystemExit):
         main(["fit", "--help"])

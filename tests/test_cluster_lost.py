@@ -22,8 +22,8 @@ from helpers import make_panel
 from test_cluster import start_scheduler, start_worker, stop
 
 import daskglm as dg
-from daskglm import graph
-from daskglm.scheduling import PassWatchdog, compute_target, no_workers_timeout
+from daskglm.graph import passes as graph
+from daskglm.runtime.scheduling import PassWatchdog, compute_target, no_workers_timeout
 
 
 @pytest.fixture(scope="module")

@@ -13,16 +13,16 @@ from distributed import Client, LocalCluster
 from helpers import make_panel
 
 import daskglm as dg
-from daskglm import graph
-from daskglm.panel import build_panel
-from daskglm.scheduling import (
+from daskglm.frontend.panel import build_panel
+from daskglm.graph import passes as graph
+from daskglm.runtime.scheduling import (
     ComputeTarget,
     cluster_chunks,
     in_cluster_memory,
     persist_panel,
     worker_malloc_trim,
 )
-from daskglm.workers import set_malloc_thresholds
+from daskglm.runtime.workers import set_malloc_thresholds
 
 
 @pytest.mark.parametrize(

@@ -20,9 +20,9 @@ import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
 import daskglm as dg
-from daskglm.cli import main
-from daskglm.simulate import simulate_panel
-from daskglm.tables import CODECS, DEFAULT_CODEC, write_zarr, zarr_compressors
+from daskglm.api.cli import main
+from daskglm.api.simulate import simulate_panel
+from daskglm.frontend.tables import CODECS, DEFAULT_CODEC, write_zarr, zarr_compressors
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

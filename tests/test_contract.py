@@ -2,7 +2,7 @@
 
 The engine never forms the N x P design; here it is formed explicitly (small panels) as the
 independent reference for ``X beta``, ``X' v`` and ``X' diag(c) X``: over whole chunks, over
-slabs accumulated with :class:`~daskglm.contract.Accumulator`, with blocks on every subset
+slabs accumulated with :class:`~daskglm.kernels.contract.Accumulator`, with blocks on every subset
 of the panel axes (so both the batched-GEMM and the product routes run), and with full-grid
 blocks built lazily slab by slab.
 """
@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daskglm import contract
-from daskglm.contract import BlockContractor, sum_axes
+from daskglm.kernels import contract
+from daskglm.kernels.contract import BlockContractor, sum_axes
 
 
 def _panel(rng, shape, block_axes, sizes, lazy_full: bool):

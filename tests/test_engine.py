@@ -18,9 +18,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import daskglm as dg
-from daskglm import engines, graph, kernels, kernels_numba
-from daskglm.layout import ArgSpec, Block, Layout
-from daskglm.registry import FAMILIES
+from daskglm.api.registry import FAMILIES
+from daskglm.graph import passes as graph
+from daskglm.kernels import chunk as kernels
+from daskglm.kernels import chunk_numba as kernels_numba
+from daskglm.kernels import engines
+from daskglm.kernels.layout import ArgSpec, Block, Layout
 
 pytestmark = pytest.mark.skipif(not engines.numba_available(), reason="numba is not installed")
 
@@ -278,8 +281,8 @@ def test_fit_and_cli_take_the_engine(tmp_path, capsys):
     float32 zarr panel (NB2, estimated alpha, weights and an exposure), and a bad name is refused."""
     import json
 
-    from daskglm.cli import main
-    from daskglm.simulate import simulate_panel
+    from daskglm.api.cli import main
+    from daskglm.api.simulate import simulate_panel
 
     ds = simulate_panel(
         {"i": 30, "j": 20, "k": 6}, "negative_binomial", seed=2, chunks={"i": 15, "j": 10}, exposure=True
@@ -341,7 +344,7 @@ def test_final_pass_counts_separated_cells(family):
 def test_fixed_effects_evaluation_equals_numpy(family, case, seed, data, monkeypatch):
     """``effects.fe_eval_chunk`` (numpy) against the sweep's ``fe_eval_chunk``: effects on any
     axes, level values with dropped (NaN) levels, every family, final and not."""
-    from daskglm import effects
+    from daskglm.kernels import effects
 
     monkeypatch.setattr(kernels_numba, "SLAB_CELLS", case["slab"])
     layout, values, params, ref = _model(family, case, seed)

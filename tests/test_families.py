@@ -10,8 +10,8 @@ import pytest
 from scipy import special, stats
 
 import daskglm as dg
-from daskglm.families import count_index, shifted_special
-from daskglm.registry import FAMILIES
+from daskglm.api.registry import FAMILIES
+from daskglm.kernels.families import count_index, shifted_special
 
 
 def sample(name: str, n: int = 40, seed: int = 0):

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from scipy import special
 
-from daskglm import families_numba as fn
-from daskglm.families import Binomial, Exponential, Gaussian, NegativeBinomial, Poisson
-from daskglm.registry import FAMILIES
+from daskglm.api.registry import FAMILIES
+from daskglm.kernels import families_numba as fn
+from daskglm.kernels.families import Binomial, Exponential, Gaussian, NegativeBinomial, Poisson
 
 N = 4096
 RTOL = 1e-12

@@ -20,9 +20,9 @@ import pytest
 from test_fixed_effects import TRADE, fml, make_fe_panel, pyfixest_fit
 
 import daskglm as dg
-from daskglm.fe_gradient import EffectsPreconditioner, FixedEffectsGradientObjective
-from daskglm.fe_results import FixedEffectsResults
-from daskglm.fixed_effects import AbsorbedWarning
+from daskglm.api.fe_results import FixedEffectsResults
+from daskglm.frontend.fe_gradient import EffectsPreconditioner, FixedEffectsGradientObjective
+from daskglm.frontend.fixed_effects import AbsorbedWarning
 
 pytest.importorskip("pyfixest")
 
@@ -119,7 +119,7 @@ def test_solvers_refused_with_fe(solver, why):
 
 def test_cli_refuses_newton_schulz_with_fe(tmp_path, capsys):
     """The command line: exit code 2 (bad input) with the same message."""
-    from daskglm.cli import main
+    from daskglm.api.cli import main
 
     ds, _, _ = make_fe_panel(3, "poisson")
     store = str(tmp_path / "p.zarr")
@@ -164,11 +164,11 @@ def _objective(ds, effects, family="gaussian"):
     """The gradient solvers' objective of a small panel, as ``dg.fit`` builds it."""
     from dataclasses import replace
 
-    from daskglm.engine import make_objective, run_setup
-    from daskglm.fixed_effects import parse_effects
-    from daskglm.graph import PassCounter
-    from daskglm.panel import build_panel
-    from daskglm.registry import resolve_family
+    from daskglm.api.registry import resolve_family
+    from daskglm.frontend.fixed_effects import parse_effects
+    from daskglm.frontend.objective import make_objective, run_setup
+    from daskglm.frontend.panel import build_panel
+    from daskglm.graph.passes import PassCounter
 
     panel = build_panel(ds, "y", ["x1", "x2"], resolve_family(family), intercept=False)
     counter = PassCounter()

@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 from scipy import linalg
 
 import daskglm as dg
-from daskglm.checks import DataError
-from daskglm.fixed_effects import AbsorbedWarning
+from daskglm.frontend.fixed_effects import AbsorbedWarning
+from daskglm.kernels.checks import DataError
 
 pf = pytest.importorskip("pyfixest")
 
@@ -307,7 +307,7 @@ def test_cli_fe_matches_api(tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "daskglm.cli",
+        "daskglm.api.cli",
         "fit",
         store,
         "--y",
@@ -352,7 +352,7 @@ def test_fixed_effects_on_a_distributed_cluster(tmp_path):
 def test_compiled_product_equals_numpy(data):
     """The numba product with the effects' block equals the numpy reference (1e-12), for any
     number of dims, effects on any proper subsets (and the empty one), zero weights."""
-    from daskglm.effects import Effect, fe_matvec_chunk
+    from daskglm.kernels.effects import Effect, fe_matvec_chunk
 
     ndim = data.draw(st.integers(1, 4))
     shape = tuple(data.draw(st.lists(st.integers(1, 5), min_size=ndim, max_size=ndim)))
@@ -373,7 +373,7 @@ def test_compiled_product_equals_numpy(data):
 def test_slabs_equal_whole_chunks(monkeypatch, family):
     """Chunks processed in slabs along their first axis (levels, W, cluster scores and drop
     counts assembled from the slabs) give the whole-chunk results."""
-    import daskglm.effects as effects_module
+    import daskglm.kernels.effects as effects_module
 
     base = "negative_binomial" if family == "negative_binomial" else "poisson"
     ds, _, effects = make_fe_panel(3, base, seed=21)

@@ -21,7 +21,7 @@ import pytest
 import xarray as xr
 
 import daskglm as dg
-from daskglm.formula import apply_formula, parse_formula
+from daskglm.frontend.formula import apply_formula, parse_formula
 
 pf = pytest.importorskip("pyfixest")
 
@@ -272,7 +272,7 @@ def test_unknown_names_are_errors_with_a_suggestion():
 
 
 def test_cli_fit_with_a_formula(tmp_path, capsys):
-    from daskglm.cli import main
+    from daskglm.api.cli import main
 
     ds = make_panel()
     path = str(tmp_path / "p.zarr")

@@ -26,7 +26,7 @@ from test_passes import CountingScheduler
 from test_published import CPUNISH, RANDHIE_NB2, STAR98, to_panel
 
 import daskglm as dg
-from daskglm.registry import FAMILIES, SOLVERS
+from daskglm.api.registry import FAMILIES, SOLVERS
 from daskglm.solvers.preconditioning import (
     MatrixPreconditioner,
     Preconditioner,
@@ -238,7 +238,7 @@ def test_inverse_free_on_wampler5_with_the_accurate_step(monkeypatch, solver, da
 
 def _filip_hessians():
     """Filip's design (1, x, ..., x^10), its float64 Hessian and the double-double one."""
-    from daskglm.double_double import dd_gram
+    from daskglm.kernels.double_double import dd_gram
 
     meta = json.loads((NIST_DIR / "Filip.json").read_text())
     df = pd.read_csv(NIST_DIR / "Filip.csv")
@@ -258,7 +258,7 @@ def test_accurate_preconditioner_on_filip(monkeypatch):
     zero, reach 7 certified digits (the float64 preconditioner: none)."""
     if not (NIST_DIR / "Filip.json").exists():
         pytest.skip(f"NIST StRD files are not at {NIST_DIR}")
-    from daskglm.double_double import dd_gradient
+    from daskglm.kernels.double_double import dd_gradient
 
     X, y, H, H_dd, certified = _filip_hessians()
     plain = MatrixPreconditioner.from_hessian(H, 0, 11)

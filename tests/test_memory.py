@@ -19,7 +19,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from daskglm.simulate import simulate_panel
+from daskglm.api.simulate import simulate_panel
 
 SIZES = {"i": 240, "j": 200, "k": 200}
 DESIGN_BYTES = int(np.prod(list(SIZES.values()))) * 29 * 8

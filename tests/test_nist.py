@@ -13,7 +13,7 @@ when cert = 0), capped at 15, minimum over the coefficients. Required: 9 digits 
 lower-difficulty sets and NoInt1/2, 6 for Wampler1-5 and Filip, for the estimates and the
 standard errors. Filip's Gram matrix has condition 3e16 after scaling: no normal-equations
 solve has a correct digit, and the fit goes through the tall-skinny QR route of
-:mod:`daskglm.qr`. The achieved digits are printed (``pytest -s``) and recorded as properties.
+:mod:`daskglm.kernels.qr`. The achieved digits are printed (``pytest -s``) and recorded as properties.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def nist_digits(name: str, **fit_options) -> dict[str, float]:
 
 @pytest.mark.parametrize("name", list(REQUIRED))
 def test_nist_certified_values(name, record_property):
-    # the Gaussian QR pass sums X'r in double-double (daskglm.double_double), not in
+    # the Gaussian QR pass sums X'r in double-double (daskglm.kernels.double_double), not in
     # numpy.longdouble: the same digits on Windows and Apple silicon as on x86-64 Linux
     digits = nist_digits(name)
     print(
@@ -168,11 +168,11 @@ def test_qr_gradient_is_double_double(chunks):
 
     import dask
 
-    from daskglm import graph
-    from daskglm.engine import run_setup
-    from daskglm.panel import build_panel
-    from daskglm.qr import qr_grad_size, qr_unpack, qr_width
-    from daskglm.qr_graph import qr_graph
+    from daskglm.frontend.objective import run_setup
+    from daskglm.frontend.panel import build_panel
+    from daskglm.graph import passes as graph
+    from daskglm.graph.qr import qr_graph
+    from daskglm.kernels.qr import qr_grad_size, qr_unpack, qr_width
 
     ds, names, meta = load("Wampler5")
     panel = build_panel(ds, "y", names, dg.Gaussian(), chunks=chunks)

@@ -21,7 +21,7 @@ import xarray as xr
 from distributed import Client, LocalCluster
 
 import daskglm as dg
-from daskglm.simulate import simulate_panel
+from daskglm.api.simulate import simulate_panel
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 # llvmlite) are loaded on the first pass, about 75 MB more than the imports alone
 _IDLE_RSS = (
     "import psutil, daskglm, distributed, xarray, zarr, dask.array, scipy.special, scipy.optimize;"
-    "import numpy as np; from daskglm.simulate import simulate_panel;"
+    "import numpy as np; from daskglm.api.simulate import simulate_panel;"
     "b = {'x_ijk': (('i', 'j', 'k'), 2), 'x_ij': (('i', 'j'), 1), 'x_k': (('k',), 1)};"
     "ds = simulate_panel({'i': 10, 'j': 10, 'k': 10}, 'gaussian', blocks=b, dtype=np.float32);"
     "daskglm.fit(ds, 'y', ['x_ijk_1', 'x_ijk_2', 'x_ij_1', 'x_k_1'], 'gaussian', progress=False);"

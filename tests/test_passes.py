@@ -12,8 +12,8 @@ import pytest
 from helpers import make_panel
 
 import daskglm as dg
-from daskglm import graph
-from daskglm.panel import build_panel
+from daskglm.frontend.panel import build_panel
+from daskglm.graph import passes as graph
 
 
 class CountingScheduler:

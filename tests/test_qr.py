@@ -1,4 +1,4 @@
-"""The tall-skinny QR pass (:mod:`daskglm.qr`) against the expanded design, and its solves.
+"""The tall-skinny QR pass (:mod:`daskglm.kernels.qr`) against the expanded design, and its solves.
 
 References are independent: the long table of ``tests/helpers.py`` (covariates broadcast in
 pandas), on which ``X' W X``, ``X' w g`` and the Newton step are formed directly in numpy, and
@@ -15,12 +15,12 @@ import pytest
 from helpers import expand, make_panel
 
 import daskglm as dg
-from daskglm import graph
-from daskglm.engine import run_setup
-from daskglm.inference import _inverse_information, inverse_information_qr
-from daskglm.panel import build_panel
-from daskglm.qr import qr_grad_size, qr_unpack, qr_width
-from daskglm.qr_graph import qr_graph
+from daskglm.frontend.objective import run_setup
+from daskglm.frontend.panel import build_panel
+from daskglm.graph import passes as graph
+from daskglm.graph.qr import qr_graph
+from daskglm.kernels.inference import _inverse_information, inverse_information_qr
+from daskglm.kernels.qr import qr_grad_size, qr_unpack, qr_width
 from daskglm.solvers.newton import newton_direction, qr_direction
 
 

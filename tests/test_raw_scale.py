@@ -28,8 +28,8 @@ import xarray as xr
 from helpers import statsmodels_fit
 
 import daskglm as dg
-from daskglm.checks import collinear_groups
-from daskglm.registry import FAMILIES
+from daskglm.api.registry import FAMILIES
+from daskglm.kernels.checks import collinear_groups
 
 
 @functools.cache

@@ -19,7 +19,7 @@ from scipy import stats
 from test_formula import make_panel
 
 import daskglm as dg
-from daskglm.report import STARS
+from daskglm.api.report import STARS
 
 pytest.importorskip("matplotlib")
 
@@ -203,7 +203,7 @@ def test_a_missing_matplotlib_names_the_extra(fits, monkeypatch):
 
 
 def test_cli_writes_the_table_and_the_plot(tmp_path, capsys):
-    from daskglm.cli import main
+    from daskglm.api.cli import main
 
     ds = make_panel(seed=7)
     store = str(tmp_path / "p.zarr")

@@ -19,9 +19,10 @@ import pytest
 from scipy import special
 
 import daskglm as dg
-from daskglm import engines, kernels
-from daskglm.layout import ArgSpec, Block, Layout
-from daskglm.registry import FAMILIES
+from daskglm.api.registry import FAMILIES
+from daskglm.kernels import chunk as kernels
+from daskglm.kernels import engines
+from daskglm.kernels.layout import ArgSpec, Block, Layout
 
 ENGINES = ["numpy"] + (["numba"] if engines.numba_available() else [])
 SHAPE = (4, 5, 7)
@@ -219,7 +220,7 @@ def _check(got: dict, ref: dict, layout: Layout, chunked: bool = False) -> None:
         g, r = np.asarray(got[name], dtype=float), np.asarray(ref[name], dtype=float)
         if name == "bad_any" and chunked:
             # every chunk counts the values of the inputs it is handed, and an input off a chunked
-            # axis is handed to several chunks: only "any" is meaningful (checks.py reads > 0)
+            # axis is handed to several chunks: only "any" is meaningful (kernels/checks.py reads > 0)
             np.testing.assert_array_equal(g > 0, r > 0, err_msg=name)
         elif name.startswith(("n_", "bad", "nonpos", "domain", "neg")):
             np.testing.assert_array_equal(g, r, err_msg=name)

@@ -11,8 +11,8 @@ import numpy as np
 from helpers import expand, statsmodels_fit
 
 import daskglm as dg
-from daskglm import graph
-from daskglm.simulate import simulate_panel
+from daskglm.api.simulate import simulate_panel
+from daskglm.graph import passes as graph
 
 BLOCKS = {"x": (("i", "j", "k"), 2), "xij": (("i", "j"), 2), "xk": (("k",), 1), "xjk": (("j", "k"), 1)}
 

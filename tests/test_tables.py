@@ -22,7 +22,7 @@ import statsmodels.api as sm
 import xarray as xr
 
 import daskglm as dg
-from daskglm.cli import main as cli_main
+from daskglm.api.cli import main as cli_main
 
 DIMS = ["i", "j", "k"]
 I_LABELS = ["USA", "CHN", "DEU", "FRA", "JPN", "BRA", "IND"]  # strings, given unsorted

@@ -10,7 +10,7 @@ because the curvature has moved. The solvers run in the whitened coordinates ``z
 R z``) where that curvature is the identity, so a unit gradient step is a Newton step with the
 last Hessian. At convergence one more full step ``R R' g`` polishes the estimates
 (:meth:`_Run.polish`; for the Gaussian, where a float64 gradient's rounding would move the
-estimates, with the gradient summed in double-double, one more pass: :mod:`daskglm.accurate`).
+estimates, with the gradient summed in double-double, one more pass: :mod:`daskglm.kernels.accurate`).
 Where the float64 Hessian is too ill-conditioned for that (the float64 Newton-Schulz iteration
 needs a damping or stops above a residual of 1e-6: NIST's Filip, condition number 1.5e19), a
 Gaussian objective's Hessian is summed in double-double (``accurate_hessian``, one pass, once)
@@ -262,7 +262,7 @@ class _Run:
         Where a float64 gradient's rounding (``eps |X|' |w r|``, large where the residuals are)
         could move the estimates by more than 1e-10 relative and the objective has an
         ``accurate_evaluation`` (the Gaussian: ``X' w r`` summed in double-double,
-        :mod:`daskglm.accurate`; see :func:`~.preconditioning.accurate_evaluator`), the
+        :mod:`daskglm.kernels.accurate`; see :func:`~.preconditioning.accurate_evaluator`), the
         gradient at ``x`` is first recomputed that way (one more pass, no row) and the step's
         trial is evaluated that way too: float64 would leave the estimates up to 5e-6 off on
         NIST's Wampler5. If the step does not cut the

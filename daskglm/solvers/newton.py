@@ -14,7 +14,7 @@ further. That is accurate while ``cond(-H)`` (equilibrated) is well below ``1 / 
 ``-H = X' W X`` squares the condition of the weighted design, so designs such as NIST's Filip
 (a degree-10 polynomial: ``cond(-H)`` about 3e16 after scaling) have no correct digit by
 that route. When the objective offers ``qr_evaluation`` (one pass giving the evaluation and the
-tall-skinny QR factor ``[R, Q'r]`` of ``sqrt(W) [X | r]``, :mod:`daskglm.qr`) and the
+tall-skinny QR factor ``[R, Q'r]`` of ``sqrt(W) [X | r]``, :mod:`daskglm.kernels.qr`) and the
 equilibrated condition number exceeds ``NewtonConfig.qr_cond`` (by default the objective's:
 1e6 for the Gaussian family, whose large-residual fits lose ``cond^2 * eps * |r|`` through the
 float64 gradient, 1e10 for the others, where the QR pass's cost, several Hessian passes, is
@@ -163,7 +163,7 @@ CSNE_COND = 1e7
 
 
 def qr_direction(factor, grad: np.ndarray, hess: np.ndarray | None) -> np.ndarray | None:
-    """The Newton step from a TSQR factor (:class:`daskglm.qr.TSQR`): ``factor.r`` is
+    """The Newton step from a TSQR factor (:class:`daskglm.kernels.qr.TSQR`): ``factor.r`` is
     ``[[R, z], [0, rho]]`` of ``sqrt(W) [X | r]`` (``R'R = -H`` on the coefficients,
     ``R'z = g``), so the step is ``R^{-1} z``, the weighted least-squares solution, without
     forming ``R'R``. With an extended-precision gradient ``factor.grad`` (Gaussian) and a

@@ -171,7 +171,7 @@ def _final_step(
     """The last step ``(-H)^-1 g`` from the evaluation ``e``: with the gradient recomputed in
     double-double where a float64 gradient's rounding could move the estimates by more than
     1e-10 relative and the objective offers it (``accurate_evaluation``: the Gaussian, one
-    more pass; :func:`~.preconditioning.accurate_evaluator`, :mod:`daskglm.accurate`), else
+    more pass; :func:`~.preconditioning.accurate_evaluator`, :mod:`daskglm.kernels.accurate`), else
     ``step`` as it is. Newton's own last step uses an extended-precision gradient there too
     (its QR pass); a float64 one leaves the estimates up to 5e-6 off on NIST's Wampler5.
     Records ``accurate_gradient`` in ``row``."""

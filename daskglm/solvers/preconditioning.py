@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..double_double import dd_matmul, dd_scale, two_sum
+from ..kernels.double_double import dd_matmul, dd_scale, two_sum
 
 __all__ = [
     "Preconditioner",
@@ -281,7 +281,7 @@ def dd_newton_schulz_inverse(
 
     ``C = c_hi + c_lo``; ``X_0 = alpha I`` with ``alpha`` the power of two at or below
     ``1 / ||C||_inf`` (exact), then ``X_{k+1} = X_k + X_k (I - C X_k)`` with every product by
-    :func:`~daskglm.double_double.dd_matmul`. Reaches a residual of about ``cond(C) eps^2``
+    :func:`~daskglm.kernels.double_double.dd_matmul`. Reaches a residual of about ``cond(C) eps^2``
     instead of ``cond(C) eps``. Returns ``X`` rounded to float64 (``hi + lo``).
     """
     P = c_hi.shape[0]

@@ -1,0 +1,899 @@
+"""The compiled evaluation kernel: one sweep per slab in a few numba loops (numpy + numba, no dask).
+
+:func:`eval_chunk` has the signature and the packed output of
+:func:`daskglm.kernels.chunk.eval_chunk` (the numpy reference), so the graph layer can map either
+(``engine=``, :mod:`daskglm.kernels.engines`). Per slab of a chunk it
+
+1. packs the full-grid covariates into an ``(F, cells)`` float64 matrix (converting float32
+   and zeroing non-finite values in the same loop);
+2. computes eta: the packed columns times their coefficients, plus the parts of eta on
+   smaller grids (:meth:`~daskglm.kernels.contract.BlockContractor.linear_grids`, made once per
+   chunk) and the offset, gathered by per-grid row offsets (stride 0 along the axes a grid
+   lacks);
+3. the family's ``f``, ``g``, ``h`` per cell (the compiled cell function of
+   :mod:`daskglm.kernels.families_numba` where there is one, else the family's numpy
+   ``derivatives``);
+4. the reductions: ``X' w g`` and ``X' diag(w h) X`` as planned by
+   :mod:`daskglm.kernels.sweep_plan` (dense products of the packed columns; scatter-adds onto the
+   small grids), contracted with the small covariate arrays once per chunk.
+
+Each step is its own short loop over the slab (kept in cache): one fused loop does not
+vectorise, a few simple ones do. The cells of a slab are visited in C order as rows along the
+last axis; a grid's cell for row ``r`` and position ``t`` is ``base[r] + t * s`` with ``s``
+0 or 1.
+
+The final pass (``final=True``) adds the meat (the Hessian's accumulations with ``w g^2``
+instead of ``w h``), the deviance and the separated cells (counted in numpy at the sweep's eta
+by the family's own rule). Families without a compiled cell kernel run the numpy kernel.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numba
+import numpy as np
+from numba.typed import List as NumbaList
+
+from . import chunk as kernels
+from . import families_numba
+from .chunk import _block_matrix, _expand, eval_packer
+from .contract import BlockContractor
+from .layout import Layout
+from .sweep_plan import SweepPlan, grid_shape, make_plan, matrix_result, partial_sum, vector_result
+
+__all__ = ["eval_chunk", "fe_eval_chunk", "SLAB_CELLS"]
+
+#: cells per slab of the compiled sweep (its few arrays stay in the L2 cache)
+SLAB_CELLS = 16384
+
+#: reassociation lets the sums vectorise; no finite-math assumption (NaN/inf stay honest)
+_FM = {"reassoc", "contract", "nsz"}
+
+
+def _jit(fn):
+    return numba.njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")(fn)
+
+
+# ------------------------------------------------------------------------ compiled loops
+# Row loops index views of the rows (``a[b : b + L]``), not ``a[b + t]``: with a signed offset
+# numba must handle negative indices, which keeps the inner loops from vectorising.
+
+
+@_jit
+def _gather(dst, vals, base, s, L):  # pragma: no cover - compiled
+    """dst[r L + t] = vals[base[r] + t s]."""
+    for r in range(base.shape[0]):
+        b = base[r]
+        d = dst[r * L : r * L + L]
+        if s == 0:
+            v = vals[b]
+            for t in range(L):
+                d[t] = v
+        else:
+            g = vals[b : b + L]
+            for t in range(L):
+                d[t] = g[t]
+
+
+@_jit
+def _add_grid(eta, vals, base, s, L):  # pragma: no cover - compiled
+    """eta[r L + t] += vals[base[r] + t s]."""
+    for r in range(base.shape[0]):
+        b = base[r]
+        e = eta[r * L : r * L + L]
+        if s == 0:
+            v = vals[b]
+            for t in range(L):
+                e[t] += v
+        else:
+            g = vals[b : b + L]
+            for t in range(L):
+                e[t] += g[t]
+
+
+@_jit
+def _scatter(v, acc, base, s, L):  # pragma: no cover - compiled
+    """acc[base[r] + t s] += v[r L + t]."""
+    for r in range(base.shape[0]):
+        b = base[r]
+        vr = v[r * L : r * L + L]
+        if s == 0:
+            tot = 0.0
+            for t in range(L):
+                tot += vr[t]
+            acc[b] += tot
+        else:
+            a = acc[b : b + L]
+            for t in range(L):
+                a[t] += vr[t]
+
+
+@_jit
+def _scatter_prod(v, x, xbase, xs, acc, base, s, L):  # pragma: no cover - compiled
+    """acc[base[r] + t s] += v[r L + t] x[xbase[r] + t xs]."""
+    R = base.shape[0]
+    if xs == 0 and s == 0:
+        for r in range(R):
+            vr = v[r * L : r * L + L]
+            tot = 0.0
+            for t in range(L):
+                tot += vr[t]
+            acc[base[r]] += x[xbase[r]] * tot
+    elif xs == 0:
+        for r in range(R):
+            xv = x[xbase[r]]
+            b = base[r]
+            a = acc[b : b + L]
+            vr = v[r * L : r * L + L]
+            for t in range(L):
+                a[t] += xv * vr[t]
+    elif s == 0:
+        for r in range(R):
+            xb = xbase[r]
+            xr = x[xb : xb + L]
+            vr = v[r * L : r * L + L]
+            tot = 0.0
+            for t in range(L):
+                tot += xr[t] * vr[t]
+            acc[base[r]] += tot
+    else:
+        for r in range(R):
+            xb = xbase[r]
+            b = base[r]
+            xr = x[xb : xb + L]
+            a = acc[b : b + L]
+            vr = v[r * L : r * L + L]
+            for t in range(L):
+                a[t] += xr[t] * vr[t]
+
+
+@_jit
+def _scatter_prod2(v, x, x2, xbase, xs, acc, acc2, base, s, L):  # pragma: no cover - compiled
+    """:func:`_scatter_prod` for two columns at once (one read of ``v`` per row)."""
+    R = base.shape[0]
+    if xs == 0 and s == 0:
+        for r in range(R):
+            vr = v[r * L : r * L + L]
+            tot = 0.0
+            for t in range(L):
+                tot += vr[t]
+            acc[base[r]] += x[xbase[r]] * tot
+            acc2[base[r]] += x2[xbase[r]] * tot
+    elif xs == 0:
+        for r in range(R):
+            xv = x[xbase[r]]
+            xv2 = x2[xbase[r]]
+            b = base[r]
+            a = acc[b : b + L]
+            a2 = acc2[b : b + L]
+            vr = v[r * L : r * L + L]
+            for t in range(L):
+                a[t] += xv * vr[t]
+                a2[t] += xv2 * vr[t]
+    elif s == 0:
+        for r in range(R):
+            xb = xbase[r]
+            xr = x[xb : xb + L]
+            xr2 = x2[xb : xb + L]
+            vr = v[r * L : r * L + L]
+            tot = 0.0
+            tot2 = 0.0
+            for t in range(L):
+                tot += xr[t] * vr[t]
+                tot2 += xr2[t] * vr[t]
+            acc[base[r]] += tot
+            acc2[base[r]] += tot2
+    else:
+        for r in range(R):
+            xb = xbase[r]
+            b = base[r]
+            xr = x[xb : xb + L]
+            xr2 = x2[xb : xb + L]
+            a = acc[b : b + L]
+            a2 = acc2[b : b + L]
+            vr = v[r * L : r * L + L]
+            for t in range(L):
+                a[t] += xr[t] * vr[t]
+                a2[t] += xr2[t] * vr[t]
+
+
+@_jit
+def _dot2(v, x, x2, n):  # pragma: no cover - compiled
+    """(sum v x, sum v x2) over the first ``n`` cells."""
+    a = 0.0
+    b = 0.0
+    for i in range(n):
+        a += v[i] * x[i]
+        b += v[i] * x2[i]
+    return a, b
+
+
+@_jit
+def _dots(XF, v, out, n):  # pragma: no cover - compiled
+    """out[f] += sum XF[f] v, two rows per sweep of v."""
+    F = XF.shape[0]
+    f = 0
+    while f + 1 < F:
+        a, b = _dot2(v, XF[f], XF[f + 1], n)
+        out[f] += a
+        out[f + 1] += b
+        f += 2
+    if f < F:
+        out[f] += _dot(XF[f], v, n)
+
+
+@_jit
+def _pack_linear(src, dst, eta, b, first):  # pragma: no cover - compiled
+    """dst = src as float64, 0 where it is not finite; eta (=, if ``first``) += b dst."""
+    n = src.shape[0]
+    if first:
+        for i in range(n):
+            v = np.float64(src[i])
+            v = v if abs(v) < np.inf else 0.0
+            dst[i] = v
+            eta[i] = b * v
+    else:
+        for i in range(n):
+            v = np.float64(src[i])
+            v = v if abs(v) < np.inf else 0.0
+            dst[i] = v
+            eta[i] += b * v
+
+
+@_jit
+def _mask(y, wb, weighted, drop, c0, safe_y, ub, yb):  # pragma: no cover - compiled
+    """ub = the used cells (finite y, non-zero weight, not dropped), yb = y there (safe_y
+    elsewhere); returns the number of unused cells."""
+    n = y.shape[0]
+    bad = 0
+    has_drop = drop.shape[0] > 0
+    for i in range(n):
+        v = y[i]
+        ok = abs(v) < np.inf
+        if weighted:
+            ok = ok & (wb[i] != 0.0)
+        if has_drop:
+            ok = ok & (drop[c0 + i] == 0)
+        ub[i] = ok
+        yb[i] = v if ok else safe_y
+        bad += 0 if ok else 1
+    return bad
+
+
+@_jit
+def _dot(x, v, n):  # pragma: no cover - compiled
+    acc = 0.0
+    for i in range(n):
+        acc += x[i] * v[i]
+    return acc
+
+
+@_jit
+def _sweep(
+    code,
+    theta,
+    n_rows,
+    extra,
+    hessian,
+    final,
+    y,
+    safe_y,
+    L,
+    slab_rows,
+    seg,
+    src,
+    beta_full,
+    B,
+    S,
+    GV,
+    goff,
+    ggrid,
+    wgrid,
+    WV,
+    tgrid,
+    TV,
+    egrid,
+    EV,
+    drop,
+    ops,
+    XS,
+    A,
+    sums,
+    gfull,
+    efull,
+    ff,
+    ffm,
+    mfull,
+    eta_out,
+    wh_out,
+):  # pragma: no cover - compiled
+    """The whole chunk, slab by slab (``slab_rows`` rows of ``L`` cells each, or segments of
+    ``seg`` cells of rows longer than that).
+
+    ``B[k, r]`` and ``S[k]``: grid ``k``'s index of row ``r``'s first cell and its step along
+    the row. eta grids: values ``GV[goff[g]:goff[g + 1]]`` on grid ``ggrid[g]``; weights,
+    trials, event: grid index (-1: none) and values. ``ops`` rows: (kind, which, grid, acc
+    offset, acc size, columns, x grid, x offset, x size) with kind 0 ``acc += v``, 1 ``acc +=
+    v x_full[c]``, 2 ``acc += v x_small[c]``; which 0: w g, 1: w h, 2: w f_et, 3: w g^2 (the
+    meat), 4: w g f_t. ``sums``: w f, w f_t, w f_tt, w deviance, w f_t^2. With ``final`` also
+    the meat's products (``ffm``, ``mfull``) and eta at every cell (``eta_out``); ``wh_out``
+    (unless empty) receives ``w h`` at every cell.
+    """  # fmt: skip
+    R = B.shape[1]
+    F = len(src)
+    L_row = L
+    # rows longer than a slab are cut into segments of ``seg`` cells, one segment per slab
+    nseg = 1 if L_row <= seg else (L_row + seg - 1) // seg
+    maxn = slab_rows * L_row if nseg == 1 else seg
+    yb = np.empty(maxn)
+    wb = np.empty(maxn)
+    ub = np.empty(maxn, dtype=np.bool_)
+    eta = np.empty(maxn)
+    tb = np.ones(maxn)
+    eb = np.zeros(maxn)
+    XFflat = np.empty(F * maxn)
+    XF = XFflat.reshape((F, maxn))
+    st = np.empty((n_rows + 2, maxn))  # the family's rows, then w g^2 and w g f_t
+    dev = np.empty(maxn)
+    tmp = np.empty(maxn)
+    row_starts = np.arange(slab_rows) * L_row
+    Bs = np.empty((B.shape[0], 1), dtype=np.int64)
+    n_slabs = (R + slab_rows - 1) // slab_rows if nseg == 1 else R * nseg
+    for sl in range(n_slabs):
+        if nseg == 1:
+            r0 = sl * slab_rows
+            r1 = min(r0 + slab_rows, R)
+            L = L_row
+            c0 = r0 * L_row
+            ns = (r1 - r0) * L
+            Bv = B[:, r0:r1]
+            full_rows = row_starts[: r1 - r0]
+        else:
+            r0 = sl // nseg
+            t0 = (sl % nseg) * seg
+            L = min(seg, L_row - t0)
+            c0 = r0 * L_row + t0
+            ns = L
+            for k in range(B.shape[0]):
+                Bs[k, 0] = B[k, r0] + t0 * S[k]
+            Bv = Bs[:, 0:1]
+            full_rows = row_starts[:1]
+        # the mask, y and the weights (as kernels.ChunkData)
+        weighted = wgrid >= 0
+        if weighted:
+            _gather(wb, WV, Bv[wgrid], S[wgrid], L)
+        bad = _mask(y[c0 : c0 + ns], wb, weighted, drop, c0, safe_y, ub, yb)
+        unit = not weighted and bad == 0
+        if bad:
+            for i in range(ns):
+                if weighted:
+                    wb[i] = wb[i] if ub[i] else 0.0
+                else:
+                    wb[i] = 1.0 if ub[i] else 0.0
+        if tgrid >= 0:
+            _gather(tb, TV, Bv[tgrid], S[tgrid], L)
+            if bad:
+                for i in range(ns):
+                    tb[i] = tb[i] if ub[i] else 1.0
+        if egrid >= 0:
+            _gather(eb, EV, Bv[egrid], S[egrid], L)
+            if bad:
+                for i in range(ns):
+                    eb[i] = eb[i] if ub[i] else 0.0
+        # the full-grid columns (packed as float64, 0 where not finite) and eta
+        if F == 0:
+            for i in range(ns):
+                eta[i] = 0.0
+        for f in range(F):
+            _pack_linear(src[f][c0 : c0 + ns], XF[f], eta, beta_full[f], f == 0)
+        for g in range(ggrid.shape[0]):
+            k = ggrid[g]
+            _add_grid(eta, GV[goff[g] : goff[g + 1]], Bv[k], S[k], L)
+        if bad:
+            for i in range(ns):
+                eta[i] = eta[i] if ub[i] else 0.0
+        # the family, weighted in place
+        families_numba.cell_stats(code, yb[:ns], eta[:ns], tb[:ns], eb[:ns], theta, st)
+        if extra or final:
+            families_numba.cell_deviance(code, yb[:ns], eta[:ns], tb[:ns], eb[:ns], theta, dev)
+        if final:
+            eo = eta_out[c0 : c0 + ns]
+            for i in range(ns):
+                eo[i] = eta[i]
+            if hessian:  # the meat's cell arrays, from the unweighted g (and f_t)
+                g_, m3 = st[1], st[n_rows]
+                for i in range(ns):
+                    m3[i] = g_[i] * g_[i] if unit else wb[i] * g_[i] * g_[i]
+                if extra:
+                    ft, m4 = st[3], st[n_rows + 1]
+                    tt = 0.0
+                    for i in range(ns):
+                        wi = 1.0 if unit else wb[i]
+                        m4[i] = wi * g_[i] * ft[i]
+                        tt += wi * ft[i] * ft[i]
+                    sums[4] += tt
+        for q in range(n_rows):
+            row = st[q]
+            if not unit:
+                for i in range(ns):
+                    row[i] *= wb[i]
+        acc = 0.0
+        row = st[0]
+        for i in range(ns):
+            acc += row[i]
+        sums[0] += acc
+        if wh_out.shape[0]:
+            wo = wh_out[c0 : c0 + ns]
+            h_ = st[2]
+            for i in range(ns):
+                wo[i] = h_[i]
+        if extra:
+            sums[1] += _sum(st[3], ns)
+            sums[2] += _sum(st[5], ns)
+        if extra or final:
+            sums[3] += _sum(dev, ns) if unit else _dot(dev, wb, ns)
+        # the reductions
+        _dots(XF, st[1], gfull, ns)
+        if hessian:
+            _gram(XF, st[2], ff, tmp, ns)
+            if extra:
+                _dots(XF, st[4], efull, ns)
+            if final:
+                _gram(XF, st[n_rows], ffm, tmp, ns)
+                if extra:
+                    _dots(XF, st[n_rows + 1], mfull, ns)
+        for o in range(ops.shape[0]):
+            kind, which, grid, aoff, asize, ncols = (
+                ops[o, 0],
+                ops[o, 1],
+                ops[o, 2],
+                ops[o, 3],
+                ops[o, 4],
+                ops[o, 5],
+            )
+            v = (
+                st[1]
+                if which == 0
+                else (st[2] if which == 1 else (st[4] if which == 2 else st[n_rows + which - 3]))
+            )
+            base = Bv[grid]
+            s = S[grid]
+            if kind == 0:
+                _scatter(v, A[aoff : aoff + asize], base, s, L)
+            elif kind == 1:
+                c = 0
+                while c + 1 < ncols:  # two columns per sweep of v
+                    a = A[aoff + c * asize : aoff + (c + 1) * asize]
+                    a2 = A[aoff + (c + 1) * asize : aoff + (c + 2) * asize]
+                    _scatter_prod2(v, XF[c], XF[c + 1], full_rows, 1, a, a2, base, s, L)
+                    c += 2
+                if c < ncols:
+                    a = A[aoff + c * asize : aoff + (c + 1) * asize]
+                    _scatter_prod(v, XF[c], full_rows, 1, a, base, s, L)
+            else:
+                xgrid, xoff, xsize = ops[o, 6], ops[o, 7], ops[o, 8]
+                xb = Bv[xgrid]
+                c = 0
+                while c + 1 < ncols:  # two columns per sweep of v
+                    a = A[aoff + c * asize : aoff + (c + 1) * asize]
+                    a2 = A[aoff + (c + 1) * asize : aoff + (c + 2) * asize]
+                    x = XS[xoff + c * xsize : xoff + (c + 1) * xsize]
+                    x2 = XS[xoff + (c + 1) * xsize : xoff + (c + 2) * xsize]
+                    _scatter_prod2(v, x, x2, xb, S[xgrid], a, a2, base, s, L)
+                    c += 2
+                if c < ncols:
+                    a = A[aoff + c * asize : aoff + (c + 1) * asize]
+                    x = XS[xoff + c * xsize : xoff + (c + 1) * xsize]
+                    _scatter_prod(v, x, xb, S[xgrid], a, base, s, L)
+
+
+@_jit
+def _gram(XF, v, ff, tmp, n):  # pragma: no cover - compiled
+    """ff[f, g] += sum XF[f] XF[g] v for g <= f, two columns per sweep of the product."""
+    for f in range(XF.shape[0]):
+        x = XF[f]
+        for i in range(n):
+            tmp[i] = x[i] * v[i]
+        g = 0
+        while g + 1 <= f:
+            s1, s2 = _dot2(tmp, XF[g], XF[g + 1], n)
+            ff[f, g] += s1
+            ff[f, g + 1] += s2
+            g += 2
+        if g == f:
+            ff[f, f] += _dot(tmp, XF[f], n)
+
+
+@_jit
+def _sum(x, n):  # pragma: no cover - compiled
+    acc = 0.0
+    for i in range(n):
+        acc += x[i]
+    return acc
+
+
+# ------------------------------------------------------------------------ grid indexing
+@lru_cache(maxsize=256)
+def _grid_rows(gshape: tuple[int, ...], shape: tuple[int, ...]) -> tuple[np.ndarray, int]:
+    """A chunk-level grid's index of each row's first cell (rows: the chunk's cells in C order
+    in runs along the last axis) and its step along the row (0 or 1). ``gshape`` is the grid's
+    expanded shape (1 off its axes)."""
+    m = len(shape)
+    strides, step = [0] * m, 1
+    for d in reversed(range(m)):
+        if gshape[d] != 1:
+            strides[d] = step
+        step *= gshape[d]
+    base = np.zeros(shape[:-1], dtype=np.int64)
+    for d in range(m - 1):
+        if strides[d]:
+            idx = np.arange(shape[d], dtype=np.int64) * strides[d]
+            base += idx.reshape([-1 if e == d else 1 for e in range(m - 1)])
+    out = base.reshape(-1)
+    out.flags.writeable = False
+    return out, strides[-1]
+
+
+@lru_cache(maxsize=64)
+def _plan(layout: Layout) -> SweepPlan | None:
+    return make_plan(layout)
+
+
+def _plan_for(layout: Layout) -> SweepPlan | None:
+    try:
+        return _plan(layout)
+    except TypeError:  # an unhashable layout (a family with unhashable options)
+        return make_plan(layout)
+
+
+# ------------------------------------------------------------------------ the kernel
+def _family_code(family) -> int | None:
+    """The number of the family's compiled cell kernel (:attr:`CellKernel.code
+    <daskglm.kernels.families_numba.CellKernel>`), or None where it has none."""
+    kernel = families_numba.cell_kernel(family)
+    return None if kernel is None or kernel.code < 0 else kernel.code
+
+
+class _Grids:
+    """The distinct grids of a chunk (by expanded shape) and their row maps ``B``, ``S``."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        self.shape = shape
+        #: the shape the rows are taken along: trailing axes of length 1 left out (a row of one
+        #: cell per row would cost a loop per cell)
+        keep = len(shape)
+        while keep > 1 and shape[keep - 1] == 1:
+            keep -= 1
+        self.rshape = tuple(shape[:keep]) if shape else (1,)
+        self.index: dict[tuple[int, ...], int] = {}
+
+    def __call__(self, gshape: tuple[int, ...]) -> int:
+        gshape = tuple(gshape)
+        if gshape not in self.index:
+            self.index[gshape] = len(self.index)
+        return self.index[gshape]
+
+    def tables(self) -> tuple[np.ndarray, np.ndarray]:
+        rshape = self.rshape
+        R = int(np.prod(rshape[:-1]))
+        B = np.empty((max(len(self.index), 1), R), dtype=np.int64)
+        S = np.zeros(max(len(self.index), 1), dtype=np.int64)
+        rows = _grid_rows if R <= 2**16 else _grid_rows.__wrapped__  # cache only the small maps
+        for gshape, k in self.index.items():
+            B[k], S[k] = rows(tuple(gshape[: len(rshape)]) if gshape else (1,), rshape)
+        return B, S
+
+
+class _Accumulators:
+    """Chunk-level accumulation grids laid out in one flat array, and the sweep's ops."""
+
+    def __init__(self, grids: _Grids):
+        self.grids = grids
+        self.size = 0
+        self.ops: list[tuple[int, ...]] = []
+        self.views: list[tuple[int, int, tuple[int, ...]]] = []
+
+    def add(self, kind: int, which: int, gshape, ncols: int = 1, x=(0, 0, 0)) -> int:
+        """Reserve ``(ncols,) + gshape`` (``gshape`` alone for kind 0) and record its op; the
+        number returned retrieves the grid after the sweep (:meth:`view`)."""
+        gsize = int(np.prod(gshape))
+        self.ops.append((kind, which, self.grids(gshape), self.size, gsize, ncols) + tuple(x))
+        self.views.append((self.size, ncols, tuple(gshape), kind))
+        self.size += ncols * gsize
+        return len(self.views) - 1
+
+    def view(self, A: np.ndarray, handle: int) -> np.ndarray:
+        off, ncols, gshape, kind = self.views[handle]
+        piece = A[off : off + ncols * int(np.prod(gshape))]
+        return piece.reshape(gshape) if kind == 0 else piece.reshape((ncols,) + gshape)
+
+
+def _contractor(layout: Layout, plan: SweepPlan, local: list, shape: tuple[int, ...]) -> BlockContractor:
+    """The chunk's :class:`~daskglm.kernels.contract.BlockContractor` of the small blocks (the sweep
+    packs the full-grid ones itself; they are never built here), without its pair plan."""
+    full = set(plan.full)
+    X = [
+        None if k in full else _block_matrix(layout, local, shape, b, False)
+        for k, b in enumerate(layout.blocks)
+    ]
+    sizes = [b.size for b in layout.blocks]
+    return BlockContractor(X, [b.axes for b in layout.blocks], shape, sizes, {}, _plan=())
+
+
+def _as_columns(layout: Layout, plan: SweepPlan, local: list, n: int):
+    """The full-grid columns as 1-D contiguous arrays of one dtype (a numba typed list)."""
+    cols = []
+    for src, width, feat in plan.sources:
+        a = np.asarray(local[src])
+        if feat:
+            cols += list(np.ascontiguousarray(a.reshape(n, width).T))
+        else:
+            cols.append(np.ascontiguousarray(a).reshape(-1))
+    dtypes = {c.dtype for c in cols}
+    dtype = np.float32 if dtypes == {np.dtype(np.float32)} else np.float64
+    out = NumbaList.empty_list(numba.types.Array(numba.from_dtype(dtype), 1, "C"))
+    for c in cols:
+        out.append(np.ascontiguousarray(c, dtype=dtype))
+    return out
+
+
+def eval_chunk(
+    layout: Layout, params: np.ndarray, hessian: bool, final: bool, *arrays: np.ndarray, meat: bool = True
+) -> np.ndarray:
+    """Log-likelihood, gradient and (optionally) Hessian of one chunk at ``params``: the
+    compiled sweep. Same arguments and packed output as :func:`daskglm.kernels.chunk.eval_chunk`,
+    which it calls for families without a compiled cell kernel and for layouts the sweep does
+    not cover. With ``final`` also the deviance, the meat and the separated cells (counted in
+    numpy from the sweep's eta, by the family's own rule)."""
+    plan = _plan_for(layout)
+    code = None if plan is None else _family_code(layout.family)
+    if code is None:
+        return kernels.eval_chunk(layout, params, hessian, final, *arrays, meat=meat)
+    meat = meat and final and hessian
+    with np.errstate(all="ignore"):
+        out = _evaluate(layout, plan, code, params, hessian, final, meat, arrays)
+        vec = eval_packer(layout, hessian=hessian, final=final, meat=meat).pack(out)
+    return vec.reshape((1,) * layout.ndim + (-1,))
+
+
+def fe_eval_chunk(
+    layout: Layout, effects, params: np.ndarray, hessian: bool, final: bool, levels: tuple, *arrays
+):
+    """:func:`daskglm.kernels.effects.fe_eval_chunk` by the compiled sweep (same arguments, same dict):
+    the effects' level values enter eta as small grids (NaN, a dropped level, masks its cells),
+    and their reductions (``w g``, ``w h``, ``w h`` times each block's columns and NB2's
+    ``w f_et``, on each effect's grid) are more scatter-adds of the same sweep; ``W = -w h`` is
+    written out at every cell."""
+    plan = _plan_for(layout)
+    code = None if plan is None else _family_code(layout.family)
+    if code is None:
+        return _effects_module().fe_eval_chunk(layout, effects, params, hessian, final, levels, *arrays)
+    with np.errstate(all="ignore"):
+        return _evaluate(layout, plan, code, params, hessian, final, False, arrays, effects, levels)
+
+
+def _effects_module():
+    """:mod:`daskglm.kernels.effects` (imported on first use: it imports this module's package peers)."""
+    from . import effects
+
+    return effects
+
+
+def _evaluate(
+    layout: Layout,
+    plan: SweepPlan,
+    code: int,
+    params: np.ndarray,
+    hessian: bool,
+    final: bool,
+    meat: bool,
+    arrays: tuple,
+    effects=None,
+    levels=None,
+) -> dict:
+    """One chunk through :func:`_sweep` and the once-per-chunk contractions: the statistics of
+    :func:`eval_chunk` (``meat`` with the final pass's meat) or, with ``effects``, those of
+    :func:`fe_eval_chunk`."""
+    fam = layout.family
+    params = np.asarray(params, dtype=np.float64)
+    nb, extra = layout.n_beta, fam.n_extra > 0
+    beta, theta = params[:nb], params[nb:]
+    (iy,) = layout.role("y")
+    shape = tuple(np.shape(arrays[iy]))
+    n = int(np.prod(shape))
+    m = len(shape)
+    arrays = tuple(arrays)
+    effects = list(effects or ())
+    fe_parts = []
+    if effects:
+        for e, a in zip(effects, levels, strict=True):
+            target = [1] * m
+            for k, ax in enumerate(e.axes):
+                target[ax] = np.shape(a)[k]
+            fe_parts.append(np.asarray(a, dtype=np.float64).reshape(target))
+        if not all(np.isfinite(a).all() for a in fe_parts):  # dropped levels: their cells unused
+            ok = np.isfinite(sum(fe_parts[1:], fe_parts[0]))
+            masked = list(arrays)
+            masked[iy] = np.where(ok, np.asarray(arrays[iy], dtype=np.float64), np.nan)
+            arrays = tuple(masked)
+    local = [_expand(a, sp, shape) for a, sp in zip(arrays, layout.args, strict=True)]
+    con = _contractor(layout, plan, local, shape)
+    grids = _Grids(shape)
+    # eta's small grids, the offset and the effects' levels
+    parts = list(con.linear_grids(beta))
+    off = 0.0
+    for k in layout.role("offset"):
+        off = off + local[k].astype(np.float64, copy=False)
+    for k in layout.role("exposure"):
+        off = off + np.log(local[k].astype(np.float64, copy=False))
+    if np.ndim(off):
+        parts.append(np.asarray(off, dtype=np.float64))
+    parts += fe_parts
+    ggrid = np.array([grids(g.shape) for g in parts], dtype=np.int64)
+    GV = np.concatenate([np.ascontiguousarray(g).reshape(-1) for g in parts]) if parts else np.zeros(0)
+    goff = np.concatenate([[0], np.cumsum([g.size for g in parts])]).astype(np.int64)
+
+    def aux_grid(k):
+        if k is None:
+            return -1, np.zeros(0)
+        a = np.ascontiguousarray(local[k], dtype=np.float64)
+        return grids(a.shape), a.reshape(-1)
+
+    iw = layout.role("weights")
+    wgrid, WV = aux_grid(iw[0] if iw else None)
+    tgrid, TV = aux_grid(layout.role("trials")[0] if "trials" in fam.aux_roles else None)
+    egrid, EV = aux_grid(layout.role("event")[0] if "event" in fam.aux_roles else None)
+    drop = np.zeros(0, dtype=np.uint8)
+    if layout.missing == "drop":
+        bad = np.zeros(shape, dtype=bool)
+        for k, sp in enumerate(layout.args):
+            if sp.role != "y":
+                ok = np.isfinite(local[k])
+                bad |= ~(ok.all(axis=-1) if sp.n_features is not None else ok)
+        drop = bad.reshape(-1).astype(np.uint8)
+    # the accumulations
+    accs = _Accumulators(grids)
+    F = plan.n_full
+    XS_parts: list = []
+    gathered: dict = {}
+
+    def gather(s):
+        """Where block ``s``'s columns sit among the gathered values: (grid, offset, size)."""
+        if s not in gathered:
+            X = np.ascontiguousarray(con.X[s])
+            xoff = sum(p.size for p in XS_parts)
+            XS_parts.append(X.reshape(-1))
+            gathered[s] = (grids(X.shape[1:]), xoff, int(np.prod(X.shape[1:])))
+        return gathered[s]
+
+    h_vec = {U: accs.add(0, 0, grid_shape(U, shape)) for U in plan.vec_grids}
+    if hessian:
+        h_fx = {U: accs.add(1, 1, grid_shape(U, shape), F) for U in plan.vec_grids} if F else {}
+        h_c = {U: accs.add(0, 1, grid_shape(U, shape)) for U in plan.c_grids}
+        h_t = {s: {U: accs.add(2, 1, grid_shape(U, shape), con.sizes[s], gather(s)) for U in targets}
+               for s, targets in plan.comp}  # fmt: skip
+        if extra:
+            h_e = {U: accs.add(0, 2, grid_shape(U, shape)) for U in plan.vec_grids}
+        if meat:  # the meat: the Hessian's accumulations of w g^2 (and w g f_t)
+            m_fx = {U: accs.add(1, 3, grid_shape(U, shape), F) for U in plan.vec_grids} if F else {}
+            m_c = {U: accs.add(0, 3, grid_shape(U, shape)) for U in plan.c_grids}
+            m_t = {s: {U: accs.add(2, 3, grid_shape(U, shape), con.sizes[s], gather(s)) for U in targets}
+                   for s, targets in plan.comp}  # fmt: skip
+            if extra:
+                m_e = {U: accs.add(0, 4, grid_shape(U, shape)) for U in plan.vec_grids}
+    # the effects' reductions
+    every = frozenset(range(m))
+    fe_g, fe_h, fe_full, fe_e, fe_union, fe_t = [], [], [], [], {}, []
+    for e in effects:
+        eg = grid_shape(frozenset(e.axes), shape)
+        fe_g.append(accs.add(0, 0, eg))
+        if not hessian:
+            continue
+        fe_h.append(accs.add(0, 1, eg))
+        fe_full.append(accs.add(1, 1, eg, F) if F else None)
+        fe_e.append(accs.add(0, 2, eg) if extra else None)
+        t = {}
+        for k in plan.small:
+            union = frozenset(e.axes) | plan.axes[k]
+            if union == every:
+                t[k] = accs.add(2, 1, eg, con.sizes[k], gather(k))
+            elif union not in fe_union:
+                fe_union[union] = accs.add(0, 1, grid_shape(union, shape))
+        fe_t.append(t)
+    XS = np.concatenate(XS_parts) if XS_parts else np.zeros(0)
+    B, S = grids.tables()
+    ops = np.array(accs.ops, dtype=np.int64).reshape(-1, 9)
+    A = np.zeros(accs.size)
+    sums = np.zeros(5)
+    gfull, efull, ff = np.zeros(F), np.zeros(F), np.zeros((F, F))
+    ffm, mfull = np.zeros((F, F)), np.zeros(F)
+    eta_out = np.zeros(n if final else 0)
+    wh_out = np.zeros(n if effects and hessian else 0)
+    kernel = families_numba.cell_kernel(fam)
+    cell_theta = kernel.theta(theta)
+    L = grids.rshape[-1]
+    slab_rows = max(1, SLAB_CELLS // max(L, 1))
+    y = np.ascontiguousarray(local[iy], dtype=np.float64).reshape(-1)
+    src = _as_columns(layout, plan, local, n)
+    if n:
+        _sweep(
+            code, cell_theta, kernel.n_rows, extra, hessian, final, y, float(fam.safe_y), L, slab_rows,
+            SLAB_CELLS, src, np.ascontiguousarray(beta[plan.colpos]), B, S, GV, goff, ggrid, wgrid, WV,
+            tgrid, TV, egrid, EV, drop, ops, XS, A, sums, gfull, efull, ff, ffm, mfull, eta_out, wh_out,
+        )  # fmt: skip
+    # the once-per-chunk contractions
+    out: dict[str, object] = {"ll": sums[0]}
+    if final or extra:
+        out["dev"] = sums[3]
+    grad = vector_result(plan, con, gfull, {U: accs.view(A, h) for U, h in h_vec.items()})
+    out["grad"] = np.concatenate([grad, [sums[1]]]) if extra else grad
+    P = layout.n_params
+
+    def views(hs: dict) -> dict:
+        return {U: accs.view(A, h) for U, h in hs.items()}
+
+    def quadratic(full, fx, c, t, efull, e, tt) -> np.ndarray:
+        """The P x P matrix of one accumulation (the Hessian's or the meat's), with NB2's row."""
+        M = np.zeros((P, P))
+        pairs = {s: views(hs) for s, hs in t.items()}
+        M[:nb, :nb] = matrix_result(plan, con, full, views(fx), views(c), pairs)
+        if extra:
+            v = vector_result(plan, con, efull, views(e))
+            M[:nb, nb] = v
+            M[nb, :nb] = v
+            M[nb, nb] = tt
+        return M
+
+    if hessian:
+        out["hess"] = quadratic(ff, h_fx, h_c, h_t, efull, h_e if extra else None, sums[2])
+        if meat:
+            out["meat"] = quadratic(ffm, m_fx, m_c, m_t, mfull, m_e if extra else None, sums[4])
+    if final:
+        d = kernels.ChunkData(layout, arrays)
+        sep = fam.separated(d.y, eta_out.reshape(shape), d.aux)
+        out["n_separated"] = 0 if sep is None else int(np.count_nonzero(sep & d.used))
+        if effects:
+            const = np.where(d.used, fam.constant(d.y, d.aux), 0.0)
+            out["ll_const"] = float(d.weighted(const).sum())
+    if effects:
+        _effects_out(
+            out, plan, con, accs, A, effects, shape, fe_g, fe_h, fe_full, fe_e, fe_union, fe_t, wh_out
+        )
+    return out
+
+
+def _effects_out(out, plan, con, accs, A, effects, shape, fe_g, fe_h, fe_full, fe_e, fe_union, fe_t, wh_out):
+    """The effects' statistics of :func:`fe_eval_chunk` from the sweep's grids (local grids,
+    signs as :func:`daskglm.kernels.effects.fe_eval_chunk`)."""
+
+    def compact(arr, axes, lead=0):
+        keep = list(range(lead)) + [lead + a for a in axes]
+        return arr.reshape([arr.shape[d] for d in keep])
+
+    out["grad_fe"] = [compact(accs.view(A, h), e.axes).copy() for e, h in zip(effects, fe_g, strict=True)]
+    if not fe_h:
+        return
+    out["diag_fe"] = [-compact(accs.view(A, h), e.axes) for e, h in zip(effects, fe_h, strict=True)]
+    unions = {U: accs.view(A, h) for U, h in fe_union.items()}
+    row_of = {int(p): r for r, p in enumerate(plan.colpos)}
+    cross = []
+    for j, e in enumerate(effects):
+        eaxes = frozenset(e.axes)
+        cols = []
+        full = accs.view(A, fe_full[j]) if fe_full[j] is not None else None
+        for k, block in enumerate(con.axes):
+            if k in plan.full:
+                rows = [row_of[p] for p in range(con.offsets[k], con.offsets[k + 1])]
+                cols.append(-compact(full[rows], e.axes, lead=1))
+            elif k in fe_t[j]:
+                cols.append(-compact(accs.view(A, fe_t[j][k]), e.axes, lead=1))
+            else:
+                union = eaxes | block
+                prod = {union: con.X[k] * unions[union][None]}
+                cols.append(-compact(partial_sum(prod, eaxes, lead=1), e.axes, lead=1))
+        if fe_e[j] is not None:
+            cols.append(-compact(accs.view(A, fe_e[j]), e.axes)[None])
+        cross.append(np.moveaxis(np.concatenate(cols, axis=0), 0, -1))
+    out["cross_fe"] = cross
+    out["W"] = -wh_out.reshape(shape)

@@ -1,0 +1,612 @@
+"""Compiled per-cell family maths (numba): f, g, h (and NB2's theta derivatives) of a slab of cells.
+
+The numpy methods :meth:`Family.derivatives <daskglm.kernels.families.Family.derivatives>` and
+:meth:`Family.unit_deviance <daskglm.kernels.families.Family.unit_deviance>` are the reference; the
+functions here compute the same numbers with the same formulas (same order of operations, same
+guards), one compiled loop over a slab instead of a numpy temporary per operation, for the fused
+per-chunk sweep to call. A family gives its kernel with ``family.cell_kernel()`` (``None`` when it
+has no compiled path); :func:`cell_kernel` is the same call.
+
+The interface (every function ``numba.njit(cache=True)``, so callable from other compiled code):
+
+``stats(y, eta, trials, event, theta, out)``
+    ``y, eta, trials, event`` are 1-D float64 arrays of one length ``n`` (pass arrays of 1.0 for
+    ``trials`` and 0.0 for ``event`` when the family does not read them); ``out`` is a float64
+    ``(n_rows, n)`` array, filled in place: row 0 ``f``, row 1 ``g``, row 2 ``h`` and, when
+    ``n_rows == 6`` (an estimated extra parameter), rows 3-5 ``f_t``, ``f_et``, ``f_tt``:
+    unweighted, exactly as ``Family.derivatives`` defines them.
+``deviance(y, eta, trials, event, theta, out1d)``
+    fills ``out1d`` (length ``n``) with ``Family.unit_deviance``.
+
+``cell_stats(code, ...)`` and ``cell_deviance(code, ...)`` call the kernel numbered
+``kernel.code``: call these from other cached compiled code (numba does not cache a function
+that takes ``stats`` as an argument, so it would compile again in every process and worker).
+
+``theta`` is the kernel's parameter vector: empty except for NB2, where it is ``[log alpha]``
+**whether alpha is estimated or fixed** (one compiled function serves every alpha, no recompiling).
+:meth:`CellKernel.theta` builds it from the extra parameters the objective estimates
+(``params[n_beta:]``): ``kernel.theta(params[n_beta:])``.
+
+``exp``, ``log`` and ``log1p`` are vectorisable versions of the libm functions (exponent bits
+and polynomials, no call; within 1 ulp of numpy's, with IEEE inf/nan/overflow/underflow and
+subnormals): a libm call per cell (~4 ns) keeps a loop scalar, with them the loops over a slab
+vectorise (~0.9 ns per exp or log). Every function is compiled with ``error_model="numpy"``
+(a division by zero gives inf/nan as in numpy instead of raising, and the division's check does
+not block vectorisation). ``digamma`` and ``trigamma`` are recurrence plus asymptotic series
+(``x > 0``), digamma with a fit around its root so that it keeps its relative accuracy there.
+
+NB2 needs ``lgamma``, ``digamma`` and ``trigamma`` of ``y + r`` less their value at ``r`` (the
+naive difference, as ``shifted_special`` computes it): whole counts below the slab length are
+looked up in a table made per call, other cells are evaluated one by one; the numbers are the
+same either way.
+
+Every function here is compiled with ``fastmath=False`` *explicitly*: numba lets a callee whose
+``fastmath`` is unset inherit its caller's flags, and the compiled sweep that calls these
+(:mod:`daskglm.kernels.chunk_numba`) allows reassociation, which folds compensations such as
+``x - ((1 + x) - 1)`` in ``log1p`` to zero (``log(1 + e^-30)`` lost its third digit) and would
+cache that version for every later caller.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numba
+import numpy as np
+from numba.core import types
+from numba.core.extending import intrinsic
+
+__all__ = [
+    "CellKernel",
+    "cell_deviance",
+    "cell_kernel",
+    "cell_stats",
+    "digamma",
+    "exp",
+    "exp_array",
+    "log",
+    "log1p",
+    "log1p_array",
+    "log_array",
+    "trigamma",
+    "GAUSSIAN",
+    "POISSON",
+    "EXPONENTIAL",
+    "BINOMIAL",
+    "NEGATIVE_BINOMIAL_FIXED",
+    "NEGATIVE_BINOMIAL",
+]
+
+
+class CellKernel(NamedTuple):
+    """A family's compiled per-cell functions (see the module docstring for the signatures).
+
+    Attributes
+    ----------
+    stats : callable
+        ``stats(y, eta, trials, event, theta, out)``: fills the ``(n_rows, n)`` array ``out``.
+    deviance : callable
+        ``deviance(y, eta, trials, event, theta, out1d)``: fills the unit deviance.
+    n_rows : int
+        Rows of ``out`` that ``stats`` fills: 3 (f, g, h) or 6 (and f_t, f_et, f_tt).
+    fixed_theta : tuple of float
+        Kernel parameters the objective does not estimate (NB2 with a fixed alpha:
+        ``(log alpha,)``); :meth:`theta` appends them to the estimated ones.
+    code : int
+        The kernel's number for :func:`cell_stats` / :func:`cell_deviance`. A compiled function
+        that takes ``stats`` as an argument (or closes over it) is not cached by numba: it
+        compiles again in every process. One that calls ``cell_stats(kernel.code, ...)`` is
+        cached (``code`` is a runtime integer: one compiled sweep serves every family).
+    """
+
+    stats: Callable
+    deviance: Callable
+    n_rows: int
+    fixed_theta: tuple[float, ...] = ()
+    code: int = -1
+
+    def theta(self, extra: np.ndarray) -> np.ndarray:
+        """The ``theta`` array to pass to :attr:`stats` / :attr:`deviance`, from the extra
+        parameters estimated with beta (``params[n_beta:]``, empty for most families)."""
+        return np.ascontiguousarray(np.concatenate([np.asarray(extra, np.float64).ravel(), self.fixed_theta]))
+
+
+def cell_kernel(family) -> CellKernel | None:
+    """The compiled kernel of ``family`` (``family.cell_kernel()``), or ``None`` if it has none."""
+    method = getattr(family, "cell_kernel", None)
+    return None if method is None else method()
+
+
+# --------------------------------------------------------------------------- exp
+@intrinsic
+def _as_double(typingctx, bits):
+    """Reinterpret the bits of an int64 as a float64 (a register move, vectorisable)."""
+    sig = types.float64(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float64))
+
+    return sig, codegen
+
+
+@intrinsic
+def _muladd(typingctx, a, b, c):
+    """``a * b + c``, fused where the machine has FMA (``llvm.fmuladd``), vectorisable."""
+    sig = types.float64(types.float64, types.float64, types.float64)
+
+    def codegen(context, builder, signature, args):
+        double = context.get_value_type(types.float64)
+        # the type (double, double, double) -> double, borrowed from llvm.fma's declaration
+        fnty = builder.module.declare_intrinsic("llvm.fma", [double] * 3).function_type
+        return builder.call(builder.module.declare_intrinsic("llvm.fmuladd", [double], fnty), args)
+
+    return sig, codegen
+
+
+_INV_LN2 = 1.4426950408889634074
+# ln 2 split so that k * _LN2_HI is exact for |k| < 2**11 (fdlibm's constants)
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+
+
+@numba.njit(inline="always", cache=True, error_model="numpy", fastmath=False)
+def exp(x):  # pragma: no cover - compiled
+    """``exp(x)`` without a libm call, so that loops calling it vectorise.
+
+    ``x = k ln2 + r`` with ``|r| <= ln2 / 2``; ``exp(r)`` by its Taylor polynomial of degree 13
+    (truncation below 5e-18 relative); times ``2**k`` as two halves ``2**(k//2) 2**(k - k//2)``
+    made from exponent bits, so that overflow gives inf and underflow rounds once into the
+    subnormals. ``x`` is clamped to ``[-746, 710]`` first (beyond, the result is 0 or inf
+    anyway); nan returns nan.
+    """
+    xc = min(max(x, -746.0), 710.0)
+    kf = math.floor(xc * _INV_LN2 + 0.5)
+    r = (xc - kf * _LN2_HI) - kf * _LN2_LO
+    p = 1.6059043836821614599e-10
+    p = _muladd(r, p, 2.0876756987868098979e-09)
+    p = _muladd(r, p, 2.5052108385441718775e-08)
+    p = _muladd(r, p, 2.7557319223985890653e-07)
+    p = _muladd(r, p, 2.7557319223985890653e-06)
+    p = _muladd(r, p, 2.4801587301587301587e-05)
+    p = _muladd(r, p, 1.9841269841269841270e-04)
+    p = _muladd(r, p, 1.3888888888888888889e-03)
+    p = _muladd(r, p, 8.3333333333333333333e-03)
+    p = _muladd(r, p, 4.1666666666666666667e-02)
+    p = _muladd(r, p, 1.6666666666666666667e-01)
+    p = _muladd(r, p, 0.5)
+    p = _muladd(r, p, 1.0)
+    er = _muladd(r, p, 1.0)
+    k = np.int64(kf)
+    k1 = k >> 1
+    k2 = k - k1
+    res = er * _as_double((k1 + 1023) << 52) * _as_double((k2 + 1023) << 52)
+    return res if x == x else x
+
+
+@intrinsic
+def _as_bits(typingctx, value):
+    """Reinterpret the bits of a float64 as an int64 (a register move, vectorisable)."""
+    sig = types.int64(types.float64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.int64))
+
+    return sig, codegen
+
+
+#: bits of sqrt(2)/2: subtracting them puts the mantissa of every x in [sqrt(2)/2, sqrt(2))
+_SQRT_HALF_BITS = 0x3FE6A09E667F3BCD
+_TWO54 = 18014398509481984.0
+# fdlibm's log1p(f) coefficients: log(1 + f) = f - hfsq + s (hfsq + R(s^2)), s = f / (2 + f)
+_LG1 = 6.666666666666735130e-01
+_LG2 = 3.999999999940941908e-01
+_LG3 = 2.857142874366239149e-01
+_LG4 = 2.222219843214978396e-01
+_LG5 = 1.818357216161805012e-01
+_LG6 = 1.531383769920937332e-01
+_LG7 = 1.479819860511658591e-01
+
+
+@numba.njit(inline="always", cache=True, error_model="numpy", fastmath=False)
+def log(x):  # pragma: no cover - compiled
+    """``log(x)`` without a libm call, so that loops calling it vectorise.
+
+    ``x = 2**k (1 + f)`` with ``1 + f`` in ``[sqrt(2)/2, sqrt(2))`` (exponent bits; subnormals
+    scaled by 2**54 first), then fdlibm's ``log1p(f)``: ``s = f / (2 + f)`` and a degree-14
+    polynomial in ``s`` (its ``Lg1..Lg7``), ``k ln2`` added in two parts. Within 1 ulp of
+    ``np.log``; 0 gives -inf, negatives and nan give nan, inf gives inf.
+    """
+    tiny = x < 2.2250738585072014e-308
+    xs = x * _TWO54 if tiny else x
+    ix = _as_bits(xs)
+    top = ix - _SQRT_HALF_BITS
+    k = (top >> 52) - (54 if tiny else 0)
+    f = _as_double(ix - ((top >> 52) << 52)) - 1.0
+    hfsq = 0.5 * f * f
+    s = f / (2.0 + f)
+    z = s * s
+    w = z * z
+    t1 = w * _muladd(w, _muladd(w, _LG6, _LG4), _LG2)
+    t2 = z * _muladd(w, _muladd(w, _muladd(w, _LG7, _LG5), _LG3), _LG1)
+    big_r = t2 + t1
+    dk = float(k)
+    res = dk * _LN2_HI - ((hfsq - (s * (hfsq + big_r) + dk * _LN2_LO)) - f)
+    if x > 0.0 and x < np.inf:
+        return res
+    if x == 0.0:
+        return -np.inf
+    return x if x == np.inf else np.nan
+
+
+@numba.njit(inline="always", cache=True, error_model="numpy", fastmath=False)
+def log1p(x):  # pragma: no cover - compiled
+    """``log(1 + x)`` for ``x > -1`` with :func:`log`: ``log(u) + (x - (u - 1)) / u`` where
+    ``u = 1 + x`` rounded (the correction restores what the rounding of ``u`` lost)."""
+    u = 1.0 + x
+    return log(u) + (x - (u - 1.0)) / u
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
+def log_array(x, out):  # pragma: no cover - compiled
+    """``out[:] = log(x)`` with :func:`log` (for tests and benchmarks)."""
+    for i in range(x.shape[0]):
+        out[i] = log(x[i])
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
+def log1p_array(x, out):  # pragma: no cover - compiled
+    """``out[:] = log1p(x)`` with :func:`log1p` (for tests and benchmarks)."""
+    for i in range(x.shape[0]):
+        out[i] = log1p(x[i])
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
+def exp_array(x, out):  # pragma: no cover - compiled
+    """``out[:] = exp(x)`` with :func:`exp` (for tests and benchmarks)."""
+    for i in range(x.shape[0]):
+        out[i] = exp(x[i])
+
+
+# --------------------------------------------------------------------------- special functions
+# digamma's positive root, split: x0 = _PSI_ROOT_HI + _PSI_ROOT_LO to ~1e-32
+_PSI_ROOT_HI = 1.4616321449683622
+_PSI_ROOT_LO = 9.549995429965697e-17
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
+def digamma(x):  # pragma: no cover - compiled
+    """The digamma function psi(x) for ``x > 0`` (nan for ``x <= 0`` or nan, inf at inf).
+
+    ``x >= 10``: the asymptotic series through ``x**-14`` (truncation below 5e-17). Below,
+    the recurrences ``psi(x) = psi(x + 1) - 1/x`` (``x < 1``) and ``psi(x) = psi(x - 1) + 1/(x - 1)``
+    (``2 <= x < 10``) bring ``x`` into ``[1, 2)``, where ``psi(x) = (x - x0) q(x - 1.5)`` with
+    ``x0`` the root (in two parts) and ``q`` a degree-21 Chebyshev fit (error 2e-17 relative,
+    made with mpmath), so that psi keeps its relative accuracy next to the root as well.
+    """
+    if not (x > 0.0):
+        return np.nan
+    if x == np.inf:
+        return x
+    if x >= 10.0:
+        z = 1.0 / (x * x)
+        p = 8.33333333333333333333e-2
+        p = -2.10927960927960927961e-2 + z * p
+        p = 7.57575757575757575758e-3 + z * p
+        p = -4.16666666666666666667e-3 + z * p
+        p = 3.96825396825396825397e-3 + z * p
+        p = -8.33333333333333333333e-3 + z * p
+        p = 8.33333333333333333333e-2 + z * p
+        return math.log(x) - 0.5 / x - z * p
+    w = 0.0
+    if x < 1.0:
+        w = -1.0 / x
+        x += 1.0
+    while x >= 2.0:
+        x -= 1.0
+        w += 1.0 / x
+    t = x - 1.5
+    p = -0.00017312261802727394
+    p = 0.00025968482126430747 + t * p
+    p = -0.00015148586836773365 + t * p
+    p = 0.0002272331660987376 + t * p
+    p = -0.0004821990530566789 + t * p
+    p = 0.0007233266279287554 + t * p
+    p = -0.0010376374098418604 + t * p
+    p = 0.0015566317474486838 + t * p
+    p = -0.002345267632540769 + t * p
+    p = 0.003519006401502276 + t * p
+    p = -0.005279964873257405 + t * p
+    p = 0.007926944646403797 + t * p
+    p = -0.011908218001568644 + t * p
+    p = 0.0179072524394512 + t * p
+    p = -0.02697579675613825 + t * p
+    p = 0.04076083381242074 + t * p
+    p = -0.061922133273064534 + t * p
+    p = 0.09498872445494122 + t * p
+    p = -0.14840492305390884 + t * p
+    p = 0.2405424842407742 + t * p
+    p = -0.4236274212814605 + t * p
+    p = 0.951055876031833 + t * p
+    return ((x - _PSI_ROOT_HI) - _PSI_ROOT_LO) * p + w
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
+def trigamma(x):  # pragma: no cover - compiled
+    """The trigamma function psi'(x) for ``x > 0`` (nan for ``x <= 0`` or nan, 0 at inf).
+
+    Recurrence ``psi'(x) = psi'(x + 1) + 1/x**2`` up to ``x >= 10``, then the asymptotic series
+    ``1/x + 1/(2x^2) + sum B_2k / x^(2k+1)`` through ``B_18`` (truncation below 1e-17 relative).
+    """
+    if not (x > 0.0):
+        return np.nan
+    if x == np.inf:
+        return 0.0
+    w = 0.0
+    while x < 10.0:
+        w += 1.0 / (x * x)
+        x += 1.0
+    z = 1.0 / (x * x)
+    p = 43867.0 / 798.0
+    p = -3617.0 / 510.0 + z * p
+    p = 7.0 / 6.0 + z * p
+    p = -691.0 / 2730.0 + z * p
+    p = 5.0 / 66.0 + z * p
+    p = -1.0 / 30.0 + z * p
+    p = 1.0 / 42.0 + z * p
+    p = -1.0 / 30.0 + z * p
+    p = 1.0 / 6.0 + z * p
+    return w + (1.0 / x + (0.5 * z + (z / x) * p))
+
+
+@numba.njit(inline="always", cache=True, error_model="numpy", fastmath=False)
+def _xlogy(x, y):  # pragma: no cover - compiled
+    """``scipy.special.xlogy``: 0 where ``x == 0`` (and ``y`` is not nan), else ``x log y``."""
+    return 0.0 if x == 0.0 and y == y else x * log(y)
+
+
+# --------------------------------------------------------------------------- Gaussian
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
+def _gaussian_stats(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
+    f, g, h = out[0], out[1], out[2]
+    for i in range(y.shape[0]):
+        r = y[i] - eta[i]
+        f[i] = -0.5 * r * r
+        g[i] = r
+        h[i] = -1.0
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
+def _gaussian_deviance(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
+    for i in range(y.shape[0]):
+        r = y[i] - eta[i]
+        out[i] = r * r
+
+
+# --------------------------------------------------------------------------- Poisson
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
+def _poisson_stats(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
+    f, g, h = out[0], out[1], out[2]
+    for i in range(y.shape[0]):
+        mu = exp(eta[i])
+        f[i] = y[i] * eta[i] - mu
+        g[i] = y[i] - mu
+        h[i] = -mu
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
+def _poisson_deviance(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
+    for i in range(y.shape[0]):
+        mu = exp(eta[i])
+        out[i] = 2.0 * (_xlogy(y[i], y[i]) - y[i] * eta[i] - (y[i] - mu))
+
+
+# --------------------------------------------------------------------------- exponential
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
+def _exponential_stats(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
+    f, g, h = out[0], out[1], out[2]
+    for i in range(y.shape[0]):
+        d = event[i]
+        mut = exp(eta[i]) * y[i]
+        f[i] = d * eta[i] - mut
+        g[i] = d - mut
+        h[i] = -mut
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
+def _exponential_deviance(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
+    for i in range(y.shape[0]):
+        d = event[i]
+        mut = exp(eta[i]) * y[i]
+        out[i] = 2.0 * (_xlogy(d, d) - d * log(mut) - (d - mut))
+
+
+# --------------------------------------------------------------------------- binomial (logit)
+@numba.njit(inline="always", cache=True, error_model="numpy", fastmath=False)
+def _expit_both(x):  # pragma: no cover - compiled
+    # (expit(x), expit(-x)) from one exp, each without the cancellation of 1 - expit(x)
+    if x >= 0.0:
+        e = exp(-x)
+        p = 1.0 / (1.0 + e)
+        return p, e * p
+    e = exp(x)
+    q = 1.0 / (1.0 + e)
+    return e * q, q
+
+
+@numba.njit(inline="always", cache=True, error_model="numpy", fastmath=False)
+def _log1pexp(x):  # pragma: no cover - compiled
+    # np.logaddexp(0.0, x), numpy's formula: x + log1p(exp(-x)) for x > 0, else log1p(exp(x))
+    # (log1p(exp(0)) = log(2) exactly, as numpy's special case; nan stays nan)
+    v = log1p(exp(-abs(x)))
+    return x + v if x > 0.0 else v
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
+def _binomial_stats(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
+    f, g, h = out[0], out[1], out[2]
+    n = y.shape[0]
+    for i in range(n):
+        m = trials[i]
+        p, q = _expit_both(eta[i])
+        mp = m * p
+        g[i] = y[i] - mp
+        h[i] = -mp * q
+    for i in range(n):
+        f[i] = y[i] * eta[i] - trials[i] * _log1pexp(eta[i])
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
+def _binomial_deviance(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
+    for i in range(y.shape[0]):
+        m = trials[i]
+        # log space, as Binomial.unit_deviance: nothing underflows at large |eta|
+        succ = y[i] * (log(y[i] / m) + _log1pexp(-eta[i])) if y[i] > 0.0 else 0.0
+        fail = (m - y[i]) * (log((m - y[i]) / m) + _log1pexp(eta[i])) if m > y[i] else 0.0
+        out[i] = 2.0 * (succ + fail)
+
+
+# --------------------------------------------------------------------------- negative binomial (NB2)
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
+def _table_top(y):  # pragma: no cover - compiled
+    """The largest whole number among the cells of ``y`` in ``0 .. len(y) - 1`` (-1 if none)."""
+    top = -1.0
+    limit = float(y.shape[0])
+    for v in y:
+        if v >= 0.0 and v < limit and v == math.floor(v) and v > top:
+            top = v
+    return int(top)
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
+def _nb2_special(y, r, derivs, lg, dg, tg):  # pragma: no cover - compiled
+    """``fn(y + r) - fn(r)`` per cell for lgamma (and, if ``derivs``, digamma and trigamma),
+    into ``lg`` (``dg``, ``tg``).
+
+    The whole counts ``0 .. top`` (``top`` below the slab length, so the table never costs more
+    than the cells) are looked up in a table made here; other cells (larger or non-integer
+    ``y``) are evaluated one by one. The numbers are the same either way.
+    """
+    n = y.shape[0]
+    lg0 = math.lgamma(r)
+    dg0 = digamma(r) if derivs else 0.0
+    tg0 = trigamma(r) if derivs else 0.0
+    top = _table_top(y)
+    size = top + 1
+    tl = np.empty(size)
+    td = np.empty(size if derivs else 0)
+    tt = np.empty(size if derivs else 0)
+    for k in range(size):
+        x = k + r
+        tl[k] = math.lgamma(x) - lg0
+        if derivs:
+            td[k] = digamma(x) - dg0
+            tt[k] = trigamma(x) - tg0
+    ftop = float(top)
+    for i in range(n):
+        v = y[i]
+        if v >= 0.0 and v <= ftop and v == math.floor(v):
+            k = int(v)
+            lg[i] = tl[k]
+            if derivs:
+                dg[i] = td[k]
+                tg[i] = tt[k]
+        else:
+            x = v + r
+            lg[i] = math.lgamma(x) - lg0
+            if derivs:
+                dg[i] = digamma(x) - dg0
+                tg[i] = trigamma(x) - tg0
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
+def _nb2_fill(y, eta, theta, out, derivs):  # pragma: no cover - compiled
+    n = y.shape[0]
+    r = math.exp(-theta[0])
+    log_r = math.log(r)
+    f, g, h = out[0], out[1], out[2]
+    if derivs:
+        lg, dg, tg = f, out[3], out[5]  # special-function differences parked in the output rows
+    else:
+        lg, dg, tg = f, g, h
+    _nb2_special(y, r, derivs, lg, dg, tg)
+    for i in range(n):
+        mu = exp(eta[i])
+        rmu = r + mu
+        log_rmu = log(rmu)
+        yi = y[i]
+        f[i] = lg[i] + r * (log_r - log_rmu) + yi * (eta[i] - log_rmu)
+        g[i] = r * (yi - mu) / rmu
+        h[i] = -mu * r * (r + yi) / (rmu * rmu)
+        if derivs:
+            f_r = dg[i] + log_r - log_rmu + (mu - yi) / rmu
+            f_rr = tg[i] + 1.0 / r - 1.0 / rmu - (mu - yi) / (rmu * rmu)
+            out[3, i] = -r * f_r
+            out[5, i] = r * f_r + r * r * f_rr
+            out[4, i] = -r * mu * (yi - mu) / (rmu * rmu)
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
+def _nb2_fixed_stats(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
+    _nb2_fill(y, eta, theta, out, False)
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
+def _nb2_stats(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
+    _nb2_fill(y, eta, theta, out, True)
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
+def _nb2_deviance(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
+    r = math.exp(-theta[0])
+    for i in range(y.shape[0]):
+        mu = exp(eta[i])
+        yi = y[i]
+        out[i] = 2.0 * (_xlogy(yi, yi) - yi * eta[i] - (yi + r) * (log(yi + r) - log(mu + r)))
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
+def cell_stats(code, y, eta, trials, event, theta, out):  # pragma: no cover - compiled
+    """``stats`` of the kernel numbered ``code`` (:attr:`CellKernel.code`)."""
+    if code == 0:
+        _gaussian_stats(y, eta, trials, event, theta, out)
+    elif code == 1:
+        _poisson_stats(y, eta, trials, event, theta, out)
+    elif code == 2:
+        _exponential_stats(y, eta, trials, event, theta, out)
+    elif code == 3:
+        _binomial_stats(y, eta, trials, event, theta, out)
+    elif code == 4:
+        _nb2_stats(y, eta, trials, event, theta, out)
+    elif code == 5:
+        _nb2_fixed_stats(y, eta, trials, event, theta, out)
+    else:
+        raise ValueError("cell_stats: unknown kernel code")
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
+def cell_deviance(code, y, eta, trials, event, theta, out):  # pragma: no cover - compiled
+    """``deviance`` of the kernel numbered ``code`` (:attr:`CellKernel.code`)."""
+    if code == 0:
+        _gaussian_deviance(y, eta, trials, event, theta, out)
+    elif code == 1:
+        _poisson_deviance(y, eta, trials, event, theta, out)
+    elif code == 2:
+        _exponential_deviance(y, eta, trials, event, theta, out)
+    elif code == 3:
+        _binomial_deviance(y, eta, trials, event, theta, out)
+    elif code == 4 or code == 5:
+        _nb2_deviance(y, eta, trials, event, theta, out)
+    else:
+        raise ValueError("cell_deviance: unknown kernel code")
+
+
+GAUSSIAN = CellKernel(_gaussian_stats, _gaussian_deviance, 3, code=0)
+POISSON = CellKernel(_poisson_stats, _poisson_deviance, 3, code=1)
+EXPONENTIAL = CellKernel(_exponential_stats, _exponential_deviance, 3, code=2)
+BINOMIAL = CellKernel(_binomial_stats, _binomial_deviance, 3, code=3)
+#: NB2 with alpha estimated (``theta = [log alpha]`` from the objective's parameters)
+NEGATIVE_BINOMIAL = CellKernel(_nb2_stats, _nb2_deviance, 6, code=4)
+#: NB2 with a fixed alpha: use ``NEGATIVE_BINOMIAL_FIXED._replace(fixed_theta=(log(alpha),))``
+NEGATIVE_BINOMIAL_FIXED = CellKernel(_nb2_fixed_stats, _nb2_deviance, 3, code=5)

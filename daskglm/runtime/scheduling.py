@@ -1,0 +1,503 @@
+"""Where a fit's passes run (``client=``) and whether the panel is kept in cluster memory.
+
+``client=None``
+    The active ``distributed.Client`` if there is one; else the scheduler named by dask's
+    configuration (``DASK_SCHEDULER_ADDRESS`` / ``scheduler-address``); else dask's local
+    threaded scheduler.
+``client="local"``
+    A ``distributed.LocalCluster`` sized to the machine (one worker process per two cores, the
+    machine's memory shared between them), closed when the fit returns.
+``client="tcp://host:8786"`` / ``"tls://..."``
+    Connect to a running scheduler; TLS settings come from dask's configuration
+    (``distributed.comm.tls.*``) or from ``security=``.
+``client=Client(...)``
+    Used as is (and left open).
+
+On a distributed cluster every pass is computed as futures watched by a :class:`PassWatchdog`:
+when the cluster has had no workers for longer than ``daskglm.no-workers-timeout`` (dask
+configuration, default ``"60s"``; environment ``DASK_DASKGLM__NO_WORKERS_TIMEOUT``), or the
+scheduler is lost, the pass is cancelled and the fit raises :class:`ClusterLostError`, which
+says how to resume from the checkpoint. A worker lost while others live is not an error: dask
+recomputes its tasks on the others. On dask's threaded scheduler passes run as plain
+``dask.compute`` calls, with no watchdog.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+import dask
+import dask.array as da
+import numpy as np
+from dask.core import flatten
+from dask.highlevelgraph import HighLevelGraph
+from dask.utils import parse_bytes, parse_timedelta
+
+from ..graph import passes as graph
+
+if TYPE_CHECKING:
+    from ..frontend.panel import Panel
+
+__all__ = [
+    "CLUSTER_CHUNK_CELLS",
+    "ClusterLostError",
+    "ComputeTarget",
+    "cluster_chunks",
+    "in_cluster_memory",
+    "PassWatchdog",
+    "compute_target",
+    "no_workers_timeout",
+    "persist_decision",
+    "persist_panel",
+    "prepare_workers",
+    "worker_malloc_trim",
+]
+
+log = logging.getLogger("daskglm")
+
+#: dask configuration key: how long a pass may wait while the cluster has no workers
+NO_WORKERS_TIMEOUT_KEY = "daskglm.no-workers-timeout"
+#: dask configuration key: glibc trim threshold set on the workers (:mod:`daskglm.runtime.workers`)
+WORKER_MALLOC_KEY = "daskglm.worker-malloc-trim"
+dask.config.update_defaults({"daskglm": {"no-workers-timeout": "60s", "worker-malloc-trim": "64MiB"}})
+
+
+class ClusterLostError(ConnectionError):
+    """The cluster running a fit lost all its workers (for longer than the grace period) or its
+    scheduler; the message says how to resume from the checkpoint."""
+
+
+def no_workers_timeout() -> float:
+    """Seconds a pass waits while the cluster has no workers (``daskglm.no-workers-timeout``)."""
+    value = dask.config.get(NO_WORKERS_TIMEOUT_KEY)
+    try:
+        seconds = parse_timedelta(value, default="seconds")
+    except (TypeError, ValueError, KeyError):
+        seconds = None
+    if seconds is None or not seconds > 0:
+        raise ValueError(
+            f"dask config {NO_WORKERS_TIMEOUT_KEY}={value!r} is not a positive duration; give e.g. "
+            "'60s', '10m', '1h' or a number of seconds"
+        )
+    return float(seconds)
+
+
+def worker_malloc_trim() -> int | None:
+    """Bytes of freed heap a worker may keep (``daskglm.worker-malloc-trim``), ``None`` when the
+    setting is ``False`` (leave the workers' allocator alone)."""
+    value = dask.config.get(WORKER_MALLOC_KEY, "64MiB")
+    if value is None or value is False or str(value).strip().lower() in ("false", "none", "off", "0"):
+        return None
+    try:
+        trim = parse_bytes(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"dask config {WORKER_MALLOC_KEY}={value!r} is not a size; give e.g. '64MiB' or False"
+        ) from err
+    if trim <= 0:
+        raise ValueError(f"dask config {WORKER_MALLOC_KEY}={value!r} must be a positive size or False")
+    return int(trim)
+
+
+def prepare_workers(client) -> None:
+    """Register :class:`daskglm.runtime.workers.WorkerMalloc` on the cluster (once; idempotent), unless
+    ``daskglm.worker-malloc-trim`` is ``False``."""
+    trim = worker_malloc_trim()
+    if trim is None:
+        return
+    from .workers import WorkerMalloc
+
+    try:
+        client.register_plugin(WorkerMalloc(trim))
+    except (OSError, TimeoutError) as err:  # the fit itself will report a lost cluster
+        log.warning("daskglm: could not set up the workers' allocator: %s", err)
+
+
+def _resume_hint(checkpoint) -> str:
+    """How to carry on after the cluster is lost, given the fit's ``checkpoint=``."""
+    if checkpoint is None:
+        return (
+            "no checkpoint= was given, so the fit must start again: pass checkpoint='state.json' "
+            "(daskglm fit --checkpoint state.json) so that a fit which loses its cluster can resume "
+            "from its last finished iteration"
+        )
+    path = os.fspath(checkpoint)
+    try:
+        with open(path) as f:
+            iteration = int(json.load(f)["iteration"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return (
+            f"call the same fit again with checkpoint={path!r} (no iteration had been saved there "
+            "yet, so it starts afresh)"
+        )
+    return (
+        f"call the same fit again with checkpoint={path!r}: it resumes from iteration {iteration}, "
+        "the last one saved there"
+    )
+
+
+@dataclass
+class PassWatchdog:
+    """Computes a pass on a distributed client without waiting forever.
+
+    The graphs are submitted as futures and awaited in slices of ``poll`` seconds; between
+    slices the scheduler is asked how many workers it has. After ``timeout`` seconds without
+    any (or when the connection to the scheduler is lost) the futures are cancelled and
+    :class:`ClusterLostError` is raised. Installed by :func:`compute_target` as
+    :data:`daskglm.graph.passes.PASS_COMPUTE` for the duration of a fit.
+    """
+
+    client: object
+    timeout: float
+    checkpoint: str | os.PathLike | None = None
+    #: the last pass's futures, released when the next pass has been submitted
+    _held: list = field(default_factory=list, repr=False)
+
+    @property
+    def poll(self) -> float:
+        return min(1.0, self.timeout / 5)
+
+    def __call__(self, graphs: tuple, optimize: bool) -> tuple:
+        from distributed.client import FutureCancelledError, FuturesCancelledError
+
+        futures, assemble = self._submit(graphs, optimize)
+        # the previous pass's futures are let go only now: released right after their gather,
+        # they put a message on the client's batched stream to the scheduler (one batch per
+        # 10 ms), which held this pass's graph back by up to 10 ms
+        previous, self._held = self._held, futures
+        del previous
+        try:
+            return assemble(self._wait(futures))
+        except (FutureCancelledError, FuturesCancelledError) as err:
+            if self.client.status == "running":
+                raise
+            raise ClusterLostError(self._message("lost its connection to the scheduler")) from err
+        finally:
+            if self.client.status == "running" and any(f.status == "pending" for f in futures):
+                with contextlib.suppress(Exception):
+                    self.client.cancel(futures)
+
+    def _submit(self, graphs: tuple, optimize: bool) -> tuple[list, Callable[[list], tuple]]:
+        """Futures of the pass and the function that turns their values into the results.
+
+        Arrays of one chunk (every tree-summed pass) are submitted by key, so the scheduler
+        runs no ``finalize`` task per result; the root of a tree sum is not submitted at all:
+        its children are gathered and added here (:func:`daskglm.graph.passes.root_parts`), which
+        saves a hop from the workers to the root task's worker on every pass."""
+        roots = [graph.root_parts(g) for g in graphs]  # before optimization renames the root
+        if optimize:
+            graphs = dask.optimize(*graphs)
+        keys = [list(flatten(g.__dask_keys__())) if isinstance(g, da.Array) else () for g in graphs]
+        if not all(len(k) == 1 for k in keys):
+            return self.client.compute(list(graphs), optimize_graph=False), tuple
+        dsk = HighLevelGraph.merge(*(g.__dask_graph__() for g in graphs))
+        wanted, spans = [], []
+        for parts, (key,) in zip(roots, keys, strict=True):
+            if parts is not None and not all(k in dsk for k in parts):
+                parts = None  # fused away by the optimization: compute the root
+            spans.append((len(wanted), parts is not None))
+            wanted += parts if parts is not None else [key]
+        spans.append((len(wanted), False))
+
+        def assemble(values: list) -> tuple:
+            return tuple(
+                graph.add_vectors(values[a:b]) if summed else values[a]
+                for (a, summed), (b, _) in zip(spans[:-1], spans[1:], strict=True)
+            )
+
+        return self.client.get(dsk, wanted, sync=False), assemble
+
+    def _workers(self) -> tuple[int, int]:
+        """Workers the scheduler knows of, and how many of them run tasks (not paused at their
+        memory limit, not closing); ``(0, 0)`` when it cannot be reached."""
+        if self.client.status != "running":
+            return 0, 0
+        try:
+            workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
+        except (OSError, TimeoutError):
+            return 0, 0
+        running = sum(1 for w in workers.values() if w.get("status", "running") == "running")
+        return len(workers), running
+
+    async def _fetch(self, futures: list, timeout: float) -> list | None:
+        """The futures' values once all are done, waited for and gathered in one trip through
+        the client's event loop (one thread hop fewer a pass than ``wait`` then ``gather``);
+        ``None`` when they are not all done within ``timeout`` seconds."""
+        from distributed.client import _wait
+
+        try:
+            await _wait(futures, timeout=timeout)
+        except TimeoutError:
+            return None
+        return await self.client._gather(futures)
+
+    def _wait(self, futures: list) -> list:
+        """The futures' values; raises :class:`ClusterLostError` when the cluster has had no
+        running worker for :attr:`timeout` seconds meanwhile."""
+        since = None  # when the cluster was first seen without workers
+        while True:
+            values = self.client.sync(self._fetch, futures, self.poll)
+            if values is not None:
+                return values
+            total, running = self._workers()
+            if running:
+                since = None
+                continue
+            now = time.monotonic()
+            if since is None:
+                since = now
+                log.warning(
+                    "daskglm: the cluster has no running workers (%d paused or closing); waiting up "
+                    "to %g s (%s)",
+                    total,
+                    self.timeout,
+                    NO_WORKERS_TIMEOUT_KEY,
+                )
+            if now - since >= self.timeout:
+                what = (
+                    f"has had no workers for {now - since:.0f} s while a pass was waiting"
+                    if not total
+                    else f"has had no running worker for {now - since:.0f} s while a pass was "
+                    f"waiting: all {total} are paused (at their memory limit) or closing. Give the "
+                    "workers more memory (or more workers), or smaller chunks"
+                )
+                raise ClusterLostError(self._message(what))
+
+    def _message(self, what: str) -> str:
+        address = getattr(getattr(self.client, "scheduler", None), "address", None) or "?"
+        return (
+            f"the dask cluster at {address} {what} ({NO_WORKERS_TIMEOUT_KEY} is "
+            f"{self.timeout:g} s), so the fit stops instead of waiting forever. Start workers again "
+            f"(e.g. `dask worker {address}`), then {_resume_hint(self.checkpoint)}. Allow longer "
+            f"with dask.config.set({{{NO_WORKERS_TIMEOUT_KEY!r}: '10m'}}) or "
+            "DASK_DASKGLM__NO_WORKERS_TIMEOUT=10m"
+        )
+
+
+@dataclass
+class ComputeTarget:
+    """The client the passes run on (``None``: dask's threaded scheduler) and how it was chosen."""
+
+    client: object | None
+    description: str
+
+    def worker_memory(self) -> int | None:
+        """Total memory limit of the workers in bytes (None when unknown or unlimited)."""
+        if self.client is None:
+            return None
+        workers = self.client.scheduler_info().get("workers", {})
+        limits = [w.get("memory_limit") or 0 for w in workers.values()]
+        if not limits or min(limits) <= 0:
+            return None
+        return int(sum(limits))
+
+    def threads(self) -> int:
+        """Threads of all the workers (1 on dask's threaded scheduler)."""
+        if self.client is None:
+            return 1
+        return max(1, int(sum(self.client.nthreads().values())))
+
+
+#: at most this many cells per chunk of a panel the fit persists on a cluster (32 MB per
+#: float64 full-grid array): the kernels work slab by slab, so a chunk's size costs no memory
+#: beyond the persisted data, and a fit's fixed cost grows with the number of tasks
+CLUSTER_CHUNK_CELLS = 2**22
+
+
+def _split_axis(length: int, parts: int, stored: tuple[int, ...]) -> tuple[int, ...]:
+    """``length`` cut into ``parts`` nearly equal pieces; on the stored chunks' boundaries when
+    those give pieces within 10% of equal (each stored chunk then lands in one piece)."""
+    ideal = np.round(np.arange(parts + 1) * length / parts).astype(int)
+    bounds = np.concatenate([[0], np.cumsum(stored)]).astype(int)
+    snapped = bounds[np.abs(bounds[None, :] - ideal[:, None]).argmin(axis=1)]
+    sizes = np.diff(snapped)
+    if np.all(sizes > 0) and sizes.max() <= 1.1 * length / parts:
+        return tuple(int(v) for v in sizes)
+    return tuple(int(v) for v in np.diff(ideal))
+
+
+def cluster_chunks(chunks: tuple, threads: int, max_cells: int = CLUSTER_CHUNK_CELLS) -> tuple:
+    """Chunks of the full grid for a panel persisted on a cluster of ``threads`` threads.
+
+    As few chunks as keep each at most ``max_cells`` cells, a multiple of ``threads`` of them
+    (one task per thread and pass), of nearly equal size so that no worker waits for another:
+    the grid is cut along its first axis, then the next ones when the first is too short.
+    ``chunks`` are the current (stored) chunks, whose boundaries are kept where they allow it.
+    """
+    shape = tuple(int(sum(c)) for c in chunks)
+    cells = int(np.prod(shape, dtype=np.int64))
+    want = threads * max(1, math.ceil(cells / (threads * max_cells)))
+    out = []
+    for length, stored in zip(shape, chunks, strict=True):
+        parts = max(1, min(want, length))
+        out.append(_split_axis(length, parts, tuple(stored)))
+        want = math.ceil(want / parts)
+    return tuple(out)
+
+
+def in_cluster_memory(arrays: list) -> bool:
+    """Whether every chunk of every array is a future, i.e. already persisted on a cluster."""
+    for arr in arrays:
+        dsk = arr.__dask_graph__()
+        for key in flatten(arr.__dask_keys__()):
+            if type(dsk[key]).__name__ != "Future":
+                return False
+    return True
+
+
+def persist_panel(panel: Panel, target: ComputeTarget, chunks=None) -> tuple[Panel, str]:
+    """The panel with its arrays persisted in the cluster's memory, and a note on the chunks.
+
+    Unless the user chose ``chunks=``, the panel is first rechunked by :func:`cluster_chunks`
+    (balanced chunks, one task per thread and pass where memory allows). A panel the user
+    persisted on the cluster already (:func:`in_cluster_memory`) is rechunked only when its
+    chunks are many (more than two per thread) and a second copy takes at most a quarter of
+    the workers' memory: the user's copy stays in memory while they hold it.
+    """
+    note = ""
+    if chunks is None and target.client is not None:
+        threads = target.threads()
+        n_chunks = int(np.prod([len(c) for c in panel.chunks]))
+        if in_cluster_memory(panel.arrays):
+            mem = target.worker_memory()
+            nbytes = sum(int(a.nbytes) for a in panel.arrays)
+            small = mem is None or nbytes <= 0.25 * mem
+            wanted = n_chunks > 2 * threads and small
+        else:
+            wanted = True
+        new = cluster_chunks(panel.chunks, threads) if wanted else tuple(panel.chunks)
+        if new != tuple(panel.chunks):
+            features = [a.n_features is not None for a in panel.layout.args]
+            axes = [a.axes for a in panel.layout.args]
+            arrays = graph.align_arrays(panel.arrays, axes, features, new)
+            note = (
+                f"; rechunked from {n_chunks} to {int(np.prod([len(c) for c in new]))} chunks of "
+                f"about {int(np.prod([max(c) for c in new]))} cells"
+            )
+            panel = replace(panel, arrays=arrays, chunks=new)
+    return replace(panel, arrays=graph.persist_arrays(panel.arrays)), note
+
+
+def _connect(address: str, security):
+    from distributed import Client
+
+    try:
+        return Client(address, security=security, timeout="20s", set_as_default=False)
+    except (OSError, TypeError, ValueError) as err:  # TypeError: tls:// without an SSL context
+        raise ConnectionError(
+            f"client={address!r}: cannot reach a dask scheduler there ({err}). Start one with "
+            "`dask scheduler` (see cluster/README.md), check the address and port, and for "
+            "tls:// give the certificates via security= or dask's distributed.comm.tls settings"
+        ) from err
+
+
+@contextlib.contextmanager
+def compute_target(client=None, security=None, checkpoint=None) -> Iterator[ComputeTarget]:
+    """Resolve ``client=`` (see the module docstring) for the duration of a fit.
+
+    On a distributed client the fit's passes are computed by a :class:`PassWatchdog`, whose
+    :class:`ClusterLostError` names ``checkpoint`` (the fit's ``checkpoint=``) to resume from.
+    """
+    timeout = no_workers_timeout()
+    owned = []
+    try:
+        if client is None:
+            try:
+                from distributed import get_client
+
+                c = get_client()
+                target = ComputeTarget(c, f"active client {c.scheduler.address}")
+            except (ImportError, ValueError):
+                address = dask.config.get("scheduler-address", None)
+                if address:
+                    c = _connect(address, security)
+                    owned.append(c)
+                    target = ComputeTarget(c, f"scheduler {address} (from dask config)")
+                else:
+                    target = ComputeTarget(None, "dask's threaded scheduler")
+        elif isinstance(client, str) and client == "local":
+            from distributed import Client, LocalCluster
+
+            cores = os.cpu_count() or 1
+            n_workers = max(1, cores // 2)
+            cluster = LocalCluster(
+                n_workers=n_workers,
+                threads_per_worker=max(1, cores // n_workers),
+                dashboard_address=":0",
+            )
+            owned.append(cluster)
+            c = Client(cluster, set_as_default=False)
+            owned.insert(0, c)
+            target = ComputeTarget(c, f"LocalCluster ({n_workers} workers), dashboard {c.dashboard_link}")
+        elif isinstance(client, str):
+            if "://" not in client:
+                raise ValueError(
+                    f"client={client!r} is not a scheduler address; use 'tcp://host:port' or "
+                    "'tls://host:port', 'local' for a LocalCluster, None, or a distributed.Client"
+                )
+            c = _connect(client, security)
+            owned.append(c)
+            target = ComputeTarget(c, f"scheduler {client}")
+        elif hasattr(client, "scheduler_info") and hasattr(client, "as_current"):
+            target = ComputeTarget(client, f"client {client.scheduler.address}")
+        else:
+            raise TypeError(
+                f"client={client!r} ({type(client).__name__}) is not understood; use None, 'local', "
+                "a scheduler address such as 'tcp://10.0.0.1:8786', or a distributed.Client"
+            )
+        log.info("daskglm: computing on %s", target.description)
+        if target.client is None:
+            yield target
+        else:
+            prepare_workers(target.client)
+            watchdog = PassWatchdog(target.client, timeout, checkpoint)
+            token = graph.PASS_COMPUTE.set(watchdog)
+            try:
+                with target.client.as_current(), dask.config.set(scheduler=target.client):
+                    yield target
+            finally:
+                graph.PASS_COMPUTE.reset(token)
+    finally:
+        for obj in owned:
+            with contextlib.suppress(Exception):
+                obj.close()
+
+
+def persist_decision(persist, nbytes: int, target: ComputeTarget, from_store: bool) -> tuple[bool, str]:
+    """Whether to keep the full-grid arrays in cluster memory, and why.
+
+    ``"auto"`` persists when a distributed cluster runs the fit and the panel's arrays take at
+    most half of the workers' total memory limit: read from the store once, or, for
+    numpy-backed data (``from_store=False``), sent from this process once instead of inside
+    every pass's graph. Otherwise every pass streams the chunks from the store (or sends them).
+    On dask's threaded scheduler nothing is persisted.
+    """
+    gb = nbytes / 1e9
+    if persist is True:
+        return True, f"persist=True ({gb:.2f} GB)"
+    if persist is False:
+        return False, "persist=False: streamed from the store on every pass"
+    if persist != "auto":
+        raise ValueError(f"persist={persist!r} must be 'auto', True or False")
+    if target.client is None:
+        return False, "no distributed cluster: chunks are read on every pass"
+    how = "persisted" if from_store else "sent to the workers once and persisted (numpy data)"
+    mem = target.worker_memory()
+    if mem is None:
+        return True, f"{gb:.2f} GB {how} (workers have no memory limit)"
+    if nbytes <= 0.5 * mem:
+        return True, f"{gb:.2f} GB {how} (<= half of the workers' {mem / 1e9:.2f} GB)"
+    if not from_store:
+        return False, (
+            f"{gb:.2f} GB of numpy data sent with every pass (> half of the workers' "
+            f"{mem / 1e9:.2f} GB): write the panel to a zarr store and fit the store instead"
+        )
+    return False, f"{gb:.2f} GB streamed from the store (> half of the workers' {mem / 1e9:.2f} GB)"
