@@ -45,6 +45,8 @@ from report import write_plot, write_results  # noqa: E402
 from daskglm.api.simulate import simulate_panel  # noqa: E402
 
 GB = 1e9
+#: the threaded daskglm fit is timed a second time in its process up to this size (warm_seconds)
+WARM_MAX_CELLS = 10**7
 warnings.filterwarnings("ignore", message="Consolidated metadata")
 PEERS = {
     "poisson": ["statsmodels", "glum", "dask-glm", "pyfixest"],
@@ -226,6 +228,7 @@ def main() -> None:
     rows: list[dict] = []
     history: dict[tuple[int, str], list[tuple[int, float, float]]] = {}
     started = time.perf_counter()
+    load_start, clock_start = os.getloadavg(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     for sc in scenarios(args.quick):
         if sc.number not in wanted:
             continue
@@ -245,6 +248,8 @@ def main() -> None:
                     rows.append({**row, "status": "not run: " + UNSUPPORTED[(sc.family, tool)]})
                     continue
                 spec = {**base, "tool": tool, **sc.cluster}
+                if tool_key == "daskglm" and cells <= WARM_MAX_CELLS:
+                    spec["warm"] = True
                 if workers:
                     spec["n_workers"] = int(workers)
                 if not tool.startswith("daskglm"):
@@ -296,8 +301,12 @@ def main() -> None:
         f"{psutil.virtual_memory().total / GB:.0f} GB RAM, {platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "versions": _versions(),
-        "command": "python benchmarks/peers.py" + (" --quick" if args.quick else ""),
+        "command": " ".join(["python benchmarks/peers.py", *sys.argv[1:]]),
         "minutes": (time.perf_counter() - started) / 60,
+        "started": clock_start,
+        "ended": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_start": list(load_start),
+        "load_end": list(os.getloadavg()),
     }
     out_dir = Path(args.out)
     if args.merge and (out_dir / "results.json").exists():
