@@ -301,6 +301,7 @@ def main() -> None:
         f"{psutil.virtual_memory().total / GB:.0f} GB RAM, {platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "versions": _versions(),
+        "code": _code_origin(),
         "command": " ".join(["python benchmarks/peers.py", *sys.argv[1:]]),
         "minutes": (time.perf_counter() - started) / 60,
         "started": clock_start,
@@ -321,6 +322,28 @@ def main() -> None:
     print(f"wrote {out_dir / 'RESULTS.md'} and {out_dir / 'peers.png'}")
     if tmp is not None:
         tmp.cleanup()
+
+
+def _code_origin() -> str:
+    """Where the daskglm that ran comes from: its folder, and the git commit when it is a checkout
+    (else ``$DASKGLM_COMMIT``, set by whoever ran an exported snapshot)."""
+    import daskglm
+
+    folder = Path(daskglm.__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(folder), "status", "--porcelain", "daskglm"], capture_output=True, text=True
+        ).stdout.strip()
+        commit += " (with uncommitted changes to daskglm/)" if dirty else ""
+    except (OSError, subprocess.CalledProcessError):
+        commit = os.environ.get("DASKGLM_COMMIT", "unknown commit")
+    return f"{folder}, {commit}"
 
 
 def _versions() -> dict:

@@ -132,7 +132,8 @@ def write_results(rows: list[dict], meta: dict, path: Path) -> None:
         "",
         f"Command: `{meta['command']}` ({meta['minutes']:.0f} minutes"
         + (f", {meta['started']} to {meta['ended']}" if meta.get("started") else "")
-        + f"). Machine: {meta['machine']}; Python {meta['python']}.",
+        + f"). Machine: {meta['machine']}; Python {meta['python']}."
+        + (f" Code: {meta['code']}." if meta.get("code") else ""),
         "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".",
         "",
     ]
