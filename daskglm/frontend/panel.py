@@ -31,12 +31,19 @@ VarSpec = str | xr.DataArray | float | int | None
 
 
 def open_data(data, storage_options: dict | None = None) -> xr.Dataset:
-    """Open ``data``: an ``xarray.Dataset`` as is, a path or URL of a zarr store lazily."""
+    """Open ``data``: an ``xarray.Dataset`` as is, a path or URL of a zarr store lazily.
+
+    A store is opened with ``drop_variables=()`` (nothing dropped): xarray puts its options in
+    the dask keys' token, so the fit's keys differ from those of the user's own
+    ``xr.open_zarr(path)``. When the user has persisted that on a cluster, equal keys with
+    another task behind them would make the scheduler warn of a "different run_spec" (dask
+    issue 9888: failures and deadlocks can follow).
+    """
     if isinstance(data, xr.Dataset):
         return data
     if isinstance(data, str | os.PathLike):
         try:
-            return xr.open_zarr(os.fspath(data), storage_options=storage_options)
+            return xr.open_zarr(os.fspath(data), storage_options=storage_options, drop_variables=())
         except FileNotFoundError as err:
             raise FileNotFoundError(f"no zarr store at {os.fspath(data)!r}: {err}") from err
         except Exception as err:  # also aiohttp.ClientResponseError (HTTP 403), botocore errors
