@@ -67,8 +67,8 @@ FORBIDDEN = {
 #: (module, package) pairs the table allows beside its layer's rule, each with its reason
 #: (written in DEVELOPERS.md's table too)
 EXCEPTIONS = {
-    ("frontend/tables", "dask"): "writes the long tables' panels to zarr chunk by chunk (dask.array)",
-    ("frontend/tables", "tqdm"): "the ingest's progress bar",
+    ("frontend/zarr_store", "dask"): "writes the long tables' panels to zarr chunk by chunk (dask.array)",
+    ("frontend/zarr_store", "tqdm"): "the ingest's progress bar",
     ("frontend/formula", "dask"): "the distinct levels of a dask-backed factor (dask.array.unique)",
 }
 

@@ -1,0 +1,293 @@
+"""Long tables read piece by piece: sources (parquet, CSV, pandas, dask) and one piece's keys and
+values (label codes, numeric checks, float64 columns). Used by :mod:`daskglm.frontend.tables`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+__all__ = [
+    "PIECE_ROWS",
+    "Source",
+    "open_source",
+    "LevelCoder",
+    "check_pandas_dtypes",
+    "check_arrow_types",
+    "read_column",
+    "flat_index",
+]
+
+
+#: rows per piece when the table is read in slices (parquet row groups may set their own size)
+PIECE_ROWS = 1 << 18
+
+_PARQUET = (".parquet", ".pq", ".parq")
+_CSV = (".csv", ".tsv")
+
+
+@dataclass
+class Source:
+    """A table read piece by piece: ``batches(columns)`` can be called more than once."""
+
+    describe: str
+    columns: list[str]
+    batches: Callable[[list[str]], Iterable[pa.RecordBatch]]
+    n_rows: int | None
+    pandas_dtypes: dict | None = None
+
+
+def _pandas_batches(df: pd.DataFrame, columns: list[str], piece_rows: int) -> Iterator[pa.RecordBatch]:
+    for start in range(0, len(df), piece_rows):
+        piece = df.iloc[start : start + piece_rows][columns]
+        yield from pa.Table.from_pandas(piece, preserve_index=False).combine_chunks().to_batches()
+
+
+def _is_dask_dataframe(obj) -> bool:
+    return type(obj).__module__.split(".")[0] == "dask" and hasattr(obj, "npartitions")
+
+
+def open_source(table, storage_options: dict | None, piece_rows: int, keys: Sequence[str]) -> Source:
+    if isinstance(table, pd.DataFrame):
+        return Source(
+            "the DataFrame",
+            [str(c) for c in table.columns],
+            lambda cols: _pandas_batches(table, cols, piece_rows),
+            len(table),
+            dict(table.dtypes.items()),
+        )
+    if isinstance(table, pa.RecordBatch):
+        table = pa.Table.from_batches([table])
+    if isinstance(table, pa.Table):
+        return Source(
+            "the pyarrow Table",
+            list(table.column_names),
+            lambda cols: table.select(cols).to_batches(max_chunksize=piece_rows),
+            table.num_rows,
+        )
+    if _is_dask_dataframe(table):
+
+        def parts(cols):
+            for i in range(table.npartitions):
+                yield from _pandas_batches(table.get_partition(i)[cols].compute(), cols, piece_rows)
+
+        return Source(
+            f"the dask DataFrame ({table.npartitions} partitions)",
+            [str(c) for c in table.columns],
+            parts,
+            None,
+            dict(table.dtypes.items()),
+        )
+    if isinstance(table, str | os.PathLike) or (
+        isinstance(table, list | tuple) and table and all(isinstance(p, str | os.PathLike) for p in table)
+    ):
+        return _file_source(table, storage_options, piece_rows, keys)
+    raise TypeError(
+        "table must be a pandas DataFrame, a pyarrow Table, a dask DataFrame, or the path/URL/glob "
+        f"of parquet or CSV files (or a folder of them), not {type(table).__name__}"
+    )
+
+
+def _kind(path: str) -> str | None:
+    name = path.rsplit("/", 1)[-1].lower()
+    if name.startswith((".", "_")):
+        return None
+    if name.endswith(_PARQUET):
+        return "parquet"
+    if name.endswith(_CSV):
+        return "csv"
+    return None
+
+
+def _file_source(paths, storage_options: dict | None, piece_rows: int, keys: Sequence[str]) -> Source:
+    import fsspec
+    import pyarrow.csv as pacsv
+    import pyarrow.dataset as pads
+
+    paths = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+    files: list[str] = []
+    fs = None
+    for p in paths:
+        fs, root = fsspec.core.url_to_fs(os.fspath(p), **(storage_options or {}))
+        if any(ch in root for ch in "*?["):
+            hits = sorted(f for f in fs.glob(root) if not fs.isdir(f))
+        elif fs.isdir(root):
+            hits = sorted(f for f in fs.find(root) if _kind(f))
+        elif fs.exists(root):
+            hits = [root]
+        else:
+            raise FileNotFoundError(f"no table at {os.fspath(p)!r} (no such file, folder or glob match)")
+        if not hits:
+            raise FileNotFoundError(
+                f"{os.fspath(p)!r} holds no parquet (.parquet, .pq) or CSV (.csv, .tsv) file"
+            )
+        files += hits
+    kinds = {_kind(f) for f in files}
+    if None in kinds:
+        bad = next(f for f in files if _kind(f) is None)
+        raise ValueError(
+            f"{bad!r} is neither parquet (.parquet, .pq, .parq) nor CSV (.csv, .tsv) by its name; "
+            "rename it or read it yourself and pass a DataFrame or pyarrow Table"
+        )
+    if len(kinds) > 1:
+        raise ValueError(f"{paths!r} mixes parquet and CSV files; pass one kind at a time")
+    kind = kinds.pop()
+    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+    if kind == "parquet":  # file by file, row group by row group: bounded memory (a dataset scan reads ahead)
+        import pyarrow.parquet as pq
+
+        def parquet_file(f, dictionary=()):
+            return pq.ParquetFile(
+                f if local else fs.open(f, "rb"),
+                pre_buffer=False,
+                buffer_size=1 << 20,
+                read_dictionary=dictionary,
+            )
+
+        n_rows = sum(parquet_file(f).metadata.num_rows for f in files)
+        names = parquet_file(files[0]).schema_arrow.names
+        keys = [k for k in keys if k in names]
+
+        def batches(cols):
+            for f in files:
+                yield from parquet_file(f, keys).iter_batches(batch_size=piece_rows, columns=cols)
+
+    else:
+        tsv = all(f.lower().endswith(".tsv") for f in files)
+        fmt = pads.CsvFileFormat(
+            parse_options=pacsv.ParseOptions(delimiter="\t" if tsv else ","),
+            read_options=pacsv.ReadOptions(block_size=1 << 24),
+        )
+        dataset = pads.dataset(files, format=fmt, filesystem=None if local else fs)
+        n_rows, names = None, list(dataset.schema.names)
+
+        def batches(cols):
+            return dataset.to_batches(
+                columns=cols, batch_size=piece_rows, batch_readahead=1, fragment_readahead=1
+            )
+
+    where = files[0] if len(files) == 1 else f"{len(files)} {kind} files ({files[0]}, ...)"
+    return Source(where, names, batches, n_rows)
+
+
+def _labels(dictionary: pa.Array) -> pd.Index:
+    if pa.types.is_date(dictionary.type):
+        dictionary = dictionary.cast(pa.timestamp("ms"))
+    return pd.Index(dictionary.to_pandas())
+
+
+class LevelCoder:
+    """Integer codes of one key column: first-appearance order while scanning, then sorted."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.index: pd.Index | None = None
+        self.frozen = False
+
+    def encode(self, arr: pa.Array, row0: int) -> np.ndarray:
+        if arr.null_count:
+            missing = np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))
+            rows = ", ".join(str(row0 + int(r)) for r in missing[:5])
+            raise ValueError(
+                f"key column {self.name!r} is missing (NaN/null) in {arr.null_count} row(s) of this piece "
+                f"(rows {rows}{', ...' if len(missing) > 5 else ''}); every row must name its cell: drop "
+                f"those rows (table.dropna(subset=[{self.name!r}])) or fill them with a label of their own"
+            )
+        fresh = not pa.types.is_dictionary(arr.type)
+        enc = arr.dictionary_encode() if fresh else arr
+        labels = _labels(enc.dictionary)
+        indices = enc.indices.to_numpy(zero_copy_only=False)
+        if self.index is None:
+            pos = np.full(len(labels), -1, dtype=np.int64)
+        else:
+            pos = self.index.get_indexer(labels).astype(np.int64)
+        new = pos < 0
+        if new.any() and not fresh:  # a given dictionary may hold labels this piece does not use
+            used = np.zeros(len(labels), dtype=bool)
+            used[indices] = True
+            new &= used
+        if new.any():
+            if self.frozen:
+                raise ValueError(
+                    f"key column {self.name!r} has labels the first pass did not see (e.g. "
+                    f"{labels[new][0]!r}): the table changed while it was being read"
+                )
+            add = labels[new].unique()
+            self.index = add if self.index is None else self.index.append(add)
+            pos = self.index.get_indexer(labels).astype(np.int64)
+        return pos[indices]
+
+    def freeze(self) -> np.ndarray:
+        """Sort the labels; return ``order`` (sorted position -> first-appearance code)."""
+        if self.index is None:
+            raise ValueError(f"the table has no rows, so key column {self.name!r} has no labels")
+        try:
+            order = np.asarray(self.index.argsort(), dtype=np.int64)
+        except TypeError as err:
+            kinds = sorted({type(v).__name__ for v in self.index[:1000]})
+            raise ValueError(
+                f"key column {self.name!r} mixes label types ({', '.join(kinds)}), which cannot be "
+                "sorted; cast it to one type (e.g. table[col].astype(str))"
+            ) from err
+        self.index = self.index[order]
+        self.frozen = True
+        return order
+
+
+def _numeric_ok(t: pa.DataType) -> bool:
+    return (
+        pa.types.is_integer(t)
+        or pa.types.is_floating(t)
+        or pa.types.is_boolean(t)
+        or pa.types.is_decimal(t)
+        or pa.types.is_null(t)
+    )
+
+
+def _non_numeric(name: str, what: str, dims: Sequence[str]) -> ValueError:
+    return ValueError(
+        f"value column {name!r} is {what}, not numeric, so it cannot be a covariate as it is. Encode "
+        f"it: as fixed effects (fit(..., fe=...)), or as 0/1 dummy columns "
+        f"(pd.get_dummies(table, columns=[{name!r}], drop_first=True, dtype=float)); if it names the "
+        f"cells, add it to dims= (now {list(dims)}); or leave it out with values=[...]. Booleans are "
+        "read as 0/1."
+    )
+
+
+def check_pandas_dtypes(dtypes: dict, values: Sequence[str], dims: Sequence[str]) -> None:
+    for v in values:
+        dt = dtypes[v]
+        if pd.api.types.is_bool_dtype(dt) or (
+            pd.api.types.is_numeric_dtype(dt) and not pd.api.types.is_complex_dtype(dt)
+        ):
+            continue
+        raise _non_numeric(v, f"of dtype {dt}", dims)
+
+
+def check_arrow_types(schema: pa.Schema, values: Sequence[str], dims: Sequence[str]) -> None:
+    for v in values:
+        t = schema.field(v).type
+        if not _numeric_ok(t):
+            raise _non_numeric(v, f"of type {t}", dims)
+
+
+def read_column(batch: pa.RecordBatch, name: str) -> np.ndarray:
+    col = batch.column(name)
+    if pa.types.is_null(col.type):
+        return np.full(len(col), np.nan)
+    return np.asarray(col.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+def flat_index(codes: Sequence[np.ndarray], shape: Sequence[int], n: int) -> np.ndarray:
+    """Row-major flat index of ``codes`` in a grid of ``shape`` (zeros for a 0-d grid)."""
+    if not len(codes):
+        return np.zeros(n, dtype=np.int64)
+    idx = codes[0].astype(np.int64, copy=True)
+    for c, m in zip(codes[1:], shape[1:], strict=True):
+        idx *= m
+        idx += c
+    return idx
