@@ -294,3 +294,43 @@ def test_count_tables_equal_per_cell():
             const, sat = fam.setup_terms(yy, aux)  # the setup pass's pair, one count index
             np.testing.assert_array_equal(const, fam.constant(yy, aux))
             np.testing.assert_array_equal(sat, fam.saturated(yy, aux))
+
+
+@pytest.mark.skipif(not engines.numba_available(), reason="numba is not installed")
+@pytest.mark.parametrize("family", [dg.Poisson(), dg.Binomial(trials="m"), dg.NegativeBinomial(alpha=0.4)])
+def test_compiled_setup_terms_beyond_the_table(family):
+    """The compiled setup terms look ``log k!`` up for whole counts below
+    ``families_numba.LOG_FACTORIAL_TABLE`` and compute it for the others (large and non-integer
+    counts, mixed in one slab): the sums equal scipy's per-cell values to 1e-12."""
+    from daskglm.kernels import families_numba
+
+    rng = np.random.default_rng(9)
+    shape = (3, 50)
+    top = families_numba.LOG_FACTORIAL_TABLE
+    y = rng.poisson(3.0, shape).astype(float)
+    y[0, :5] = [top - 1, top, top + 7, 1e6, 2.5]
+    m = y + rng.integers(0, 5, shape)
+    m[1, :3] = [top + 3, 1e7, 7.5]
+    args = [ArgSpec("y", "y", (0, 1)), ArgSpec("x", "x", (0, 1))]
+    values = [y, rng.standard_normal(shape)]
+    if family.aux_roles:
+        args.append(ArgSpec("m", "trials", (0, 1)))
+        values.append(m)
+    blocks = (Block((), ("Intercept",), (), intercept=True), Block((0, 1), ("x",), (1,)))
+    layout = Layout(("i", "j"), tuple(args), blocks, family, "raise")
+    got = kernels.setup_packer(layout).unpack(
+        kernels.setup_chunk(layout, *values, engine="numba").reshape(-1)
+    )
+    lf, xl = special.gammaln, special.xlogy
+    if family.aux_roles:
+        const, sat = lf(m + 1) - lf(y + 1) - lf(m - y + 1), xl(y, y) + xl(m - y, m - y) - xl(m, m)
+    elif getattr(family, "alpha", None) is None:  # Poisson
+        const, sat = -lf(y + 1), xl(y, y) - y
+    else:
+        r = 1.0 / family.alpha
+        const = -lf(y + 1)
+        sat = lf(y + r) - lf(r) + r * (np.log(r) - np.log(r + y)) + xl(y, y) - y * np.log(r + y)
+    np.testing.assert_allclose(got["ll_const"], const.sum(), rtol=1e-12)
+    np.testing.assert_allclose(got["ll_sat"], sat.sum(), rtol=1e-12)
+    want_domain = [np.count_nonzero(r.bad(y, {"trials": m})) for r in family.domain_rules()]
+    np.testing.assert_array_equal(got["domain"], want_domain)

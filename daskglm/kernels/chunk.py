@@ -226,16 +226,101 @@ def setup_packer(layout: Layout) -> StatPacker:
 def setup_chunk(layout: Layout, *arrays: np.ndarray, engine: str | None = None) -> np.ndarray:
     """The setup pass over one chunk (see :func:`setup_packer` for the fields).
 
-    The counts, sums and constants are taken slab by slab (:func:`_slabs`: temporaries stay
-    cache-sized); the Gram matrix ``X' diag(w) X`` by :func:`setup_gram` (the compiled sweep
-    under the numba ``engine``, :func:`daskglm.kernels.engines.resolve_engine`).
+    Under the numba ``engine`` (:func:`daskglm.kernels.engines.resolve_engine`) one compiled
+    sweep (:func:`daskglm.kernels.chunk_numba.setup_chunk`) gives the counts, sums, constants,
+    domain counts and the Gram matrix; the bad-input and exposure counts are taken here, and
+    only for the inputs that hold a non-finite (or, for an exposure, a non-positive) value
+    (:func:`_suspect_inputs`): the checks of an input off the full grid are on its own small
+    array, the sweep counts the full-grid covariates' non-finite values as it packs them.
+    Under numpy (and for layouts the sweep does not cover) the counts, sums and constants are
+    taken slab by slab (:func:`_cell_slabs`: temporaries stay cache-sized) and the Gram
+    ``X' diag(w) X`` by :func:`setup_gram`.
     """
+    from .engines import resolve_engine
+
     shape = np.shape(arrays[layout.role("y")[0]])
     with np.errstate(all="ignore"):
-        out = _setup_sums(layout, arrays, shape)
-        out["gram"] = setup_gram(layout, arrays, engine)
+        out = None
+        if resolve_engine(engine) == "numba":
+            from .chunk_numba import setup_chunk as compiled
+
+            out = compiled(layout, *arrays)
+        if out is None:
+            out = _setup_sums(layout, arrays, shape)
+            out["gram"] = setup_gram(layout, arrays, engine)
+        else:
+            suspect = _suspect_inputs(layout, arrays, out.pop("nonfinite"))
+            out.update(_input_counts(layout, arrays, shape, suspect))
         vec = setup_packer(layout).pack(out)
     return vec.reshape((1,) * len(shape) + (-1,))
+
+
+def _suspect_inputs(layout: Layout, arrays: tuple, swept: dict[int, int]) -> list[int]:
+    """The inputs (other than ``y``) whose bad-input or exposure counts may be non-zero: a
+    full-grid covariate the sweep found a non-finite value in (``swept``: its counts), any
+    other input with a non-finite value in its own array, an exposure with a value not > 0."""
+    out = []
+    for k, spec in enumerate(layout.args):
+        if spec.role == "y":
+            continue
+        if k in swept:
+            bad = swept[k] > 0
+        else:
+            bad = not bool(np.isfinite(arrays[k]).all())
+        if spec.role == "exposure":
+            bad = bad or not bool((np.asarray(arrays[k]) > 0).all())
+        if bad:
+            out.append(k)
+    return out
+
+
+def _input_counts(layout: Layout, arrays: tuple, shape: tuple[int, ...], inputs) -> dict:
+    """``bad_used``, ``bad_any`` and ``nonpos_exposure`` of :func:`setup_packer` for ``inputs``
+    (0 for the others), slab by slab as :func:`_setup_sums`."""
+    counts = _InputCounts(layout)
+    if inputs:
+        for cut, slab_arrays in _cell_slabs(layout, arrays, shape):
+            counts.add(ChunkData(layout, slab_arrays), cut, inputs)
+    return counts.result()
+
+
+class _InputCounts:
+    """The non-finite and non-positive-exposure counts of the inputs, slab by slab.
+
+    An input's non-finite values are counted only where ``isfinite(...).all()`` fails on the
+    slab; an input that does not span the slab axis is checked on the first slab only (the
+    same cells every slab).
+    """
+
+    def __init__(self, layout: Layout):
+        n = len(layout.args)
+        self.layout = layout
+        self.bad_used, self.bad_any, self.nonpos = np.zeros(n), np.zeros(n), np.zeros(n)
+        self.seen: dict[tuple, bool] = {}  # (input, its cut) -> all finite there
+
+    def add(self, d: ChunkData, cut: tuple, inputs) -> None:
+        """Count one slab's cells (``cut``: its ``(axis, start)`` pairs) for ``inputs``."""
+        for k in inputs:
+            spec = self.layout.args[k]
+            if spec.role == "y":
+                continue
+            # an input off some cut axis meets the same values in several slabs: count its
+            # non-finite values (bad_any) the first time only
+            key = (k,) + tuple(s for d_, s in cut if d_ in spec.axes)
+            first = key not in self.seen
+            if first:
+                self.seen[key] = bool(np.isfinite(d.local[k]).all())
+            if not self.seen[key]:
+                nonfinite = ~d.finite(k)
+                self.bad_used[k] += np.count_nonzero(np.broadcast_to(nonfinite, d.shape) & d.candidate)
+                if first:
+                    self.bad_any[k] += np.count_nonzero(nonfinite)
+            if spec.role == "exposure" and not bool((d.local[k] > 0).all()):
+                bad = np.broadcast_to(~(d.local[k] > 0), d.shape) & d.used
+                self.nonpos[k] += np.count_nonzero(bad)
+
+    def result(self) -> dict:
+        return {"bad_used": self.bad_used, "bad_any": self.bad_any, "nonpos_exposure": self.nonpos}
 
 
 def _onto(a: np.ndarray, like) -> np.ndarray:
@@ -245,43 +330,23 @@ def _onto(a: np.ndarray, like) -> np.ndarray:
 
 
 def _setup_sums(layout: Layout, arrays: tuple, shape: tuple[int, ...]) -> dict:
-    """The setup pass's counts, weighted sums and constants, slab by slab.
-
-    An input's non-finite values are counted only where ``isfinite(...).all()`` fails on the
-    slab; an input that does not span the slab axis is checked on the first slab only (the
-    same cells every slab). With unit weights (no weights, every cell used) the sums skip the
+    """The setup pass's counts, weighted sums and constants, slab by slab (the input checks:
+    :class:`_InputCounts`). With unit weights (no weights, every cell used) the sums skip the
     weighting.
     """
     fam = layout.family
-    nargs = len(layout.args)
     rules = fam.domain_rules()
     out: dict[str, object] = dict.fromkeys(
         ("n_candidate", "n_used", "sw", "swy", "swy2", "swoff", "swyoff", "swd", "swm", "ll_const"), 0.0
     )
     out["ll_sat"], out["neg_weights"] = 0.0, 0.0
-    bad_used, bad_any, nonpos = np.zeros(nargs), np.zeros(nargs), np.zeros(nargs)
+    counts = _InputCounts(layout)
     domain = np.zeros(max(1, len(rules)))
     weighted = bool(layout.role("weights"))
-    seen: dict[tuple, bool] = {}  # (input, its cut) -> all finite there
     for cut, slab_arrays in _cell_slabs(layout, arrays, shape):
         d = ChunkData(layout, slab_arrays)
         cand, used, n = d.candidate, d.used, int(np.prod(d.shape))
-        for k, spec in enumerate(layout.args):
-            if spec.role == "y":
-                continue
-            # an input off some cut axis meets the same values in several slabs: count its
-            # non-finite values (bad_any) the first time only
-            key = (k,) + tuple(s for d_, s in cut if d_ in spec.axes)
-            first = key not in seen
-            if first:
-                seen[key] = bool(np.isfinite(d.local[k]).all())
-            if not seen[key]:
-                nonfinite = ~d.finite(k)
-                bad_used[k] += np.count_nonzero(np.broadcast_to(nonfinite, d.shape) & cand)
-                if first:
-                    bad_any[k] += np.count_nonzero(nonfinite)
-            if spec.role == "exposure" and not bool((d.local[k] > 0).all()):
-                nonpos[k] += np.count_nonzero(np.broadcast_to(~(d.local[k] > 0), d.shape) & used)
+        counts.add(d, cut, range(len(layout.args)))
         out["n_candidate"] += n if d.all_used else np.count_nonzero(cand)
         out["n_used"] += n if d.all_used else np.count_nonzero(used)
         if weighted:
@@ -292,7 +357,7 @@ def _setup_sums(layout: Layout, arrays: tuple, shape: tuple[int, ...]) -> dict:
                 domain[q] += np.count_nonzero(np.broadcast_to(bad, d.shape) & used)
         for name, value in _weighted_sums(d).items():
             out[name] += value
-    out.update(bad_used=bad_used, bad_any=bad_any, nonpos_exposure=nonpos, domain=domain)
+    out.update(counts.result(), domain=domain)
     return out
 
 

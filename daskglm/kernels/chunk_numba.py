@@ -42,10 +42,16 @@ from .contract import BlockContractor
 from .layout import Layout
 from .sweep_plan import SweepPlan, grid_shape, make_plan, matrix_result, partial_sum, vector_result
 
-__all__ = ["eval_chunk", "fe_eval_chunk", "SLAB_CELLS"]
+__all__ = ["eval_chunk", "fe_eval_chunk", "setup_chunk", "SLAB_CELLS"]
 
 #: cells per slab of the compiled sweep (its few arrays stay in the L2 cache)
 SLAB_CELLS = 16384
+
+#: the setup pass's counts and sums as the sweep accumulates them (``su``), then the domain rules
+_SETUP_SUMS = (
+    "n_candidate", "n_used", "neg_weights", "sw", "swy", "swy2", "swoff", "swyoff", "swd", "swm", "ll_const",
+    "ll_sat",
+)  # fmt: skip
 
 #: reassociation lets the sums vectorise; no finite-math assumption (NaN/inf stay honest)
 _FM = {"reassoc", "contract", "nsz"}
@@ -225,40 +231,83 @@ def _dots(XF, v, out, n):  # pragma: no cover - compiled
 
 @_jit
 def _pack_linear(src, dst, eta, b, first):  # pragma: no cover - compiled
-    """dst = src as float64, 0 where it is not finite; eta (=, if ``first``) += b dst."""
+    """dst = src as float64, 0 where it is not finite; eta (=, if ``first``) += b dst. Returns
+    the number of non-finite values."""
     n = src.shape[0]
+    bad = 0
     if first:
         for i in range(n):
             v = np.float64(src[i])
-            v = v if abs(v) < np.inf else 0.0
+            ok = abs(v) < np.inf
+            v = v if ok else 0.0
+            bad += 0 if ok else 1
             dst[i] = v
             eta[i] = b * v
     else:
         for i in range(n):
             v = np.float64(src[i])
-            v = v if abs(v) < np.inf else 0.0
+            ok = abs(v) < np.inf
+            v = v if ok else 0.0
+            bad += 0 if ok else 1
             dst[i] = v
             eta[i] += b * v
+    return bad
 
 
 @_jit
 def _mask(y, wb, weighted, drop, c0, safe_y, ub, yb):  # pragma: no cover - compiled
     """ub = the used cells (finite y, non-zero weight, not dropped), yb = y there (safe_y
-    elsewhere); returns the number of unused cells."""
+    elsewhere); returns the number of unused cells and of cells that are not candidates
+    (``ChunkData.candidate``: finite y and non-zero weight, before the drop)."""
     n = y.shape[0]
     bad = 0
+    not_cand = 0
     has_drop = drop.shape[0] > 0
     for i in range(n):
         v = y[i]
         ok = abs(v) < np.inf
         if weighted:
             ok = ok & (wb[i] != 0.0)
+        not_cand += 0 if ok else 1
         if has_drop:
             ok = ok & (drop[c0 + i] == 0)
         ub[i] = ok
         yb[i] = v if ok else safe_y
         bad += 0 if ok else 1
-    return bad
+    return bad, not_cand
+
+
+@_jit
+def _moments(yb, wb, e, tb, eb, unit, n, su):  # pragma: no cover - compiled
+    """The setup pass's weighted sums of a slab into ``su``: w, w y, w y^2, w exp(off),
+    w y exp(off), w event, w trials (``e`` holds exp(off)) and the negative weights."""
+    sw = 0.0
+    swy = 0.0
+    swy2 = 0.0
+    swoff = 0.0
+    swyoff = 0.0
+    swd = 0.0
+    swm = 0.0
+    neg = 0
+    for i in range(n):
+        wi = 1.0 if unit else wb[i]
+        wy = wi * yb[i]
+        sw += wi
+        swy += wy
+        swy2 += wy * yb[i]
+        swoff += wi * e[i]
+        swyoff += wy * e[i]
+        swd += wi * eb[i]
+        swm += wi * tb[i]
+        neg += 1 if wi < 0.0 else 0
+    su[2] += neg
+    su[3] += sw
+    su[4] += swy
+    su[5] += swy2
+    su[6] += swoff
+    su[7] += swyoff
+    su[8] += swd
+    su[9] += swm
 
 
 @_jit
@@ -277,6 +326,9 @@ def _sweep(
     extra,
     hessian,
     final,
+    setup,
+    terms,
+    lf_table,
     y,
     safe_y,
     L,
@@ -300,12 +352,13 @@ def _sweep(
     XS,
     A,
     sums,
+    su,
+    nonfin,
     gfull,
     efull,
     ff,
     ffm,
     mfull,
-    eta_out,
     wh_out,
 ):  # pragma: no cover - compiled
     """The whole chunk, slab by slab (``slab_rows`` rows of ``L`` cells each, or segments of
@@ -316,9 +369,15 @@ def _sweep(
     trials, event: grid index (-1: none) and values. ``ops`` rows: (kind, which, grid, acc
     offset, acc size, columns, x grid, x offset, x size) with kind 0 ``acc += v``, 1 ``acc +=
     v x_full[c]``, 2 ``acc += v x_small[c]``; which 0: w g, 1: w h, 2: w f_et, 3: w g^2 (the
-    meat), 4: w g f_t. ``sums``: w f, w f_t, w f_tt, w deviance, w f_t^2. With ``final`` also
-    the meat's products (``ffm``, ``mfull``) and eta at every cell (``eta_out``); ``wh_out``
-    (unless empty) receives ``w h`` at every cell.
+    meat), 4: w g f_t. ``sums``: w f, w f_t, w f_tt, w deviance, w f_t^2, the separated cells.
+    With ``final`` also the meat's products (``ffm``, ``mfull``); ``wh_out`` (unless empty)
+    receives ``w h`` at every cell; ``nonfin[f]`` counts packed column f's non-finite values.
+
+    ``setup``: the setup pass instead (no family derivatives, no gradient: ``w`` takes the
+    place of ``w h``, so the Hessian's accumulations are the Gram's; eta is the offset) with
+    the counts and sums of ``su`` (:data:`_SETUP_SUMS`). ``terms`` adds the family's setup
+    terms into ``su[10:]`` (:func:`daskglm.kernels.families_numba.cell_setup`): 1 the
+    constant only (at the final pass), 2 also the saturated f and the domain rules.
     """  # fmt: skip
     R = B.shape[1]
     F = len(src)
@@ -337,6 +396,8 @@ def _sweep(
     st = np.empty((n_rows + 2, maxn))  # the family's rows, then w g^2 and w g f_t
     dev = np.empty(maxn)
     tmp = np.empty(maxn)
+    cst = np.empty(maxn if terms else 0)  # the family's setup terms (cell_setup)
+    sat = np.empty(maxn if terms == 2 else 0)
     row_starts = np.arange(slab_rows) * L_row
     Bs = np.empty((B.shape[0], 1), dtype=np.int64)
     n_slabs = (R + slab_rows - 1) // slab_rows if nseg == 1 else R * nseg
@@ -363,7 +424,7 @@ def _sweep(
         weighted = wgrid >= 0
         if weighted:
             _gather(wb, WV, Bv[wgrid], S[wgrid], L)
-        bad = _mask(y[c0 : c0 + ns], wb, weighted, drop, c0, safe_y, ub, yb)
+        bad, not_cand = _mask(y[c0 : c0 + ns], wb, weighted, drop, c0, safe_y, ub, yb)
         unit = not weighted and bad == 0
         if bad:
             for i in range(ns):
@@ -386,55 +447,74 @@ def _sweep(
             for i in range(ns):
                 eta[i] = 0.0
         for f in range(F):
-            _pack_linear(src[f][c0 : c0 + ns], XF[f], eta, beta_full[f], f == 0)
+            nonfin[f] += _pack_linear(src[f][c0 : c0 + ns], XF[f], eta, beta_full[f], f == 0)
         for g in range(ggrid.shape[0]):
             k = ggrid[g]
             _add_grid(eta, GV[goff[g] : goff[g + 1]], Bv[k], S[k], L)
         if bad:
             for i in range(ns):
                 eta[i] = eta[i] if ub[i] else 0.0
-        # the family, weighted in place
-        families_numba.cell_stats(code, yb[:ns], eta[:ns], tb[:ns], eb[:ns], theta, st)
-        if extra or final:
-            families_numba.cell_deviance(code, yb[:ns], eta[:ns], tb[:ns], eb[:ns], theta, dev)
-        if final:
-            eo = eta_out[c0 : c0 + ns]
-            for i in range(ns):
-                eo[i] = eta[i]
-            if hessian:  # the meat's cell arrays, from the unweighted g (and f_t)
-                g_, m3 = st[1], st[n_rows]
-                for i in range(ns):
-                    m3[i] = g_[i] * g_[i] if unit else wb[i] * g_[i] * g_[i]
-                if extra:
-                    ft, m4 = st[3], st[n_rows + 1]
-                    tt = 0.0
-                    for i in range(ns):
-                        wi = 1.0 if unit else wb[i]
-                        m4[i] = wi * g_[i] * ft[i]
-                        tt += wi * ft[i] * ft[i]
-                    sums[4] += tt
-        for q in range(n_rows):
-            row = st[q]
-            if not unit:
-                for i in range(ns):
-                    row[i] *= wb[i]
-        acc = 0.0
-        row = st[0]
-        for i in range(ns):
-            acc += row[i]
-        sums[0] += acc
-        if wh_out.shape[0]:
-            wo = wh_out[c0 : c0 + ns]
+        if setup:  # counts, sums, the family's terms; w in the place of w h
+            su[0] += ns - not_cand
+            su[1] += ns - bad
+            families_numba.exp_array(eta[:ns], tmp[:ns])
+            _moments(yb, wb, tmp, tb, eb, unit, ns, su)
+            if terms:
+                families_numba.cell_setup(
+                    code, yb[:ns], tb[:ns], eb[:ns], ub[:ns], theta, lf_table, False, cst, sat, su[12:]
+                )
+                su[10] += _sum(cst, ns) if unit else _dot(cst, wb, ns)
+                su[11] += _sum(sat, ns) if unit else _dot(sat, wb, ns)
             h_ = st[2]
             for i in range(ns):
-                wo[i] = h_[i]
-        if extra:
-            sums[1] += _sum(st[3], ns)
-            sums[2] += _sum(st[5], ns)
-        if extra or final:
-            sums[3] += _sum(dev, ns) if unit else _dot(dev, wb, ns)
+                h_[i] = 1.0 if unit else wb[i]
+        else:
+            # the family, weighted in place
+            families_numba.cell_stats(code, yb[:ns], eta[:ns], tb[:ns], eb[:ns], theta, st)
+            if extra or final:
+                families_numba.cell_deviance(code, yb[:ns], eta[:ns], tb[:ns], eb[:ns], theta, dev)
+            if final:
+                sums[5] += families_numba.cell_separated(code, yb[:ns], eta[:ns], tb[:ns], eb[:ns], ub[:ns])
+                if terms:
+                    families_numba.cell_setup(
+                        code, yb[:ns], tb[:ns], eb[:ns], ub[:ns], theta, lf_table, True, cst, sat, su[12:]
+                    )
+                    su[10] += _sum(cst, ns) if unit else _dot(cst, wb, ns)
+                if hessian:  # the meat's cell arrays, from the unweighted g (and f_t)
+                    g_, m3 = st[1], st[n_rows]
+                    for i in range(ns):
+                        m3[i] = g_[i] * g_[i] if unit else wb[i] * g_[i] * g_[i]
+                    if extra:
+                        ft, m4 = st[3], st[n_rows + 1]
+                        tt = 0.0
+                        for i in range(ns):
+                            wi = 1.0 if unit else wb[i]
+                            m4[i] = wi * g_[i] * ft[i]
+                            tt += wi * ft[i] * ft[i]
+                        sums[4] += tt
+            for q in range(n_rows):
+                row = st[q]
+                if not unit:
+                    for i in range(ns):
+                        row[i] *= wb[i]
+            acc = 0.0
+            row = st[0]
+            for i in range(ns):
+                acc += row[i]
+            sums[0] += acc
+            if wh_out.shape[0]:
+                wo = wh_out[c0 : c0 + ns]
+                h_ = st[2]
+                for i in range(ns):
+                    wo[i] = h_[i]
+            if extra:
+                sums[1] += _sum(st[3], ns)
+                sums[2] += _sum(st[5], ns)
+            if extra or final:
+                sums[3] += _sum(dev, ns) if unit else _dot(dev, wb, ns)
         # the reductions
-        _dots(XF, st[1], gfull, ns)
+        if not setup:
+            _dots(XF, st[1], gfull, ns)
         if hessian:
             _gram(XF, st[2], ff, tmp, ns)
             if extra:
@@ -548,6 +628,12 @@ def _plan_for(layout: Layout) -> SweepPlan | None:
 
 
 # ------------------------------------------------------------------------ the kernel
+@lru_cache(maxsize=1)
+def _log_factorials() -> np.ndarray:
+    """``log k!`` for the whole counts the setup terms look up (made once per process)."""
+    return families_numba.log_factorial_table(families_numba.LOG_FACTORIAL_TABLE)
+
+
 def _family_code(family) -> int | None:
     """The number of the family's compiled cell kernel (:attr:`CellKernel.code
     <daskglm.kernels.families_numba.CellKernel>`), or None where it has none."""
@@ -673,6 +759,45 @@ def fe_eval_chunk(
         return _evaluate(layout, plan, code, params, hessian, final, False, arrays, effects, levels)
 
 
+def setup_chunk(layout: Layout, *arrays: np.ndarray) -> dict | None:
+    """The setup pass over one chunk in one compiled sweep: the fields of
+    :func:`daskglm.kernels.chunk.setup_packer` except the bad-input and exposure counts, plus
+    ``nonfinite`` (argument index -> the number of non-finite values the sweep met in a
+    full-grid covariate's columns). ``None`` where the sweep does not apply (no plan, or a
+    family without a compiled kernel): the caller runs the numpy path."""
+    plan = _plan_for(layout)
+    code = None if plan is None else _family_code(layout.family)
+    if code is None:
+        return None
+    with np.errstate(all="ignore"):
+        return _evaluate(
+            layout, plan, code, np.zeros(layout.n_params), True, False, False, arrays, setup=True
+        )
+
+
+def _setup_out(plan, con, accs, A, su, nonfin, ff, h_fx, h_c, h_t, has_trials: bool) -> dict:
+    """The setup fields of the sweep's ``su`` and Gram accumulations (``w`` in the place of ``w h``)."""
+    k = len(_SETUP_SUMS)
+    out: dict[str, object] = dict(zip(_SETUP_SUMS, su[:k].tolist(), strict=True))
+    if not has_trials:
+        out["swm"] = 0.0  # ``ChunkData.aux`` has no trials: the sum is 0, not the sum of weights
+    out["domain"] = su[k:].copy()
+
+    def views(hs: dict) -> dict:
+        return {U: accs.view(A, h) for U, h in hs.items()}
+
+    pairs = {s: views(hs) for s, hs in h_t.items()}
+    gram = matrix_result(plan, con, ff, views(h_fx), views(h_c), pairs)
+    out["gram"] = gram
+    counts: dict[int, int] = {}
+    col = 0
+    for src, width, _ in plan.sources:
+        counts[src] = counts.get(src, 0) + int(nonfin[col : col + width].sum())
+        col += width
+    out["nonfinite"] = counts
+    return out
+
+
 def _effects_module():
     """:mod:`daskglm.kernels.effects` (imported on first use: it imports this module's package peers)."""
     from . import effects
@@ -691,14 +816,17 @@ def _evaluate(
     arrays: tuple,
     effects=None,
     levels=None,
+    setup: bool = False,
 ) -> dict:
     """One chunk through :func:`_sweep` and the once-per-chunk contractions: the statistics of
-    :func:`eval_chunk` (``meat`` with the final pass's meat) or, with ``effects``, those of
-    :func:`fe_eval_chunk`."""
+    :func:`eval_chunk` (``meat`` with the final pass's meat), with ``effects`` those of
+    :func:`fe_eval_chunk`, with ``setup`` those of :func:`setup_chunk` (``params`` unused)."""
     fam = layout.family
     params = np.asarray(params, dtype=np.float64)
-    nb, extra = layout.n_beta, fam.n_extra > 0
+    nb, extra = layout.n_beta, fam.n_extra > 0 and not setup
     beta, theta = params[:nb], params[nb:]
+    if setup:
+        beta, theta, hessian, final = np.zeros(nb), np.zeros(0), True, False
     (iy,) = layout.role("y")
     shape = tuple(np.shape(arrays[iy]))
     n = int(np.prod(shape))
@@ -720,8 +848,8 @@ def _evaluate(
     local = [_expand(a, sp, shape) for a, sp in zip(arrays, layout.args, strict=True)]
     con = _contractor(layout, plan, local, shape)
     grids = _Grids(shape)
-    # eta's small grids, the offset and the effects' levels
-    parts = list(con.linear_grids(beta))
+    # eta's small grids (none in the setup pass: eta is the offset), the offset and the effects' levels
+    parts = [] if setup else list(con.linear_grids(beta))
     off = 0.0
     for k in layout.role("offset"):
         off = off + local[k].astype(np.float64, copy=False)
@@ -767,7 +895,7 @@ def _evaluate(
             gathered[s] = (grids(X.shape[1:]), xoff, int(np.prod(X.shape[1:])))
         return gathered[s]
 
-    h_vec = {U: accs.add(0, 0, grid_shape(U, shape)) for U in plan.vec_grids}
+    h_vec = {} if setup else {U: accs.add(0, 0, grid_shape(U, shape)) for U in plan.vec_grids}
     if hessian:
         h_fx = {U: accs.add(1, 1, grid_shape(U, shape), F) for U in plan.vec_grids} if F else {}
         h_c = {U: accs.add(0, 1, grid_shape(U, shape)) for U in plan.c_grids}
@@ -805,10 +933,11 @@ def _evaluate(
     B, S = grids.tables()
     ops = np.array(accs.ops, dtype=np.int64).reshape(-1, 9)
     A = np.zeros(accs.size)
-    sums = np.zeros(5)
+    sums = np.zeros(6)
+    su = np.zeros(len(_SETUP_SUMS) + max(1, len(fam.domain_rules())))
+    nonfin = np.zeros(F, dtype=np.int64)
     gfull, efull, ff = np.zeros(F), np.zeros(F), np.zeros((F, F))
     ffm, mfull = np.zeros((F, F)), np.zeros(F)
-    eta_out = np.zeros(n if final else 0)
     wh_out = np.zeros(n if effects and hessian else 0)
     kernel = families_numba.cell_kernel(fam)
     cell_theta = kernel.theta(theta)
@@ -816,12 +945,17 @@ def _evaluate(
     slab_rows = max(1, SLAB_CELLS // max(L, 1))
     y = np.ascontiguousarray(local[iy], dtype=np.float64).reshape(-1)
     src = _as_columns(layout, plan, local, n)
+    terms = 2 if setup else (1 if final and effects else 0)
+    n_rows = 3 if setup else kernel.n_rows
     if n:
         _sweep(
-            code, cell_theta, kernel.n_rows, extra, hessian, final, y, float(fam.safe_y), L, slab_rows,
-            SLAB_CELLS, src, np.ascontiguousarray(beta[plan.colpos]), B, S, GV, goff, ggrid, wgrid, WV,
-            tgrid, TV, egrid, EV, drop, ops, XS, A, sums, gfull, efull, ff, ffm, mfull, eta_out, wh_out,
+            code, cell_theta, n_rows, extra, hessian, final, setup, terms, _log_factorials(), y,
+            float(fam.safe_y), L, slab_rows, SLAB_CELLS, src, np.ascontiguousarray(beta[plan.colpos]), B,
+            S, GV, goff, ggrid, wgrid, WV, tgrid, TV, egrid, EV, drop, ops, XS, A, sums, su, nonfin, gfull,
+            efull, ff, ffm, mfull, wh_out,
         )  # fmt: skip
+    if setup:
+        return _setup_out(plan, con, accs, A, su, nonfin, ff, h_fx, h_c, h_t, tgrid >= 0)
     # the once-per-chunk contractions
     out: dict[str, object] = {"ll": sums[0]}
     if final or extra:
@@ -850,12 +984,9 @@ def _evaluate(
         if meat:
             out["meat"] = quadratic(ffm, m_fx, m_c, m_t, mfull, m_e if extra else None, sums[4])
     if final:
-        d = kernels.ChunkData(layout, arrays)
-        sep = fam.separated(d.y, eta_out.reshape(shape), d.aux)
-        out["n_separated"] = 0 if sep is None else int(np.count_nonzero(sep & d.used))
+        out["n_separated"] = int(sums[5])
         if effects:
-            const = np.where(d.used, fam.constant(d.y, d.aux), 0.0)
-            out["ll_const"] = float(d.weighted(const).sum())
+            out["ll_const"] = float(su[_SETUP_SUMS.index("ll_const")])
     if effects:
         _effects_out(
             out, plan, con, accs, A, effects, shape, fe_g, fe_h, fe_full, fe_e, fe_union, fe_t, wh_out

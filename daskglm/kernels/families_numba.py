@@ -58,10 +58,14 @@ import numpy as np
 from numba.core import types
 from numba.core.extending import intrinsic
 
+from .families import BOUNDARY_ETA
+
 __all__ = [
     "CellKernel",
     "cell_deviance",
     "cell_kernel",
+    "cell_separated",
+    "cell_setup",
     "cell_stats",
     "digamma",
     "exp",
@@ -70,6 +74,8 @@ __all__ = [
     "log1p",
     "log1p_array",
     "log_array",
+    "log_factorial_table",
+    "LOG_FACTORIAL_TABLE",
     "trigamma",
     "GAUSSIAN",
     "POISSON",
@@ -233,11 +239,9 @@ def log(x):  # pragma: no cover - compiled
     big_r = t2 + t1
     dk = float(k)
     res = dk * _LN2_HI - ((hfsq - (s * (hfsq + big_r) + dk * _LN2_LO)) - f)
-    if x > 0.0 and x < np.inf:
-        return res
-    if x == 0.0:
-        return -np.inf
-    return x if x == np.inf else np.nan
+    # selects, not branches: the loops that call this vectorise
+    special = -np.inf if x == 0.0 else (x if x == np.inf else np.nan)
+    return res if (x > 0.0) & (x < np.inf) else special
 
 
 @numba.njit(inline="always", cache=True, error_model="numpy", fastmath=False)
@@ -363,7 +367,8 @@ def trigamma(x):  # pragma: no cover - compiled
 @numba.njit(inline="always", cache=True, error_model="numpy", fastmath=False)
 def _xlogy(x, y):  # pragma: no cover - compiled
     """``scipy.special.xlogy``: 0 where ``x == 0`` (and ``y`` is not nan), else ``x log y``."""
-    return 0.0 if x == 0.0 and y == y else x * log(y)
+    v = x * log(y)
+    return 0.0 if (x == 0.0) & (y == y) else v  # a select: the calling loops vectorise
 
 
 # --------------------------------------------------------------------------- Gaussian
@@ -564,6 +569,144 @@ def _nb2_deviance(y, eta, trials, event, theta, out):  # pragma: no cover - comp
         mu = exp(eta[i])
         yi = y[i]
         out[i] = 2.0 * (_xlogy(yi, yi) - yi * eta[i] - (yi + r) * (log(yi + r) - log(mu + r)))
+
+
+# --------------------------------------------------------------------------- separation, setup terms
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
+def cell_separated(code, y, eta, trials, event, used):  # pragma: no cover - compiled
+    """The number of used cells that ``Family.separated`` of the kernel numbered ``code`` flags
+    (a fitted mean on the boundary: ``eta`` beyond :data:`BOUNDARY_ETA`); 0 for the Gaussian."""
+    n = y.shape[0]
+    count = 0
+    if code == 1 or code == 4 or code == 5:  # Poisson, NB2: a zero count with eta < -B
+        for i in range(n):
+            count += 1 if used[i] and y[i] == 0.0 and eta[i] < -BOUNDARY_ETA else 0
+    elif code == 2:  # exponential: a censored spell with eta + log(T) < -B
+        for i in range(n):
+            if used[i] and event[i] == 0.0 and eta[i] + math.log(y[i]) < -BOUNDARY_ETA:
+                count += 1
+    elif code == 3:  # binomial: |eta| > B
+        for i in range(n):
+            count += 1 if used[i] and abs(eta[i]) > BOUNDARY_ETA else 0
+    return count
+
+
+#: ``log k!`` is looked up for whole counts ``k`` below this (:func:`log_factorial_table`)
+LOG_FACTORIAL_TABLE = 4096
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
+def log_factorial_table(size):  # pragma: no cover - compiled
+    """``lgamma(k + 1)`` for ``k = 0 .. size - 1`` (the table :func:`cell_setup` looks up)."""
+    t = np.empty(size)
+    for k in range(size):
+        t[k] = math.lgamma(k + 1.0)
+    return t
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
+def _log_factorial(v, table, out, sign):  # pragma: no cover - compiled
+    """``out += sign lgamma(v + 1)`` per cell: looked up in ``table`` for whole ``v`` in its
+    range (one vectorised loop), computed for the other cells (the same numbers either way)."""
+    n = v.shape[0]
+    top = float(table.shape[0] - 1)
+    miss = 0
+    for i in range(n):
+        x = v[i]
+        ok = (x >= 0.0) & (x <= top) & (x == math.floor(x))
+        t = table[np.int64(x if ok else 0.0)]
+        out[i] += sign * t if ok else 0.0
+        miss += 0 if ok else 1
+    if miss:
+        for i in range(n):
+            x = v[i]
+            if not ((x >= 0.0) & (x <= top) & (x == math.floor(x))):
+                out[i] += sign * math.lgamma(x + 1.0)
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
+def cell_setup(
+    code, y, trials, event, used, theta, table, const_only, const, sat, domain
+):  # pragma: no cover - compiled
+    """The setup pass's family terms of a slab for the kernel numbered ``code``.
+
+    Fills ``const`` with ``Family.constant`` (``-log y!``, ``log C(m, y)``) and, unless
+    ``const_only``, ``sat`` with ``Family.saturated`` (nan for NB2 with alpha estimated: it
+    depends on alpha) and adds to ``domain[q]`` the used cells breaking
+    ``Family.domain_rules()[q]``. ``y`` and the auxiliary arrays hold harmless values at unused
+    cells (as ``ChunkData``); ``table`` is :func:`log_factorial_table` (``log k!`` of whole
+    counts in its range is looked up: the same numbers as computing it per cell).
+    """
+    n = y.shape[0]
+    for i in range(n):
+        const[i] = 0.0
+    if not const_only:
+        for i in range(n):
+            sat[i] = 0.0
+    if code == 0 or n == 0:  # Gaussian: no constant, a zero saturated f, no rule
+        return
+    if code == 2:  # exponential: constant 0, saturated -d (log T + 1); T > 0, d in {0, 1}
+        if const_only:
+            return
+        bad_y = 0
+        bad_d = 0
+        for i in range(n):
+            d = event[i]
+            sat[i] = -d * (log(y[i]) + 1.0)
+            bad_y += 1 if used[i] & (not (y[i] > 0.0)) else 0
+            bad_d += 1 if used[i] & (d != 0.0) & (d != 1.0) else 0
+        domain[0] += bad_y
+        domain[1] += bad_d
+        return
+    if code == 3:  # binomial: log C(m, y) = log m! - log y! - log (m - y)!, xlogy terms; four rules
+        _log_factorial(trials, table, const, 1.0)
+        _log_factorial(y, table, const, -1.0)
+        mmy = np.empty(n)
+        for i in range(n):
+            mmy[i] = trials[i] - y[i]
+        _log_factorial(mmy, table, const, -1.0)
+        if const_only:
+            return
+        b0 = 0
+        b1 = 0
+        b2 = 0
+        b3 = 0
+        for i in range(n):
+            m = trials[i]
+            yi = y[i]
+            sat[i] = _xlogy(yi, yi) + _xlogy(m - yi, m - yi) - _xlogy(m, m)
+            u = used[i]
+            b0 += 1 if u & (yi < 0.0) else 0
+            b1 += 1 if u & (yi != np.round(yi)) else 0
+            b2 += 1 if u & (yi > m) else 0
+            b3 += 1 if u & ((not (m >= 1.0)) | (m != np.round(m))) else 0
+        domain[0] += b0
+        domain[1] += b1
+        domain[2] += b2
+        domain[3] += b3
+        return
+    # Poisson, NB2: -log y!; saturated y log y - y (Poisson), NB2's with a fixed alpha; y >= 0
+    _log_factorial(y, table, const, -1.0)
+    if const_only:
+        return
+    if code == 1:
+        for i in range(n):
+            sat[i] = _xlogy(y[i], y[i]) - y[i]
+    elif code == 5:  # gammaln(y + r) - gammaln(r) + r (log r - log(r + y)) + y log y - y log(r + y)
+        r = math.exp(-theta[0])
+        log_r = math.log(r)
+        _nb2_special(y, r, False, sat, sat, sat)
+        for i in range(n):
+            yi = y[i]
+            lry = log(r + yi)
+            sat[i] = sat[i] + r * (log_r - lry) + _xlogy(yi, yi) - yi * lry
+    else:  # NB2 with alpha estimated: the saturated model depends on alpha
+        for i in range(n):
+            sat[i] = np.nan
+    bad_y = 0
+    for i in range(n):
+        bad_y += 1 if used[i] & (y[i] < 0.0) else 0
+    domain[0] += bad_y
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath=False)
