@@ -366,6 +366,32 @@ def slabbed(kind: str, layout: Layout, effects: Sequence[Effect], *args):
 STALL_ITERATIONS = 50
 
 
+class _Flat:
+    """The effects' level arrays (grid + (k,) each) as one ``(levels, k)`` array and back."""
+
+    def __init__(self, arrays: Sequence[np.ndarray]):
+        self.shapes = [a.shape[:-1] for a in arrays]
+        sizes = [int(np.prod(s)) for s in self.shapes]
+        self.bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+
+    def join(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
+        k = arrays[0].shape[-1]
+        return np.concatenate([np.asarray(a, dtype=np.float64).reshape(-1, k) for a in arrays])
+
+    def split(self, flat: np.ndarray) -> LevelArrays:
+        """Views of ``flat`` (levels, k) as the effects' grids + (k,)."""
+        k = flat.shape[-1]
+        return [
+            flat[a:b].reshape(s + (k,))
+            for a, b, s in zip(self.bounds[:-1], self.bounds[1:], self.shapes, strict=True)
+        ]
+
+
+def _col_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Column-wise inner products of two (levels, k) arrays."""
+    return np.einsum("nk,nk->k", a, b)
+
+
 def block_pcg(
     matvec: Callable[[LevelArrays], LevelArrays],
     rhs: LevelArrays,
@@ -373,7 +399,8 @@ def block_pcg(
     x0: LevelArrays | None = None,
     rtol: float = 1e-12,
     max_iter: int = 2000,
-) -> tuple[LevelArrays, int, np.ndarray]:
+    product: bool = False,
+) -> tuple:
     """Solve ``A X = R`` column by column, all columns in lockstep (one product per step).
 
     Conjugate gradients preconditioned by ``diag(A)``. ``A`` is the effects' block of the
@@ -392,98 +419,118 @@ def block_pcg(
         Starting solution (warm start).
     rtol : float
         Stop when every column's residual norm is below ``rtol`` times its right-hand side's.
+    max_iter : int
+        At most this many products.
+    product : bool
+        Also return ``A X`` (per effect), from the iteration's own residual ``R - A X``
+        (kept alongside ``X``; saves the product the caller would otherwise make).
 
     Returns
     -------
-    X, iterations, relative residual of each column
+    X, iterations, relative residual of each column (and ``A X`` with ``product``)
     """
-    inv = [np.where(dg > 0, 1.0 / np.where(dg > 0, dg, 1.0), 0.0)[..., None] for dg in diag]
-    active = [(dg > 0)[..., None] for dg in diag]
-    drop_constants = _constant_shifts(active)
+    flat = _Flat(rhs)
+    n, k = int(flat.bounds[-1]), rhs[0].shape[-1]
+    dg = np.concatenate([np.ravel(d) for d in diag])
+    used = dg > 0
+    inv = np.where(used, 1.0 / np.where(used, dg, 1.0), 0.0)[:, None]
+    mask = used[:, None]
+    drop_constants = _constant_shifts(flat.bounds, used)
+
+    def apply(V: np.ndarray) -> np.ndarray:
+        """``A V`` on the used levels (rounding on a level without cells is discarded)."""
+        out = flat.join(matvec(flat.split(V)))
+        out *= mask
+        return out
+
     # in exact arithmetic R is orthogonal to A's null space; rounding leaves a component there
     # (a gradient column near the optimum is all rounding), along which CG would drift
-    rhs = drop_constants([np.where(a, r, 0.0) for r, a in zip(rhs, active, strict=True)])
-
-    def dot(a, b):
-        return sum(
-            np.einsum("nk,nk->k", x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1]))
-            for x, y in zip(a, b, strict=True)
-        )
-
-    bnorm = np.sqrt(dot(rhs, rhs))
+    B = drop_constants(flat.join(rhs) * mask)
+    bnorm = np.sqrt(_col_dot(B, B))
     bnorm = np.where(bnorm > 0, bnorm, 1.0)
-    if x0 is None:
-        X = [np.zeros_like(r) for r in rhs]
-        R = [r.copy() for r in rhs]
-    else:
-        X = [np.where(a, x, 0.0) for x, a in zip(x0, active, strict=True)]
-        AX = matvec(X)
-        R = [np.where(a, r - ax, 0.0) for r, ax, a in zip(rhs, AX, active, strict=True)]
+    X = np.zeros((n, k))
+    R = B.copy()
+    if x0 is not None:
+        X0 = flat.join(x0) * mask
+        R0 = B - apply(X0)
         # a warm start worse than zero (e.g. a gradient column that has shrunk as Newton
         # converged) would leave a residual floor far above its right-hand side: restart it
-        cold = np.sqrt(dot(R, R)) >= bnorm
-        X = [np.where(cold, 0.0, x) for x in X]
-        R = [np.where(cold, r, q) for r, q in zip(rhs, R, strict=True)]
-    Zr = [i * r for i, r in zip(inv, R, strict=True)]
-    Pd = [z.copy() for z in Zr]
-    rz = dot(R, Zr)
+        warm = np.sqrt(_col_dot(R0, R0)) < bnorm
+        X[:, warm] = X0[:, warm]
+        R[:, warm] = R0[:, warm]
+    Zr = inv * R
+    Pd = Zr.copy()
+    rz = _col_dot(R, Zr)
     it = 0
-    rel = np.sqrt(dot(R, R)) / bnorm
-    best, best_X = rel.copy(), [x.copy() for x in X]
-    stalled = np.zeros(rel.shape, dtype=int)
+    rel = np.sqrt(_col_dot(R, R)) / bnorm
+    best, best_X = rel.copy(), X.copy()
+    best_R = R.copy() if product else None
+    stalled = np.zeros(k, dtype=int)
     # a column stops on its own once converged or stalled (its recursive residual would go on
     # falling past what its iterate really achieves): it is frozen and left out of the products
     live = rel > rtol
     while it < max_iter and live.any():
         cols = np.flatnonzero(live)
-        AP = [np.zeros_like(p) for p in Pd]
-        for q, out, a in zip(matvec([p[..., cols] for p in Pd]), AP, active, strict=True):
-            out[..., cols] = np.where(a, q, 0.0)
+        AP = np.zeros((n, k))
+        AP[:, cols] = apply(Pd if cols.size == k else np.ascontiguousarray(Pd[:, cols]))
         it += 1
-        pap = dot(Pd, AP)
+        pap = _col_dot(Pd, AP)
         alpha = np.where(live & (pap > 0), rz / np.where(pap > 0, pap, 1.0), 0.0)
-        X = [x + alpha * p for x, p in zip(X, Pd, strict=True)]
-        R = [r - alpha * q for r, q in zip(R, AP, strict=True)]
-        rel = np.where(live, np.sqrt(dot(R, R)) / bnorm, rel)
+        X += alpha * Pd
+        R -= alpha * AP
+        rel = np.where(live, np.sqrt(_col_dot(R, R)) / bnorm, rel)
         better = live & (rel < best)
         stalled = np.where(better & (rel < 0.9 * best), 0, stalled + 1)
         best = np.where(better, rel, best)
-        best_X = [np.where(better, x, b) for x, b in zip(X, best_X, strict=True)]
+        if better.any():
+            b = np.flatnonzero(better)
+            best_X[:, b] = X[:, b]
+            if product:
+                best_R[:, b] = R[:, b]
         live &= (rel > rtol) & (stalled < STALL_ITERATIONS)
-        Zr = [i * r for i, r in zip(inv, R, strict=True)]
-        rz_new = dot(R, Zr)
+        Zr = inv * R
+        rz_new = _col_dot(R, Zr)
         beta = np.where(live & (rz > 0), rz_new / np.where(rz > 0, rz, 1.0), 0.0)
-        Pd = [np.where(live, z + beta * p, 0.0) for z, p in zip(Zr, Pd, strict=True)]
+        Pd = (Zr + beta * Pd) * live
         rz = rz_new
-    return drop_constants(best_X), it, best
+    out = flat.split(drop_constants(best_X))
+    if not product:
+        return out, it, best
+    # A X = B - R (the constants dropped from X lie in A's null space: A X is unchanged)
+    return out, it, best, flat.split(B - best_R)
 
 
-def _constant_shifts(active: list[np.ndarray]) -> Callable[[LevelArrays], LevelArrays]:
+def _constant_shifts(bounds: np.ndarray, used: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     """The projection that removes the constants the effects can trade among themselves.
 
     Every used cell has one level of each effect, so adding ``c`` to every level of effect
     ``k`` and subtracting it from every level of effect 0 leaves every cell's eta unchanged:
     ``n_k = 1_0 - 1_k`` (on the levels with used cells) lies in the null space of the effects'
     block ``A``. Returns ``V -> V - N (N'N)^-1 N'V`` for ``N = [n_1 .. n_{E-1}]``, column by
-    column: applied to the right-hand sides it removes the rounding that would make them
-    inconsistent, applied to a solution it keeps the levels from drifting apart (which costs
-    eta its digits) without changing ``A V``.
+    column, on the effects' levels concatenated (``bounds`` delimit the effects, ``used``
+    marks the levels with cells): applied to the right-hand sides it removes the rounding
+    that would make them inconsistent, applied to a solution it keeps the levels from
+    drifting apart (which costs eta its digits) without changing ``A V``.
     """
-    if len(active) < 2:
+    n_eff = len(bounds) - 1
+    if n_eff < 2:
         return lambda v: v
-    counts = np.array([max(float(a.sum()), 1.0) for a in active])
+    segments = list(zip(bounds[:-1], bounds[1:], strict=True))
+    counts = np.array([max(float(used[a:b].sum()), 1.0) for a, b in segments])
     # N'N = diag(count_1..) + count_0 11', inverted by Sherman-Morrison (no solve)
     inv_d = 1.0 / counts[1:, None]
     shrink = counts[0] / (1.0 + counts[0] * inv_d.sum())
+    mask = used[:, None]
 
-    def project(v: LevelArrays) -> LevelArrays:
-        sums = np.stack(
-            [(x * a).reshape(-1, x.shape[-1]).sum(axis=0) for x, a in zip(v, active, strict=True)]
-        )
+    def project(v: np.ndarray) -> np.ndarray:
+        v = v * mask
+        sums = np.stack([v[a:b].sum(axis=0) for a, b in segments])
         s = sums[0] - sums[1:]  # N'V, (E-1, k)
         coef = inv_d * s - inv_d * shrink * (inv_d * s).sum(axis=0)
-        out = [np.where(active[0], v[0] - coef.sum(axis=0), 0.0)]
-        out += [np.where(a, x + c, 0.0) for x, a, c in zip(v[1:], active[1:], coef, strict=True)]
-        return out
+        a, b = segments[0]
+        v[a:b] -= coef.sum(axis=0)
+        for (a, b), c in zip(segments[1:], coef, strict=True):
+            v[a:b] += c
+        return v * mask
 
     return project
