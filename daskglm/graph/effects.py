@@ -24,6 +24,7 @@ from functools import partial
 import dask
 import numpy as np
 
+from ..kernels import effects_numba
 from ..kernels.effects import Effect, fe_matvec_chunk, slabbed
 from ..kernels.layout import Layout
 from .passes import PASS_COMPUTE, PassCounter, run
@@ -93,6 +94,8 @@ class FixedEffectPasses:
         #: the chunks' W as numpy arrays when the passes run on dask's threaded scheduler
         self._W_local: list | None = None
         self._executor: ThreadPoolExecutor | None = None
+        #: per thread, its chunks' (W, row table) for the compiled in-process product
+        self._groups: list | None = None
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:
@@ -103,9 +106,11 @@ class FixedEffectPasses:
         t0 = time.perf_counter()
         if persist and PASS_COMPUTE.get() is None:
             # dask's threaded scheduler: results, W included, are in this process anyway, and
-            # the inner products run here on the chunks' W without a dask pass each
+            # the inner products run here on the chunks' W without a dask pass each (the
+            # previous W is let go first: one W in memory at a time)
+            self._W, self._W_local, self._groups = None, None, None
             out = run(None, what, *tasks, optimize=False)
-            self._W, self._W_local = None, [o.pop("W", None) for o in out]
+            self._W_local = [o.pop("W", None) for o in out]
             if any(w is None for w in self._W_local):
                 self._W_local = None
         elif persist:
@@ -160,6 +165,11 @@ class FixedEffectPasses:
         """``A V``: the effects' block of the information at the last evaluation with the
         Hessian, times level arrays ``V`` (grid + (k,)); one pass over the kept ``W``."""
         func = partial(fe_matvec_chunk, self.effects)
+        if self._W_local is not None and effects_numba.ENGINE == "numba":
+            t0 = time.perf_counter()
+            out = self._product_in_process(V)
+            self.counter.record("fe-product", time.perf_counter() - t0)
+            return out
         if self._W_local is not None:
             t0 = time.perf_counter()
             cuts = [_cut(self.effects, V, ix) for ix in self.plan.index]
@@ -179,6 +189,42 @@ class FixedEffectPasses:
         ]
         parts = self._run("fe-product", tasks)
         return _gather(self.effects, self.plan, parts, (V[0].shape[-1],))
+
+    def _product_in_process(self, V: list) -> list:
+        """``A V`` on this process's chunks of ``W`` by the compiled row loop, every chunk
+        reading and writing the whole level arrays (no cut and gather per chunk), the chunks
+        shared among the threads, one output per thread."""
+        if self._groups is None:
+            axes = tuple(e.axes for e in self.effects)
+            grids = tuple(e.shape for e in self.effects)
+            chunks = []
+            for ix, W in zip(self.plan.index, self._W_local, strict=True):
+                base, step, length = effects_numba.global_rows(axes, grids, ix)
+                chunks.append((np.ascontiguousarray(W, dtype=np.float64), base, step, length))
+            n = min(os.cpu_count() or 1, len(chunks))
+            # the largest chunks first, each to the least loaded thread
+            loads, groups = [0] * n, [[] for _ in range(n)]
+            for c in sorted(chunks, key=lambda c: -c[0].size):
+                j = int(np.argmin(loads))
+                groups[j].append(c)
+                loads[j] += c[0].size
+            self._groups = groups
+        k = V[0].shape[-1]
+        Vt = np.ascontiguousarray(
+            np.concatenate([np.asarray(v, dtype=np.float64).reshape(-1, k) for v in V]).T
+        )
+        if len(self._groups) == 1:
+            out = effects_numba.product_rows(self._groups[0], Vt)
+        else:
+            parts = list(self._pool().map(lambda g: effects_numba.product_rows(g, Vt), self._groups))
+            out = parts[0]
+            for p in parts[1:]:
+                out += p
+        res, start = [], 0
+        for e in self.effects:
+            res.append(out[:, start : start + e.size].T.reshape(e.shape + (k,)))
+            start += e.size
+        return res
 
     def scores(self, params: np.ndarray, levels: list, proj: list, keeps: Sequence[tuple[int, ...]]) -> dict:
         """The partialled-out scores' meat and their sums per cluster for each ``keeps``."""
