@@ -253,7 +253,15 @@ class FixedEffectsObjective:
         """``Z = A^+ rhs`` by :func:`block_pcg`; ``A Z`` (from its residual) is kept in
         ``self._product`` for :meth:`_concentrated`."""
         x0 = self._warm_for(rhs) if x0 is None else x0
-        Z, it, rels, AZ = block_pcg(self.fe.product, rhs, st["diag_fe"], x0=x0, rtol=rtol, product=True)
+        Z, it, rels, AZ = block_pcg(
+            self.fe.product,
+            rhs,
+            st["diag_fe"],
+            x0=x0,
+            rtol=rtol,
+            product=True,
+            matvec_flat=self.fe.product_flat,
+        )
         self._product = (Z, AZ)
         self.inner_iterations.append(it)
         # the covariates' columns decide the standard errors; the gradient column (the last,

@@ -166,10 +166,13 @@ class FixedEffectPasses:
         Hessian, times level arrays ``V`` (grid + (k,)); one pass over the kept ``W``."""
         func = partial(fe_matvec_chunk, self.effects)
         if self._W_local is not None and effects_numba.ENGINE == "numba":
-            t0 = time.perf_counter()
-            out = self._product_in_process(V)
-            self.counter.record("fe-product", time.perf_counter() - t0)
-            return out
+            k = V[0].shape[-1]
+            Vt = np.concatenate([np.asarray(v, dtype=np.float64).reshape(-1, k) for v in V]).T
+            out, res, start = self.product_flat(Vt), [], 0
+            for e in self.effects:
+                res.append(out[:, start : start + e.size].T.reshape(e.shape + (k,)))
+                start += e.size
+            return res
         if self._W_local is not None:
             t0 = time.perf_counter()
             cuts = [_cut(self.effects, V, ix) for ix in self.plan.index]
@@ -190,10 +193,24 @@ class FixedEffectPasses:
         parts = self._run("fe-product", tasks)
         return _gather(self.effects, self.plan, parts, (V[0].shape[-1],))
 
-    def _product_in_process(self, V: list) -> list:
-        """``A V`` on this process's chunks of ``W`` by the compiled row loop, every chunk
-        reading and writing the whole level arrays (no cut and gather per chunk), the chunks
-        shared among the threads, one output per thread."""
+    def product_flat(self, Vt: np.ndarray) -> np.ndarray:
+        """:meth:`product` on the effects' levels concatenated as one ``(k, levels)`` array
+        (the layout of :func:`~daskglm.kernels.effects.block_pcg`); returns the same layout."""
+        if self._W_local is not None and effects_numba.ENGINE == "numba":
+            t0 = time.perf_counter()
+            out = self._product_in_process(np.ascontiguousarray(Vt, dtype=np.float64))
+            self.counter.record("fe-product", time.perf_counter() - t0)
+            return out
+        k, parts, start = Vt.shape[0], [], 0
+        for e in self.effects:
+            parts.append(Vt[:, start : start + e.size].T.reshape(e.shape + (k,)))
+            start += e.size
+        return np.concatenate([p.reshape(-1, k) for p in self.product(parts)]).T.copy()
+
+    def _product_in_process(self, Vt: np.ndarray) -> np.ndarray:
+        """``A V`` (``(k, levels)`` in and out) on this process's chunks of ``W`` by the
+        compiled row loop, every chunk reading and writing the whole level arrays (no cut and
+        gather per chunk), the chunks shared among the threads, one output per thread."""
         if self._groups is None:
             axes = tuple(e.axes for e in self.effects)
             grids = tuple(e.shape for e in self.effects)
@@ -209,22 +226,13 @@ class FixedEffectPasses:
                 groups[j].append(c)
                 loads[j] += c[0].size
             self._groups = groups
-        k = V[0].shape[-1]
-        Vt = np.ascontiguousarray(
-            np.concatenate([np.asarray(v, dtype=np.float64).reshape(-1, k) for v in V]).T
-        )
         if len(self._groups) == 1:
-            out = effects_numba.product_rows(self._groups[0], Vt)
-        else:
-            parts = list(self._pool().map(lambda g: effects_numba.product_rows(g, Vt), self._groups))
-            out = parts[0]
-            for p in parts[1:]:
-                out += p
-        res, start = [], 0
-        for e in self.effects:
-            res.append(out[:, start : start + e.size].T.reshape(e.shape + (k,)))
-            start += e.size
-        return res
+            return effects_numba.product_rows(self._groups[0], Vt)
+        parts = list(self._pool().map(lambda g: effects_numba.product_rows(g, Vt), self._groups))
+        out = parts[0]
+        for p in parts[1:]:
+            out += p
+        return out
 
     def scores(self, params: np.ndarray, levels: list, proj: list, keeps: Sequence[tuple[int, ...]]) -> dict:
         """The partialled-out scores' meat and their sums per cluster for each ``keeps``."""

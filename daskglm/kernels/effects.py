@@ -367,7 +367,8 @@ STALL_ITERATIONS = 50
 
 
 class _Flat:
-    """The effects' level arrays (grid + (k,) each) as one ``(levels, k)`` array and back."""
+    """The effects' level arrays (grid + (k,) each) as one ``(k, levels)`` array and back:
+    the layout of the compiled product (a column's levels contiguous)."""
 
     def __init__(self, arrays: Sequence[np.ndarray]):
         self.shapes = [a.shape[:-1] for a in arrays]
@@ -376,20 +377,20 @@ class _Flat:
 
     def join(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         k = arrays[0].shape[-1]
-        return np.concatenate([np.asarray(a, dtype=np.float64).reshape(-1, k) for a in arrays])
+        return np.concatenate([np.asarray(a, dtype=np.float64).reshape(-1, k) for a in arrays]).T.copy()
 
     def split(self, flat: np.ndarray) -> LevelArrays:
-        """Views of ``flat`` (levels, k) as the effects' grids + (k,)."""
-        k = flat.shape[-1]
+        """Views of ``flat`` (k, levels) as the effects' grids + (k,)."""
+        k = flat.shape[0]
         return [
-            flat[a:b].reshape(s + (k,))
+            flat[:, a:b].T.reshape(s + (k,))
             for a, b, s in zip(self.bounds[:-1], self.bounds[1:], self.shapes, strict=True)
         ]
 
 
 def _col_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Column-wise inner products of two (levels, k) arrays."""
-    return np.einsum("nk,nk->k", a, b)
+    """Column-wise inner products of two (k, levels) arrays."""
+    return np.einsum("kn,kn->k", a, b)
 
 
 def block_pcg(
@@ -400,6 +401,7 @@ def block_pcg(
     rtol: float = 1e-12,
     max_iter: int = 2000,
     product: bool = False,
+    matvec_flat: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple:
     """Solve ``A X = R`` column by column, all columns in lockstep (one product per step).
 
@@ -424,6 +426,9 @@ def block_pcg(
     product : bool
         Also return ``A X`` (per effect), from the iteration's own residual ``R - A X``
         (kept alongside ``X``; saves the product the caller would otherwise make).
+    matvec_flat : callable, optional
+        The same product on the effects' levels concatenated as one ``(k, levels)`` array
+        (used instead of ``matvec`` when given: no splitting and joining per product).
 
     Returns
     -------
@@ -433,31 +438,30 @@ def block_pcg(
     n, k = int(flat.bounds[-1]), rhs[0].shape[-1]
     dg = np.concatenate([np.ravel(d) for d in diag])
     used = dg > 0
-    inv = np.where(used, 1.0 / np.where(used, dg, 1.0), 0.0)[:, None]
-    mask = used[:, None]
+    inv = np.where(used, 1.0 / np.where(used, dg, 1.0), 0.0)
     drop_constants = _constant_shifts(flat.bounds, used)
 
     def apply(V: np.ndarray) -> np.ndarray:
         """``A V`` on the used levels (rounding on a level without cells is discarded)."""
-        out = flat.join(matvec(flat.split(V)))
-        out *= mask
+        out = matvec_flat(V) if matvec_flat is not None else flat.join(matvec(flat.split(V)))
+        out *= used
         return out
 
     # in exact arithmetic R is orthogonal to A's null space; rounding leaves a component there
     # (a gradient column near the optimum is all rounding), along which CG would drift
-    B = drop_constants(flat.join(rhs) * mask)
+    B = drop_constants(flat.join(rhs) * used)
     bnorm = np.sqrt(_col_dot(B, B))
     bnorm = np.where(bnorm > 0, bnorm, 1.0)
-    X = np.zeros((n, k))
+    X = np.zeros((k, n))
     R = B.copy()
     if x0 is not None:
-        X0 = flat.join(x0) * mask
+        X0 = flat.join(x0) * used
         R0 = B - apply(X0)
         # a warm start worse than zero (e.g. a gradient column that has shrunk as Newton
         # converged) would leave a residual floor far above its right-hand side: restart it
         warm = np.sqrt(_col_dot(R0, R0)) < bnorm
-        X[:, warm] = X0[:, warm]
-        R[:, warm] = R0[:, warm]
+        X[warm] = X0[warm]
+        R[warm] = R0[warm]
     Zr = inv * R
     Pd = Zr.copy()
     rz = _col_dot(R, Zr)
@@ -471,11 +475,14 @@ def block_pcg(
     live = rel > rtol
     while it < max_iter and live.any():
         cols = np.flatnonzero(live)
-        AP = np.zeros((n, k))
-        AP[:, cols] = apply(Pd if cols.size == k else np.ascontiguousarray(Pd[:, cols]))
+        if cols.size == k:
+            AP = apply(Pd)
+        else:
+            AP = np.zeros((k, n))
+            AP[cols] = apply(Pd[cols])
         it += 1
         pap = _col_dot(Pd, AP)
-        alpha = np.where(live & (pap > 0), rz / np.where(pap > 0, pap, 1.0), 0.0)
+        alpha = np.where(live & (pap > 0), rz / np.where(pap > 0, pap, 1.0), 0.0)[:, None]
         X += alpha * Pd
         R -= alpha * AP
         rel = np.where(live, np.sqrt(_col_dot(R, R)) / bnorm, rel)
@@ -483,15 +490,16 @@ def block_pcg(
         stalled = np.where(better & (rel < 0.9 * best), 0, stalled + 1)
         best = np.where(better, rel, best)
         if better.any():
-            b = np.flatnonzero(better)
-            best_X[:, b] = X[:, b]
+            best_X[better] = X[better]
             if product:
-                best_R[:, b] = R[:, b]
+                best_R[better] = R[better]
         live &= (rel > rtol) & (stalled < STALL_ITERATIONS)
-        Zr = inv * R
+        np.multiply(inv, R, out=Zr)
         rz_new = _col_dot(R, Zr)
-        beta = np.where(live & (rz > 0), rz_new / np.where(rz > 0, rz, 1.0), 0.0)
-        Pd = (Zr + beta * Pd) * live
+        beta = np.where(live & (rz > 0), rz_new / np.where(rz > 0, rz, 1.0), 0.0)[:, None]
+        Pd *= beta
+        Pd += Zr
+        Pd *= live[:, None]
         rz = rz_new
     out = flat.split(drop_constants(best_X))
     if not product:
@@ -507,10 +515,10 @@ def _constant_shifts(bounds: np.ndarray, used: np.ndarray) -> Callable[[np.ndarr
     ``k`` and subtracting it from every level of effect 0 leaves every cell's eta unchanged:
     ``n_k = 1_0 - 1_k`` (on the levels with used cells) lies in the null space of the effects'
     block ``A``. Returns ``V -> V - N (N'N)^-1 N'V`` for ``N = [n_1 .. n_{E-1}]``, column by
-    column, on the effects' levels concatenated (``bounds`` delimit the effects, ``used``
-    marks the levels with cells): applied to the right-hand sides it removes the rounding
-    that would make them inconsistent, applied to a solution it keeps the levels from
-    drifting apart (which costs eta its digits) without changing ``A V``.
+    column, on the effects' levels concatenated (``(k, levels)``; ``bounds`` delimit the
+    effects, ``used`` marks the levels with cells): applied to the right-hand sides it
+    removes the rounding that would make them inconsistent, applied to a solution it keeps
+    the levels from drifting apart (which costs eta its digits) without changing ``A V``.
     """
     n_eff = len(bounds) - 1
     if n_eff < 2:
@@ -520,17 +528,16 @@ def _constant_shifts(bounds: np.ndarray, used: np.ndarray) -> Callable[[np.ndarr
     # N'N = diag(count_1..) + count_0 11', inverted by Sherman-Morrison (no solve)
     inv_d = 1.0 / counts[1:, None]
     shrink = counts[0] / (1.0 + counts[0] * inv_d.sum())
-    mask = used[:, None]
 
     def project(v: np.ndarray) -> np.ndarray:
-        v = v * mask
-        sums = np.stack([v[a:b].sum(axis=0) for a, b in segments])
+        v = v * used
+        sums = np.stack([v[:, a:b].sum(axis=1) for a, b in segments])
         s = sums[0] - sums[1:]  # N'V, (E-1, k)
         coef = inv_d * s - inv_d * shrink * (inv_d * s).sum(axis=0)
         a, b = segments[0]
-        v[a:b] -= coef.sum(axis=0)
+        v[:, a:b] -= coef.sum(axis=0)[:, None]
         for (a, b), c in zip(segments[1:], coef, strict=True):
-            v[a:b] += c
-        return v * mask
+            v[:, a:b] += c[:, None]
+        return v * used
 
     return project
