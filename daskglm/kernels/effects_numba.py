@@ -11,8 +11,9 @@ bookkeeping is where each effect's run starts (:func:`row_layout`, ``(E, rows)``
 a 2e6-cell panel with rows of 50 needs 40,000 per effect, where a per-cell index needed
 2e6 and 48 MB in all).
 
-:func:`sweep` is the same loop restricted to some source and target effects (the one-effect
-updates of the symmetric Gauss-Seidel preconditioner).
+In process (dask's threaded scheduler) :func:`global_rows` numbers the rows' levels in the
+whole effect grids, so :func:`product_rows` reads and writes the full level arrays directly;
+on a cluster each chunk's task gets its piece of them (:func:`matvec`).
 
 ``ENGINE`` is the process's default engine (:func:`daskglm.kernels.engines.default_engine`:
 ``DASKGLM_ENGINE``, else ``"numba"`` when numba imports).
@@ -26,7 +27,7 @@ import numpy as np
 
 from .engines import default_engine
 
-__all__ = ["ENGINE", "row_layout", "global_rows", "matvec", "sweep", "product_rows"]
+__all__ = ["ENGINE", "row_layout", "global_rows", "matvec", "product_rows"]
 
 try:  # numba is an optional accelerator: the numpy kernel is the reference and fallback
     import numba
@@ -94,10 +95,10 @@ def row_layout(
 if numba is not None:
 
     @numba.njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-    def _sweep_rows(W, base, step, length, source, target, V, out):  # pragma: no cover - compiled
-        # V, out: (k, levels). Per row and column: the source effects' levels summed (those
-        # constant along the row folded into one number), times W, scattered to the target
-        # effects (a run, or the row's sum). Columns inside rows: W's row stays in L1 for the
+    def _product_rows(W, base, step, length, V, out):  # pragma: no cover - compiled
+        # V, out: (k, levels). Per row and column: the effects' levels summed (those constant
+        # along the row folded into one number), times W, scattered back to every effect (a
+        # run, or the row's sum). Columns inside rows: W's row stays in L1 for the
         # other columns. The runs are slices (views): indexed by the loop counter alone, LLVM
         # drops numba's negative-index wraparound and vectorises (2.4x faster than indexing
         # the whole array at an offset); one and two runs (the usual designs) are one loop.
@@ -112,13 +113,12 @@ if numba is not None:
         n_runs = 0
         n_consts = 0
         for e in range(n_eff):
-            if source[e]:
-                if step[e]:
-                    runs[n_runs] = e
-                    n_runs += 1
-                else:
-                    consts[n_consts] = e
-                    n_consts += 1
+            if step[e]:
+                runs[n_runs] = e
+                n_runs += 1
+            else:
+                consts[n_consts] = e
+                n_consts += 1
         for r in range(rows):
             w = W[r * L : (r + 1) * L]
             for c in range(k):
@@ -157,53 +157,13 @@ if numba is not None:
                         u[t] = x
                         tot += x
                 for e in range(n_eff):
-                    if target[e]:
-                        o1 = base[e, r]
-                        if step[e]:
-                            dst = Oc[o1 : o1 + L]
-                            for t in range(L):
-                                dst[t] += u[t]
-                        else:
-                            Oc[o1] += tot
-
-
-def sweep(
-    axes: tuple[tuple[int, ...], ...],
-    W: np.ndarray,
-    local_v,
-    source: tuple[bool, ...] | None = None,
-    target: tuple[bool, ...] | None = None,
-) -> list:
-    """``sum_{f in source} A_ef V_f`` for every effect ``e`` in ``target`` on one chunk (the
-    other effects' outputs are 0); all effects by default, which is ``A V``.
-
-    ``local_v``: per effect, its local levels with a trailing column axis (an effect outside
-    ``source`` may be ``None``). Returns per effect its local grid + (k,).
-    """
-    base, step, length, parts = row_layout(axes, tuple(W.shape))
-    n_eff = len(axes)
-    source = (True,) * n_eff if source is None else tuple(source)
-    target = (True,) * n_eff if target is None else tuple(target)
-    k = next(v.shape[-1] for v in local_v if v is not None)
-    n_levels = parts[-1][0] + int(np.prod(parts[-1][1])) if parts else 0
-    V = np.zeros((k, n_levels))
-    for (start, grid), v, src in zip(parts, local_v, source, strict=True):
-        if src:
-            size = int(np.prod(grid))
-            V[:, start : start + size] = np.asarray(v, dtype=np.float64).reshape(size, k).T
-    out = np.zeros_like(V)
-    if W.size:
-        _sweep_rows(
-            np.ascontiguousarray(W, dtype=np.float64).reshape(-1),
-            base,
-            step,
-            length,
-            np.array(source, dtype=np.bool_),
-            np.array(target, dtype=np.bool_),
-            V,
-            out,
-        )
-    return [out[:, s : s + int(np.prod(g))].T.reshape(g + (k,)) for s, g in parts]
+                    o1 = base[e, r]
+                    if step[e]:
+                        dst = Oc[o1 : o1 + L]
+                        for t in range(L):
+                            dst[t] += u[t]
+                    else:
+                        Oc[o1] += tot
 
 
 def global_rows(
@@ -242,13 +202,18 @@ def product_rows(chunks: list, Vt: np.ndarray, out: np.ndarray | None = None) ->
     """``A V`` over some chunks, each ``(W, base, step, length)`` from :func:`global_rows`,
     for ``Vt`` the whole level arrays as ``(k, levels)``; their sum into ``out`` (made if None)."""
     out = np.zeros_like(Vt) if out is None else out
-    every = np.ones(chunks[0][1].shape[0] if chunks else 0, dtype=np.bool_)
     for W, base, step, length in chunks:
         if W.size:
-            _sweep_rows(W.reshape(-1), base, step, length, every, every, Vt, out)
+            _product_rows(W.reshape(-1), base, step, length, Vt, out)
     return out
 
 
 def matvec(axes: tuple[tuple[int, ...], ...], W: np.ndarray, local_v) -> list:
-    """``A V`` on one chunk by the compiled loop (see the module docstring)."""
-    return sweep(axes, W, local_v)
+    """``A V`` on one chunk (its local level arrays, grid + (k,) each) by the compiled loop."""
+    base, step, length, parts = row_layout(axes, tuple(W.shape))
+    k = local_v[0].shape[-1]
+    V = np.concatenate([np.asarray(v, dtype=np.float64).reshape(-1, k) for v in local_v]).T.copy()
+    out = np.zeros_like(V)
+    if W.size:
+        _product_rows(np.ascontiguousarray(W, dtype=np.float64).reshape(-1), base, step, length, V, out)
+    return [out[:, s : s + int(np.prod(g))].T.reshape(g + (k,)) for s, g in parts]
