@@ -1,7 +1,7 @@
 """daskglm beside the peers a user would otherwise pick: one command, one table, one plot.
 
     pip install -e ".[bench]"
-    python benchmarks/peers.py                 # the full run (about an hour on 2 cores)
+    python benchmarks/peers.py                 # the full run (15-20 minutes on 2 cores)
     python benchmarks/peers.py --quick         # tiny panels, a smoke test of the harness
 
 Each panel is simulated once with the project's simulator and written to a zarr store; the
@@ -154,6 +154,7 @@ def run_tool(spec: dict, work: Path, timeout: float) -> dict:
     spec_path = work / f"spec-{time.monotonic_ns()}.json"
     spec["out"] = str(spec_path.with_suffix(".out.json"))
     spec_path.write_text(json.dumps(spec))
+    load = os.getloadavg()[0]  # how busy the (shared) machine was when this fit started
     err_path = spec_path.with_suffix(".err")
     with open(err_path, "w") as err:
         proc = subprocess.Popen([sys.executable, str(HERE / "_tools.py"), str(spec_path)], stderr=err)
@@ -184,7 +185,7 @@ def run_tool(spec: dict, work: Path, timeout: float) -> dict:
             time.sleep(0.05)
         proc.wait()
     wall = time.perf_counter() - t0
-    row = {"peak_gb": peak / GB, "wall_seconds": wall, "status": status}
+    row = {"peak_gb": peak / GB, "wall_seconds": wall, "status": status, "load_1min": load}
     if status == "ok" and proc.returncode != 0:
         lines = [ln for ln in err_path.read_text().splitlines() if ln.strip()]
         row["status"] = f"failed (exit {proc.returncode}): {lines[-1][:160] if lines else 'no message'}"

@@ -165,9 +165,12 @@ def write_results(rows: list[dict], meta: dict, path: Path) -> None:
         "data in long format (one float64 row per cell). Max |diff| is the largest absolute difference",
         "of any coefficient from `daskglm`'s (alpha included for NB2). Ratios are tool ÷ `daskglm`.",
         "",
+        "`load` is the 1-minute load average when the fit started (2 cores: above 2, the fit shared",
+        "them with other work).",
+        "",
         "| scenario | cells | tool | seconds | peak GB | iterations | max abs diff | time ratio "
-        "| memory ratio | notes |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| memory ratio | load | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ref = _reference(rows, r)
@@ -179,10 +182,13 @@ def write_results(rows: list[dict], meta: dict, path: Path) -> None:
                 f"| {r['scenario']} | {r['cells']:.3g} | {r['tool']} | {r['fit_seconds']:.2f} "
                 f"| {r['peak_gb']:.2f} | {_fmt(r.get('iterations'), 'd')} "
                 f"| {_fmt(r.get('max_abs_diff'), '.1e')} "
-                f"| {_fmt(t_ratio, '.2f')} | {_fmt(m_ratio, '.2f')} | {note} |"
+                f"| {_fmt(t_ratio, '.2f')} | {_fmt(m_ratio, '.2f')} | {_fmt(r.get('load_1min'), '.1f')} "
+                f"| {note} |"
             )
         else:
-            lines.append(f"| {r['scenario']} | {r['cells']:.3g} | {r['tool']} | | | | | | | {r['status']} |")
+            lines.append(
+                f"| {r['scenario']} | {r['cells']:.3g} | {r['tool']} | | | | | | | | {r['status']} |"
+            )
     lines += [
         "",
         "## daskglm per Newton iteration against the floor",
