@@ -9,7 +9,8 @@ needs them (daskglm: an in-memory ``xarray.Dataset``; pyfixest: the long ``DataF
 up (numba compilation for pyfixest, a small fit for both) and fits once. Reported: the fit's
 seconds (loading excluded), the process's peak RSS (loading included, as a user would see it),
 passes and Newton iterations for daskglm, and the largest difference between the estimates.
-Results go to ``benchmarks/gravity.json`` and the table in ``benchmarks/GRAVITY.md``.
+Results go to ``benchmarks/gravity.json`` and the table at the top of ``benchmarks/GRAVITY.md``
+(the file's part below the ``KEEP`` marker is left as it is).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+#: GRAVITY.md from this line on is not rewritten by a run
+KEEP = "<!-- kept by benchmarks/gravity.py: everything below is written by hand -->"
 FE = [("i", "t"), ("j", "t"), ("i", "j")]
 
 
@@ -61,6 +64,10 @@ def run_daskglm(path: str) -> dict:
     t0 = time.perf_counter()
     res = dg.fit(ds, "y", ["x1", "x2", "x3"], "poisson", fe=FE, cov_type="nonrobust", progress=False)
     secs = time.perf_counter() - t0
+    kinds: dict = {}
+    for what, sec in res._counter.log:  # passes by kind: count and seconds
+        count, total = kinds.get(what, (0, 0.0))
+        kinds[what] = (count + 1, total + sec)
     return {
         "fit_seconds": secs,
         "params": res.params.to_list(),
@@ -69,6 +76,7 @@ def run_daskglm(path: str) -> dict:
         "passes": res.passes,
         "newton_iterations": res.n_iter,
         "inner_iterations": res.inner_iterations,
+        "pass_kinds": {k: {"count": c, "seconds": round(t, 3)} for k, (c, t) in kinds.items()},
     }
 
 
@@ -186,7 +194,11 @@ def main() -> None:
             f"{r['max_param_diff']:.1e} |"
         )
     lines.append("")
-    (HERE / "GRAVITY.md").write_text("\n".join(lines))
+    # the rest of the file (notes, earlier runs, the out-of-core section) is kept as it is
+    doc = HERE / "GRAVITY.md"
+    old = doc.read_text() if doc.exists() else ""
+    kept = old[old.index(KEEP) :] if KEEP in old else KEEP + "\n"
+    doc.write_text("\n".join(lines) + "\n" + kept)
 
 
 if __name__ == "__main__":
