@@ -4,21 +4,28 @@
 
 Loads the first chunk of every input of the 1e9-cell Poisson panel of ``benchmarks/billion.py``
 (``y``, ``exposure`` on (i, j), four full-grid covariates, two covariates on each of (i, j),
-(i, k), (j, k), i, j, k; 50 x 100 x 1000 = 5e6 cells, float32) into memory and times, single
+(i, k), (j, k), i, j, k; 50 x 100 x 1000 = 5e6 cells, float32) into memory (when ``--store``
+does not exist, a one-chunk panel of that layout, 50 x 100 x 1000, is written there first
+with ``billion.write_store``: ``daskglm simulate``) and times, single
 threaded and as in a dask worker (one BLAS thread, ``MALLOC_TRIM_THRESHOLD_=65536`` as dask's
 nannies set it, then glibc's thresholds raised as :class:`daskglm.runtime.workers.WorkerMalloc` does:
 temporaries over 32 MiB are fresh ``mmap`` s whose pages fault in), the CPU time of this thread
 (best of ``--repeat``), the wall time of that call and its minor page faults:
 
-* ``kernels.setup_chunk`` with each engine (``"numpy"``: the Gram through the numpy
-  accumulator; ``"numba"``: through the compiled sweep);
-* its two parts: the slab-by-slab counts, sums and constants (``kernels._setup_sums``) and
-  the compiled Gram (``kernels.setup_gram``, a Gaussian layout's Hessian);
+* ``kernels.setup_chunk`` with each engine (``"numpy"``: counts, sums and constants slab by
+  slab in numpy, the Gram through the numpy accumulator; ``"numba"``: one compiled sweep);
+* the numba setup's parts: the compiled sweep (``kernels_numba.setup_chunk``: counts, sums, the
+  family's terms and the Gram) and the input checks on the client side of it
+  (``kernels._suspect_inputs``: the small inputs' own arrays);
+* for comparison, the numpy engine's slab-by-slab counts, sums and constants
+  (``kernels._setup_sums``);
 * the compiled evaluation pass with the Hessian (``kernels_numba.eval_chunk``, ``final=False``)
-  and the final pass (``final=True``); where the final pass's extra time goes: the final pass
-  without the HC0 meat (``kernels_numba._evaluate(..., meat=False)``, a diagnostic: the fit
-  computes the meat whatever ``cov_type``) and without the Hessian; the numpy evaluation pass
-  for scale.
+  and the final pass (``final=True``) with the HC0 meat (robust standard errors) and without it
+  (``meat=False``: what ``PanelObjective.final`` asks for with nonrobust errors), and without
+  the Hessian; the numpy evaluation pass for scale.
+
+``ratio`` is each row's CPU time over the compiled evaluation pass's (the target of issue 12:
+the setup and the final pass within ~1.2x of an evaluation).
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ if any(os.environ.get(k) != v for k, v in WORKER_ENV.items()):
     os.environ.update(WORKER_ENV)
     os.execv(sys.executable, [sys.executable, *sys.argv])
 
+from pathlib import Path  # noqa: E402
+
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
@@ -44,6 +53,9 @@ from daskglm.frontend.panel import build_panel  # noqa: E402
 from daskglm.kernels import chunk as kernels  # noqa: E402
 from daskglm.kernels import chunk_numba as kernels_numba  # noqa: E402
 from daskglm.runtime.workers import set_malloc_thresholds  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from billion import write_store  # noqa: E402
 
 warnings.simplefilter("ignore")
 
@@ -65,10 +77,13 @@ def best_ns_per_cell(func, args: tuple, cells: int, repeat: int) -> tuple[float,
 
 def final_without_meat(layout, params, *chunk):
     """The compiled final pass (deviance, separated cells, Hessian) without the meat."""
-    plan = kernels_numba._plan_for(layout)
-    code = kernels_numba._family_code(layout.family)
-    with np.errstate(all="ignore"):
-        return kernels_numba._evaluate(layout, plan, code, params, True, True, False, chunk)
+    return kernels_numba.eval_chunk(layout, params, True, True, *chunk, meat=False)
+
+
+def suspect_inputs(layout, *chunk):
+    """The numba setup's input checks when the sweep found every full-grid covariate finite."""
+    swept = {src: 0 for src, _, _ in kernels_numba._plan_for(layout).sources}
+    return kernels._suspect_inputs(layout, chunk, swept)
 
 
 def main() -> None:
@@ -77,6 +92,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     set_malloc_thresholds(64 * 2**20)  # a 4 GB worker's (WorkerMalloc: min(64 MiB, limit / 16))
+    if not Path(args.store).exists():
+        write_store(Path(args.store), "i=50,j=100,k=1000", "i=50,j=100", None)
     ds = xr.open_zarr(args.store)
     x = [v for v in ds.data_vars if v.startswith("x")]
     panel = build_panel(ds, "y", x, resolve_family("poisson"), exposure="exposure")
@@ -89,8 +106,9 @@ def main() -> None:
     rows = {
         "setup_chunk, engine=numpy": (lambda *a: kernels.setup_chunk(*a, engine="numpy"), (layout, *chunk)),
         "setup_chunk, engine=numba": (lambda *a: kernels.setup_chunk(*a, engine="numba"), (layout, *chunk)),
-        "  counts, sums, constants": (kernels._setup_sums, (layout, chunk, shape)),
-        "  Gram, compiled": (lambda *a: kernels.setup_gram(*a, engine="numba"), (layout, chunk)),
+        "  compiled sweep": (kernels_numba.setup_chunk, (layout, *chunk)),
+        "  input checks": (suspect_inputs, (layout, *chunk)),
+        "numpy counts, sums, constants": (kernels._setup_sums, (layout, chunk, shape)),
         "eval numba (hessian)": (kernels_numba.eval_chunk, (layout, params, True, False, *chunk)),
         "eval numba (no hessian)": (kernels_numba.eval_chunk, (layout, params, False, False, *chunk)),
         "final numba (hessian, final)": (kernels_numba.eval_chunk, (layout, params, True, True, *chunk)),
@@ -99,10 +117,11 @@ def main() -> None:
         "eval numpy (hessian)": (kernels.eval_chunk, (layout, params, True, False, *chunk)),
     }
     print(f"one chunk of {args.store}: {cells} cells, {layout.n_params} parameters, best of {args.repeat}")
-    print(f"{'':32s} {'cpu ns/cell':>11s} {'wall ns/cell':>12s} {'page faults':>11s}")
+    print(f"{'':32s} {'cpu ns/cell':>11s} {'wall ns/cell':>12s} {'page faults':>11s} {'ratio':>6s}")
+    evaluation = best_ns_per_cell(*rows["eval numba (hessian)"], cells, args.repeat)[0]
     for name, (func, fargs) in rows.items():
         cpu, wall, faults = best_ns_per_cell(func, fargs, cells, args.repeat)
-        print(f"{name:32s} {cpu:11.1f} {wall:12.1f} {faults:11d}", flush=True)
+        print(f"{name:32s} {cpu:11.1f} {wall:12.1f} {faults:11d} {cpu / evaluation:6.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -374,3 +374,40 @@ def test_fixed_effects_evaluation_equals_numpy(family, case, seed, data, monkeyp
             else:
                 assert np.shape(g) == np.shape(w), key
                 _close(g, w, 1e-12, ref["scale"].get(key, ref["scale"]["ll"] if key == "ll_const" else 0.0))
+
+
+def test_local_pass_equals_the_dask_graph():
+    """In-memory inputs on the threaded scheduler run as a ``graph.LocalPass`` (no dask graph):
+    the same vector, bit for bit, as the dask graph's tree sum (forced here by dask's
+    synchronous scheduler), for the setup pass and an evaluation pass; lazy inputs and other
+    schedulers keep the dask graph."""
+    import dask
+    import dask.array as da
+
+    case = {
+        "shape": (6, 5, 4), "blocks": [(0, 1, 2), (0, 1), (2,)], "sizes": [2, 1, 1],
+        "features": [False, False, False], "intercept": True, "cuts": [[], [], []],
+        "slab": 7, "missing": "y", "weights": (0, 2), "offset": (1,), "float32": False,
+    }  # fmt: skip
+    layout, values, params, _ = _model(dg.Poisson(), case, 3)
+    arrays = graph.align_arrays(
+        values,
+        [spec.axes for spec in layout.args],
+        [spec.n_features is not None for spec in layout.args],
+        ((2, 2, 2), (3, 2), (4,)),
+    )  # numpy inputs: their chunks are views, already data
+    builders = {
+        "setup": lambda: graph.setup_graph(layout, arrays, "numba"),
+        "eval": lambda: graph.eval_graph(layout, arrays, params, final=True, engine="numba"),
+    }
+    for what, build in builders.items():
+        local = build()
+        assert isinstance(local, graph.LocalPass) and len(local.chunks) == 6
+        (got,) = graph.run(None, what, local)
+        with dask.config.set(scheduler="sync"):
+            g = build()
+            assert isinstance(g, da.Array)
+            (want,) = graph.run(None, what, g)
+        np.testing.assert_array_equal(got, want)
+    lazy = [a + 0 if isinstance(a, da.Array) and a.ndim == 3 else a for a in arrays]
+    assert isinstance(graph.eval_graph(layout, lazy, params), da.Array)
