@@ -40,11 +40,20 @@ except ValueError:  # an unknown DASKGLM_ENGINE: dg.fit reports it (engines.reso
     ENGINE = "numba" if numba is not None else "numpy"
 
 
+def _check_increasing(axes: tuple[tuple[int, ...], ...]) -> None:
+    for ax in axes:
+        if list(ax) != sorted(set(ax)):
+            raise ValueError(f"an effect's axes must be increasing (panel order), got {ax}")
+
+
 @lru_cache(maxsize=64)
 def row_layout(
     axes: tuple[tuple[int, ...], ...], shape: tuple[int, ...]
 ) -> tuple[np.ndarray, np.ndarray, int, list]:
     """Where each effect's levels sit along the rows of a chunk of ``shape``.
+
+    Every effect's axes must be increasing (panel order, as :class:`Effect` has them): then
+    the last axis, where an effect spans it, has stride 1 in its grid.
 
     Parameters
     ----------
@@ -65,6 +74,7 @@ def row_layout(
     parts : list of (int, tuple)
         Where each effect's part of the concatenation starts, and its local grid.
     """
+    _check_increasing(axes)
     m = len(shape)
     lead, length = shape[:-1], shape[-1]
     rows = int(np.prod(lead))
@@ -78,7 +88,7 @@ def row_layout(
         st = 0
         for a, s in zip(ax, strides, strict=True):
             if a == m - 1:
-                st = s  # the last of the effect's axes: stride 1
+                st = s  # the last of the effect's axes (they are in panel order): stride 1
             else:
                 b += index[a] * s
         base.append(b)
@@ -175,6 +185,7 @@ def global_rows(
 
     Returns ``base`` (E, rows), ``step`` (E,) and the row length.
     """
+    _check_increasing(axes)
     shape = tuple(sl.stop - sl.start for sl in index)
     m = len(shape)
     lead = shape[:-1]
