@@ -430,14 +430,14 @@ def _exponential_deviance(y, eta, trials, event, theta, out):  # pragma: no cove
 # --------------------------------------------------------------------------- binomial (logit)
 @numba.njit(inline="always", cache=True, error_model="numpy", fastmath=False)
 def _expit_both(x):  # pragma: no cover - compiled
-    # (expit(x), expit(-x)) from one exp, each without the cancellation of 1 - expit(x)
-    if x >= 0.0:
-        e = exp(-x)
-        p = 1.0 / (1.0 + e)
-        return p, e * p
-    e = exp(x)
-    q = 1.0 / (1.0 + e)
-    return e * q, q
+    # (expit(x), expit(-x)) from one exp, each without the cancellation of 1 - expit(x):
+    # e = exp(-|x|), then 1 / (1 + e) is the larger of the two and e / (1 + e) the smaller
+    # (selects, not branches: the calling loops vectorise)
+    e = exp(-abs(x))
+    big = 1.0 / (1.0 + e)
+    small = e * big
+    pos = x >= 0.0
+    return (big if pos else small), (small if pos else big)
 
 
 @numba.njit(inline="always", cache=True, error_model="numpy", fastmath=False)
@@ -466,10 +466,11 @@ def _binomial_stats(y, eta, trials, event, theta, out):  # pragma: no cover - co
 def _binomial_deviance(y, eta, trials, event, theta, out):  # pragma: no cover - compiled
     for i in range(y.shape[0]):
         m = trials[i]
-        # log space, as Binomial.unit_deviance: nothing underflows at large |eta|
-        succ = y[i] * (log(y[i] / m) + _log1pexp(-eta[i])) if y[i] > 0.0 else 0.0
-        fail = (m - y[i]) * (log((m - y[i]) / m) + _log1pexp(eta[i])) if m > y[i] else 0.0
-        out[i] = 2.0 * (succ + fail)
+        # log space, as Binomial.unit_deviance: nothing underflows at large |eta|; both terms
+        # computed, then selected (a term whose count is 0 is 0), so that the loop vectorises
+        succ = y[i] * (log(y[i] / m) + _log1pexp(-eta[i]))
+        fail = (m - y[i]) * (log((m - y[i]) / m) + _log1pexp(eta[i]))
+        out[i] = 2.0 * ((succ if y[i] > 0.0 else 0.0) + (fail if m > y[i] else 0.0))
 
 
 # --------------------------------------------------------------------------- negative binomial (NB2)
