@@ -22,12 +22,14 @@ from dataclasses import dataclass
 from functools import partial
 
 import dask
+import dask.array as da
 import numpy as np
+from dask.base import get_scheduler
 
 from ..kernels import effects_numba
 from ..kernels.effects import Effect, fe_matvec_chunk, slabbed
 from ..kernels.layout import Layout
-from .passes import PASS_COMPUTE, PassCounter, run
+from .passes import PASS_COMPUTE, PassCounter, materialized, run
 
 __all__ = ["ChunkPlan", "FixedEffectPasses"]
 
@@ -90,6 +92,9 @@ class FixedEffectPasses:
         self.effects = list(effects)
         self.counter = counter
         self.plan = ChunkPlan.build(layout, arrays, chunks)
+        self.arrays = list(arrays)
+        #: the chunks' inputs as data for the passes without dask (see _local_blocks)
+        self._blocks: list | None = None
         self._W: list | None = None
         #: the chunks' W as numpy arrays when the passes run on dask's threaded scheduler
         self._W_local: list | None = None
@@ -102,42 +107,58 @@ class FixedEffectPasses:
             self._executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
         return self._executor
 
-    def _run(self, what: str, tasks: list, persist: bool = False):
+    def _local_blocks(self) -> list | None:
+        """Every chunk's inputs as data, when a pass would run on dask's threaded scheduler
+        and every input chunk already is data (numpy, or persisted in this process): the
+        passes then run on this process's threads without a dask graph (building and ordering
+        one cost about 10 ms a pass); else None."""
+        if PASS_COMPUTE.get() is not None or get_scheduler() not in (None, dask.threaded.get):
+            return None
+        if self._blocks is None:
+            ok = bool(self.arrays) and all(isinstance(a, da.Array) for a in self.arrays)
+            self._blocks = list(dask.compute(*self.plan.blocks)) if ok and materialized(self.arrays) else []
+        return self._blocks or None
+
+    def _run(self, what: str, func, per_chunk: list, persist: bool = False):
+        """One pass: ``func(*per_chunk[c], *inputs of chunk c)`` for every chunk."""
         t0 = time.perf_counter()
+        local = self._local_blocks()
         if persist and PASS_COMPUTE.get() is None:
             # dask's threaded scheduler: results, W included, are in this process anyway, and
             # the inner products run here on the chunks' W without a dask pass each (the
             # previous W is let go first: one W in memory at a time)
             self._W, self._W_local, self._groups = None, None, None
-            out = run(None, what, *tasks, optimize=False)
+        if local is not None:
+            out = list(self._pool().map(lambda c: func(*c[0], *c[1]), zip(per_chunk, local, strict=True)))
+        else:
+            tasks = [
+                dask.delayed(func, pure=False)(*extra, *blk)
+                for extra, blk in zip(per_chunk, self.plan.blocks, strict=True)
+            ]
+            if persist and PASS_COMPUTE.get() is not None:
+                # keep only W on the workers, as keys of its own (the chunk results that hold
+                # it are released once W and the small statistics are split off), and let the
+                # previous evaluation's W go before this one is made: one W in cluster memory
+                self._W_local, self._W = None, None
+                n = len(tasks)
+                held = dask.persist(
+                    *[dask.delayed(operator.getitem, pure=False)(t, "W") for t in tasks],
+                    *[dask.delayed(_small, pure=False)(t) for t in tasks],
+                )
+                self._W = list(held[:n])
+                tasks = held[n:]
+            out = list(run(None, what, *tasks, optimize=False))
+        if persist and PASS_COMPUTE.get() is None:
             self._W_local = [o.pop("W", None) for o in out]
             if any(w is None for w in self._W_local):
                 self._W_local = None
-        elif persist:
-            # keep only W on the workers, as keys of its own (the chunk results that hold it are
-            # released once W and the small statistics are split off), and let the previous
-            # evaluation's W go before this one is made: one W in cluster memory at a time
-            self._W_local, self._W = None, None
-            n = len(tasks)
-            held = dask.persist(
-                *[dask.delayed(operator.getitem, pure=False)(t, "W") for t in tasks],
-                *[dask.delayed(_small, pure=False)(t) for t in tasks],
-            )
-            self._W = list(held[:n])
-            out = run(None, what, *held[n:], optimize=False)
-        else:
-            out = run(None, what, *tasks, optimize=False)
         self.counter.record(what, time.perf_counter() - t0)
-        return list(out)
+        return out
 
     def counts(self, levels: list) -> list:
         """Per effect: used cells and degeneracy sums per level (grid + (1 + n_stats,))."""
         func = partial(slabbed, "counts", self.layout, self.effects)
-        tasks = [
-            dask.delayed(func, pure=False)(_cut(self.effects, levels, ix), *blk)
-            for ix, blk in zip(self.plan.index, self.plan.blocks, strict=True)
-        ]
-        parts = self._run("fe-counts", tasks)
+        parts = self._run("fe-counts", func, [(_cut(self.effects, levels, ix),) for ix in self.plan.index])
         n = parts[0][0].shape[-1]
         return _gather(self.effects, self.plan, parts, (n,))
 
@@ -145,11 +166,8 @@ class FixedEffectPasses:
         """LL, covariate gradient/Hessian and the effects' gradients, diagonals and cross
         blocks at ``params`` and effect values ``levels``; keeps ``W`` for :meth:`product`."""
         func = partial(slabbed, "eval", self.layout, self.effects, np.asarray(params, float), hessian, final)
-        tasks = [
-            dask.delayed(func, pure=False)(_cut(self.effects, levels, ix), *blk)
-            for ix, blk in zip(self.plan.index, self.plan.blocks, strict=True)
-        ]
-        parts = self._run("eval", tasks, persist=hessian)
+        cuts = [(_cut(self.effects, levels, ix),) for ix in self.plan.index]
+        parts = self._run("eval", func, cuts, persist=hessian)
         keys = ("ll", "grad") + (("dev", "n_separated", "ll_const") if final else ())
         keys += ("dev",) if self.layout.family.n_extra and not final else ()
         out = {k: sum(p[k] for p in parts) for k in keys}
@@ -190,8 +208,10 @@ class FixedEffectPasses:
             dask.delayed(func, pure=False)(W, *_cut(self.effects, V, ix))
             for ix, W in zip(self.plan.index, self._W, strict=True)
         ]
-        parts = self._run("fe-product", tasks)
-        return _gather(self.effects, self.plan, parts, (V[0].shape[-1],))
+        t0 = time.perf_counter()
+        parts = run(None, "fe-product", *tasks, optimize=False)
+        self.counter.record("fe-product", time.perf_counter() - t0)
+        return _gather(self.effects, self.plan, list(parts), (V[0].shape[-1],))
 
     def product_flat(self, Vt: np.ndarray) -> np.ndarray:
         """:meth:`product` on the effects' levels concatenated as one ``(k, levels)`` array
@@ -237,11 +257,8 @@ class FixedEffectPasses:
     def scores(self, params: np.ndarray, levels: list, proj: list, keeps: Sequence[tuple[int, ...]]) -> dict:
         """The partialled-out scores' meat and their sums per cluster for each ``keeps``."""
         func = partial(slabbed, "scores", self.layout, self.effects, np.asarray(params, float), tuple(keeps))
-        tasks = [
-            dask.delayed(func, pure=False)(_cut(self.effects, levels, ix), _cut(self.effects, proj, ix), *blk)
-            for ix, blk in zip(self.plan.index, self.plan.blocks, strict=True)
-        ]
-        parts = self._run("fe-scores", tasks)
+        cuts = [(_cut(self.effects, levels, ix), _cut(self.effects, proj, ix)) for ix in self.plan.index]
+        parts = self._run("fe-scores", func, cuts)
         out = {"meat": sum(p["meat"] for p in parts), "clusters": []}
         sizes = [sl.stop for sl in self.plan.index[-1]]
         P = self.layout.n_params
