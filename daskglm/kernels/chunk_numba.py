@@ -775,6 +775,24 @@ def setup_chunk(layout: Layout, *arrays: np.ndarray) -> dict | None:
         )
 
 
+def _merge_grids(parts: list, n: int) -> list:
+    """eta's grids with every grid whose axes lie inside another's (smaller than the chunk)
+    added onto that one: the i and j parts onto the (i, j) part, say, so the sweep adds one
+    grid per cell instead of three. Grids are in expanded shape (1 off their axes)."""
+
+    def axes(g):
+        return frozenset(d for d, k in enumerate(g.shape) if k > 1)
+
+    kept: list = []
+    for g in sorted(parts, key=lambda g: -len(axes(g))):
+        into = next((k for k, h in enumerate(kept) if h.size < n and axes(g) <= axes(h)), None)
+        if into is None:
+            kept.append(g)
+        else:
+            kept[into] = kept[into] + g  # a new array: the parts may be views of the inputs
+    return kept
+
+
 def _setup_out(plan, con, accs, A, su, nonfin, ff, h_fx, h_c, h_t, has_trials: bool) -> dict:
     """The setup fields of the sweep's ``su`` and Gram accumulations (``w`` in the place of ``w h``)."""
     k = len(_SETUP_SUMS)
@@ -857,7 +875,7 @@ def _evaluate(
         off = off + np.log(local[k].astype(np.float64, copy=False))
     if np.ndim(off):
         parts.append(np.asarray(off, dtype=np.float64))
-    parts += fe_parts
+    parts = _merge_grids(parts, n) + fe_parts
     ggrid = np.array([grids(g.shape) for g in parts], dtype=np.int64)
     GV = np.concatenate([np.ascontiguousarray(g).reshape(-1) for g in parts]) if parts else np.zeros(0)
     goff = np.concatenate([[0], np.cumsum([g.size for g in parts])]).astype(np.int64)
