@@ -102,9 +102,10 @@ def run_daskglm(spec: dict) -> dict:
 
 def run_daskglm_cluster(spec: dict) -> dict:
     import xarray as xr
-    from distributed import Client, LocalCluster
+    from distributed import Client, LocalCluster, wait
 
     import daskglm as dg
+    from daskglm.runtime.scheduling import cluster_chunks
 
     n_workers = spec.get("n_workers", 2)
     limit = spec.get("memory_limit", "auto")
@@ -120,8 +121,10 @@ def run_daskglm_cluster(spec: dict) -> dict:
         seconds = time.perf_counter() - t0
         ds = xr.open_zarr(spec["store"])
         full = [ds[v].data for v in ds.data_vars if ds[v].ndim == ds["y"].ndim]
-        if res.persisted:
-            full = client.persist(full)
+        if res.persisted:  # in worker memory, in the chunks the fit persisted (one task per thread)
+            chunks = cluster_chunks(full[0].chunks, sum(client.nthreads().values()))
+            full = client.persist([a.rechunk(chunks) for a in full])
+            wait(full)
         floor = _floor(full)
         restarted = client.run(lambda: __import__("os").getpid()) != pids
     where = "persisted" if res.persisted else "streamed"
