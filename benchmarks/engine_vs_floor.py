@@ -1,7 +1,7 @@
 """Both evaluation engines beside the floor: one plain dask pass over the same arrays.
 
     python benchmarks/engine_vs_floor.py [--cells 2e6,2e7] [--repeat 2] [--engines numpy,numba]
-        [--out FILE.json] [--md FILE.md]
+        [--no-zarr] [--out FILE.json] [--md FILE.md]
 
 The panel: 3-D Poisson, 29 coefficients in 7 dim-blocks (full grid, (i,j), (i,k), (j,k), i, j,
 k) plus the intercept, chunks of 100 x 100 x k. For each size and engine (``"numpy"``, the
@@ -82,7 +82,9 @@ def seconds_per_iteration(data, x: list[str], engine: str, repeat: int) -> tuple
     return best, int(res.n_iter), res
 
 
-def run_size(cells: int, repeat: int, workdir: str, engines: tuple[str, ...] = ENGINES) -> dict:
+def run_size(
+    cells: int, repeat: int, workdir: str, engines: tuple[str, ...] = ENGINES, zarr: bool = True
+) -> dict:
     i, j, k = SHAPES[cells]
     ds = simulate_panel({"i": i, "j": j, "k": k}, "poisson", seed=1, chunks={"i": 100, "j": 100})
     x = [v for v in ds.data_vars if v.startswith("x_")]
@@ -103,6 +105,8 @@ def run_size(cells: int, repeat: int, workdir: str, engines: tuple[str, ...] = E
         print(f"  in memory, {e:5s}: iteration {it:.3f}s  floor {fl:.3f}s  ratio {it / fl:.2f}x  ({n} it.)")
     if len(params) == 2:
         rec["max_abs_param_diff"] = float(np.max(np.abs(params["numba"] - params["numpy"])))
+    if not zarr:
+        return rec
     path = os.path.join(workdir, f"p{cells}.zarr")
     ds.astype("float32").to_zarr(path, mode="w")
     del mem
@@ -181,6 +185,7 @@ def main() -> None:
     )
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--engines", default=",".join(ENGINES), help="engines to time (the table needs both)")
+    p.add_argument("--no-zarr", action="store_true", help="in memory only (no store written or read)")
     here = Path(__file__).parent
     p.add_argument("--out", default=str(here / "engine_vs_floor.json"), help="JSON record")
     p.add_argument("--md", default=str(here / "ENGINE.md"), help="markdown table")
@@ -189,7 +194,7 @@ def main() -> None:
     sizes = [int(float(c)) for c in a.cells.split(",")]
     workdir = a.workdir or tempfile.mkdtemp(prefix="engine_vs_floor_")
     engines = tuple(a.engines.split(","))
-    records = [run_size(c, a.repeat, workdir, engines) for c in sizes]
+    records = [run_size(c, a.repeat, workdir, engines, not a.no_zarr) for c in sizes]
     meta = {
         "machine": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
@@ -197,7 +202,7 @@ def main() -> None:
     }
     if a.out:
         Path(a.out).write_text(json.dumps({"meta": meta, "runs": records}, indent=1) + "\n")
-    if a.md and set(engines) == set(ENGINES):
+    if a.md and set(engines) == set(ENGINES) and not a.no_zarr:
         Path(a.md).write_text(markdown(records))
     if not a.workdir:
         shutil.rmtree(workdir, ignore_errors=True)
