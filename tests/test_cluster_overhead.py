@@ -9,7 +9,7 @@ import dask
 import numpy as np
 import pytest
 import xarray as xr
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, futures_of
 from helpers import make_panel
 
 import daskglm as dg
@@ -17,6 +17,8 @@ from daskglm.frontend.panel import build_panel
 from daskglm.graph import passes as graph
 from daskglm.runtime.scheduling import (
     ComputeTarget,
+    DirectPasses,
+    balance_chunks,
     cluster_chunks,
     in_cluster_memory,
     persist_panel,
@@ -65,7 +67,8 @@ def test_tree_sum_tasks_and_value():
     n_chunks = int(np.prod([len(c) for c in panel.chunks]))
     assert n_chunks > graph.SPLIT_EVERY**2  # three levels of the tree
     params = np.full(panel.layout.n_params, 0.01)
-    g = graph.eval_graph(panel.layout, panel.arrays, params, engine="numpy")
+    with dask.config.set(scheduler="sync"):  # a dask graph, not the threads' graph.LocalPass
+        g = graph.eval_graph(panel.layout, panel.arrays, params, engine="numpy")
     layers = g.__dask_graph__().layers
     ours = sum(len(layer) for name, layer in layers.items() if name.startswith("daskglm-"))
     level1 = -(-n_chunks // graph.SPLIT_EVERY)
@@ -145,3 +148,67 @@ def test_persist_panel_rechunks_unless_the_user_chose_chunks():
     numpy_backed = build_panel(ds, "y", x, dg.Poisson(), chunks=(1, 1, 8))
     out, note = persist_panel(numpy_backed, target)  # chunks sent from this process: rechunked too
     assert out.chunks == cluster_chunks(numpy_backed.chunks, 2) and "rechunked" in note
+
+
+def test_balance_chunks_moves_work_to_the_idle_worker():
+    # the benchmark's 4 chunks (52, 20, 20, 8% of the cells) where persist put them: 72% on one
+    chunks = [("y0", "x0"), ("y1", "x1"), ("y2", "x2"), ("y3", "x3")]
+    cells = [52, 20, 20, 8]
+    sizes = {f"{v}{i}": c for i, c in enumerate(cells) for v in "yx"}
+    who_has = {f"{v}{i}": ["a" if i < 2 else "b"] for i in range(4) for v in "yx"}
+    threads = {"a": 1, "b": 1}
+    out = balance_chunks(chunks, who_has, sizes, threads, budget=10**6)
+    assert out == {"a": [0], "b": [1, 2, 3]}  # 52 / 48, as two threads share them
+    # nothing may be fetched: each chunk stays where its bytes are
+    assert balance_chunks(chunks, who_has, sizes, threads, budget=0) == {"a": [0, 1], "b": [2, 3]}
+    # a small input held elsewhere does not move a chunk off the worker holding its bulk
+    who_has["x2"], sizes["x2"] = ["a"], 1
+    assert balance_chunks(chunks, who_has, sizes, threads, budget=0) == {"a": [0, 1], "b": [2, 3]}
+    # two threads on one worker take twice the work: (104 + 16) / 2 beside 40 + 21
+    assert balance_chunks(chunks, who_has, sizes, {"a": 2, "b": 1}, budget=10**6) == {
+        "a": [0, 3],
+        "b": [1, 2],
+    }
+
+
+@pytest.mark.slow
+def test_direct_passes_equal_threads_and_tasks_bit_for_bit(tmp_path):
+    """A persisted panel's passes run on the workers without tasks (``DirectPasses``): the
+    estimates, standard errors and log-likelihood are the threaded scheduler's to the bit, and
+    the same as the task path's (``daskglm.direct-passes: False``); chunks whose inputs sit on
+    another worker are computed after fetching them; pending futures fall back to tasks."""
+    ds, x = make_panel(3, "poisson", seed=11, exposure=True)
+    path = str(tmp_path / "p.zarr")
+    ds.chunk({"i": 4, "j": 3}).to_zarr(path)  # 4 chunks for 2 threads: used as persisted
+    on_threads = dask.persist(xr.open_zarr(path), scheduler="threads")[0]
+    ref = dg.fit(on_threads, "y", x, "poisson", exposure="expo", progress=False)
+    counts = []
+    original = DirectPasses.close
+
+    def close(self):
+        counts.append((self.runs, self.fallbacks))
+        return original(self)
+
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        persisted = client.persist(xr.open_zarr(path))
+        client.gather(futures_of(persisted))
+        DirectPasses.close = close
+        try:
+            direct = dg.fit(persisted, "y", x, "poisson", exposure="expo", progress=False, client=client)
+            with dask.config.set({"daskglm.direct-passes": False}):
+                tasks = dg.fit(persisted, "y", x, "poisson", exposure="expo", progress=False, client=client)
+            # the chunks' futures not yet finished: the runner leaves the pass to tasks
+            runner = DirectPasses(client)
+            slow = client.submit(lambda: (__import__("time").sleep(1), np.ones(3))[1], pure=False)
+            assert runner.run(graph.LocalPass(np.sum, [(slow,)]), 0.1) is None and runner.fallbacks == 1
+        finally:
+            DirectPasses.close = original
+    assert counts and counts[0][0] == direct.passes and counts[0][1] == 0
+    assert direct.passes == ref.passes == tasks.passes
+    for res in (direct, tasks):
+        np.testing.assert_array_equal(res.params, ref.params)
+        np.testing.assert_array_equal(res.bse, ref.bse)
+        assert res.llf == ref.llf

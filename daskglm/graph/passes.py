@@ -35,6 +35,7 @@ from ..kernels.layout import Layout
 __all__ = [
     "PASS_COMPUTE",
     "LocalPass",
+    "tree_add",
     "PassCounter",
     "align_arrays",
     "full_chunks",
@@ -243,12 +244,19 @@ class LocalPass:
         """``func`` of every chunk's arguments on :func:`_local_pool`, summed as
         :func:`_tree_sum` sums them (groups of :data:`SPLIT_EVERY`, in chunk order)."""
         func = self.func
-        level = list(_local_pool().map(lambda args: func(*args), self.chunks))
-        while True:
-            groups = [level[g : g + SPLIT_EVERY] for g in range(0, len(level), SPLIT_EVERY)]
-            if len(groups) == 1:
-                return add_vectors(groups[0])
-            level = [add_vectors(group) for group in groups]
+        return tree_add(list(_local_pool().map(lambda args: func(*args), self.chunks)))
+
+
+def tree_add(vectors: list) -> np.ndarray:
+    """The chunks' vectors (in chunk order) summed as :func:`_tree_sum` sums them: groups of
+    :data:`SPLIT_EVERY`, level by level (the same additions in the same order, so the same
+    bits, wherever the vectors were computed)."""
+    level = list(vectors)
+    while True:
+        groups = [level[g : g + SPLIT_EVERY] for g in range(0, len(level), SPLIT_EVERY)]
+        if len(groups) == 1:
+            return add_vectors(groups[0])
+        level = [add_vectors(group) for group in groups]
 
 
 @lru_cache(maxsize=1)
@@ -260,8 +268,13 @@ def _local_pool() -> ThreadPoolExecutor:
 def _local_pass(func, layout: Layout, arrays: list) -> LocalPass | None:
     """``func`` over the aligned chunks as a :class:`LocalPass`, when the pass would run on
     dask's threaded scheduler (no scheduler configured, or ``"threads"``; no
-    :data:`PASS_COMPUTE`) and every chunk of every input is already data; else ``None``."""
-    if PASS_COMPUTE.get() is not None or get_scheduler() not in (None, dask.threaded.get):
+    :data:`PASS_COMPUTE`) and every chunk of every input is already data; else ``None``.
+    Also where :data:`PASS_COMPUTE` declares ``runs_local_passes`` (a distributed cluster's
+    runner, whose chunks are then the futures of a persisted panel)."""
+    compute = PASS_COMPUTE.get()
+    if compute is None and get_scheduler() not in (None, dask.threaded.get):
+        return None
+    if compute is not None and not getattr(compute, "runs_local_passes", False):
         return None
     if not arrays or not all(isinstance(a, da.Array) for a in arrays) or not materialized(arrays):
         return None
@@ -405,7 +418,9 @@ def run(counter: PassCounter | None, what: str, *graphs, optimize: bool = True):
     t0 = time.perf_counter()
     compute = PASS_COMPUTE.get()
     rest = [g for g in graphs if not isinstance(g, LocalPass)]
-    if not rest:
+    if compute is not None and getattr(compute, "runs_local_passes", False):
+        rest, out = graphs, compute(graphs, optimize)  # a cluster's runner takes the local passes too
+    elif not rest:
         out = ()
     elif compute is None:
         out = dask.compute(*rest, optimize_graph=optimize)
