@@ -326,6 +326,7 @@ def _sweep(
     extra,
     hessian,
     final,
+    meat,
     setup,
     terms,
     lf_table,
@@ -372,6 +373,7 @@ def _sweep(
     meat), 4: w g f_t. ``sums``: w f, w f_t, w f_tt, w deviance, w f_t^2, the separated cells.
     With ``final`` also the meat's products (``ffm``, ``mfull``); ``wh_out`` (unless empty)
     receives ``w h`` at every cell; ``nonfin[f]`` counts packed column f's non-finite values.
+    ``meat`` (final passes with the Hessian only): the meat's accumulations of ``w g^2``.
 
     ``setup``: the setup pass instead (no family derivatives, no gradient: ``w`` takes the
     place of ``w h``, so the Hessian's accumulations are the Gram's; eta is the offset) with
@@ -480,7 +482,7 @@ def _sweep(
                         code, yb[:ns], tb[:ns], eb[:ns], ub[:ns], theta, lf_table, True, cst, sat, su[12:]
                     )
                     su[10] += _sum(cst, ns) if unit else _dot(cst, wb, ns)
-                if hessian:  # the meat's cell arrays, from the unweighted g (and f_t)
+                if meat:  # the meat's cell arrays, from the unweighted g (and f_t)
                     g_, m3 = st[1], st[n_rows]
                     for i in range(ns):
                         m3[i] = g_[i] * g_[i] if unit else wb[i] * g_[i] * g_[i]
@@ -519,7 +521,7 @@ def _sweep(
             _gram(XF, st[2], ff, tmp, ns)
             if extra:
                 _dots(XF, st[4], efull, ns)
-            if final:
+            if meat:
                 _gram(XF, st[n_rows], ffm, tmp, ns)
                 if extra:
                     _dots(XF, st[n_rows + 1], mfull, ns)
@@ -967,7 +969,7 @@ def _evaluate(
     n_rows = 3 if setup else kernel.n_rows
     if n:
         _sweep(
-            code, cell_theta, n_rows, extra, hessian, final, setup, terms, _log_factorials(), y,
+            code, cell_theta, n_rows, extra, hessian, final, meat, setup, terms, _log_factorials(), y,
             float(fam.safe_y), L, slab_rows, SLAB_CELLS, src, np.ascontiguousarray(beta[plan.colpos]), B,
             S, GV, goff, ggrid, wgrid, WV, tgrid, TV, egrid, EV, drop, ops, XS, A, sums, su, nonfin, gfull,
             efull, ff, ffm, mfull, wh_out,
