@@ -13,6 +13,8 @@ as ``peers.py`` and ``engine_vs_floor.py``), 2e6 cells by default, stored chunke
 * ``threads_zarr``: threads, streamed from the zarr store on every pass;
 * ``cluster``: ``dg.fit(..., client=client)`` on a LocalCluster of ``--workers`` worker
   processes x 1 thread, the panel persisted in the workers' memory before the fit;
+* ``cluster_tasks``: ``cluster`` with ``daskglm.direct-passes`` off (every pass as tasks through
+  the scheduler; skipped with ``--no-tasks``);
 * ``cluster_zarr``: the same cluster given the store's path (``persist="auto"`` reads it into
   the workers inside the fit).
 
@@ -210,17 +212,55 @@ def _profile_top(tree: dict, top: int = 10) -> list[tuple[str, float]]:
     return [(k, round(v / total, 3)) for k, v in sorted(own.items(), key=lambda kv: -kv[1])[:top]]
 
 
-def run_cluster(client, data, x, repeat: int) -> dict:
+class DirectCount:
+    """Passes run directly on the workers (``DirectPasses.run`` returned a vector) and passes
+    that fell back to tasks, when the code has direct passes."""
+
+    def __init__(self):
+        self.direct = self.fallback = 0
+        try:
+            from daskglm.runtime.scheduling import DirectPasses
+        except ImportError:
+            DirectPasses = None
+        self.cls = DirectPasses
+
+    def __enter__(self):
+        if self.cls is not None:
+            self._orig = orig = self.cls.run
+
+            def run(runner, local, poll):
+                out = orig(runner, local, poll)
+                if out is None:
+                    self.fallback += 1
+                else:
+                    self.direct += 1
+                return out
+
+            self.cls.run = run
+        return self
+
+    def __exit__(self, *exc):
+        if self.cls is not None:
+            self.cls.run = self._orig
+
+
+def run_cluster(client, data, x, repeat: int, direct: bool = True) -> dict:
     from distributed import get_task_stream
 
     best = None
     for r in range(repeat + 1):
         t0 = time.time()
-        with PassClock() as clock, get_task_stream(client=client) as ts:
+        with (
+            dask.config.set({"daskglm.direct-passes": direct}),
+            PassClock() as clock,
+            get_task_stream(client=client) as ts,
+            DirectCount() as dc,
+        ):
             res, secs = _fit(data, x, client=client)
         rows = _stream_breakdown(clock.windows, ts.data)
         if r and (best is None or secs < best["fit_s"]):
             best = _summary(res, secs, clock.windows, [row["tasks"] for row in rows])
+            best["direct_passes"], best["task_fallbacks"] = dc.direct, dc.fallback
             best["passes_detail"] = rows
             best["eval_breakdown"] = _median_breakdown(rows)
             window = (t0, time.time())
@@ -229,7 +269,8 @@ def run_cluster(client, data, x, repeat: int) -> dict:
     best["scheduler_profile_top"] = _profile_top(
         client.profile(start=window[0], stop=window[1], scheduler=True)
     )
-    best["client_profile_tottime"] = _client_profile(lambda: _fit(data, x, client=client))
+    with dask.config.set({"daskglm.direct-passes": direct}):
+        best["client_profile_tottime"] = _client_profile(lambda: _fit(data, x, client=client))
     return best
 
 
@@ -251,6 +292,9 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--label", default="run")
+    p.add_argument(
+        "--no-tasks", action="store_true", help="skip 'cluster_tasks' (the cluster with direct passes off)"
+    )
     p.add_argument("--out", default=str(Path(__file__).with_name("cluster_overhead.json")))
     a = p.parse_args()
     i, j, k = (int(s) for s in a.sizes.split(","))
@@ -300,6 +344,8 @@ def main() -> None:
             with client.as_current():
                 wait(futures_of(on_cluster))
             settings["cluster"] = run_cluster(client, on_cluster, x, a.repeat)
+            if not a.no_tasks:
+                settings["cluster_tasks"] = run_cluster(client, on_cluster, x, a.repeat, direct=False)
             settings["cluster_zarr"] = run_cluster(client, path, x, a.repeat)
     ref = settings["threads"]
     params = {name: s.pop("params") for name, s in settings.items()}
@@ -319,7 +365,9 @@ def main() -> None:
             f"{name:<14}{s['fit_s']:>8.3f}{s['fit_ratio_to_threads']:>7.2f}{s['iteration_s']:>8.3f}"
             f"{s['iteration_ratio_to_threads']:>7.2f}{s['passes']:>7}  {tp:>10}  {ps}"
         )
-        if "eval_breakdown" in s:
+        if "direct_passes" in s:
+            print(f"   direct passes {s['direct_passes']}, task fallbacks {s['task_fallbacks']}")
+        if s.get("eval_breakdown"):
             print("   eval pass:", {k: round(v, 4) for k, v in s["eval_breakdown"].items()})
     if a.out:
         out = Path(a.out)
