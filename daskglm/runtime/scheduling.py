@@ -421,14 +421,16 @@ class DirectPasses:
         }
         pending = set(calls.values()) | {check}
         try:
-            while pending:
+            while True:
                 _, pending = await asyncio.wait(pending, timeout=poll)
-                if pending and not check.done():
-                    continue
                 if check.done() and (check.exception() is not None or check.result() != who_has):
                     self._plans.pop(signature, None)  # the chunks moved, or the scheduler is gone
                     return None
-                if pending:  # a worker still computing: is it still there with its chunks?
+                if not pending:
+                    break
+                if not pending & set(calls.values()):  # the workers answered, the scheduler did not
+                    return None
+                if check.done():  # a worker still computing: is it still there with its chunks?
                     check = asyncio.ensure_future(self._who_has(keys))
                     pending.add(check)
         finally:
@@ -469,9 +471,9 @@ class DirectPasses:
             return
 
         async def release():
-            await asyncio.gather(
-                *(self.client.rpc(w).daskglm_pass_release() for w in self._workers), return_exceptions=True
-            )
+            # a lost worker's address would be retried for the connect timeout (30 s): bounded
+            calls = [self.client.rpc(w).daskglm_pass_release() for w in self._workers]
+            await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), timeout=2.0)
 
         with contextlib.suppress(Exception):
             self.client.sync(release)
