@@ -2,8 +2,16 @@
 
 A fixed effect's arrays live on its own grid, which the chunks of the panel cut into pieces:
 each chunk task receives the piece of every level array that its coordinate ranges cover and
-returns pieces, which the client adds into the effect grids. So a pass is one task per chunk
-(no tree reduction: the outputs are level-sized, not scalars), and one ``dask.compute``.
+returns pieces, which are added into the effect grids. So a pass is one task per chunk and one
+``dask.compute``.
+
+On dask's threaded scheduler the client cuts the level arrays and adds the pieces. On a cluster
+(:data:`~daskglm.graph.passes.PASS_COMPUTE` set) the client's bytes per pass are O(levels), not
+O(chunks x pieces): a pass's level arrays go to the cluster once, as one task that every chunk
+task depends on (the chunk tasks cut their pieces on the workers), and the chunks' results are
+added on the workers by a tree of :data:`~daskglm.graph.passes.SPLIT_EVERY`-way additions of
+*boxes* (a piece of an effect's grid and its offset; a node's box is the union of its children's),
+so the client receives one set of level arrays per pass (:func:`_tree_reduce`).
 
 The evaluation pass also leaves ``W = -w h`` of every chunk in the scheduler's memory (the
 workers' on a cluster, the client process's on threads): the inner products with the effects'
@@ -29,7 +37,7 @@ from dask.base import get_scheduler
 from ..kernels import effects_numba
 from ..kernels.effects import Effect, fe_matvec_chunk, slabbed
 from ..kernels.layout import Layout
-from .passes import PASS_COMPUTE, PassCounter, materialized, run
+from .passes import PASS_COMPUTE, SPLIT_EVERY, PassCounter, materialized, run
 
 __all__ = ["ChunkPlan", "FixedEffectPasses"]
 
@@ -72,6 +80,122 @@ def _gather(effects: Sequence[Effect], plan: ChunkPlan, parts: list, trailing: t
 
 def _small(result: dict) -> dict:
     return {k: v for k, v in result.items() if k != "W"}
+
+
+#: How a pass's per-chunk result is reduced: ``flatten(part) -> list`` of its values, and per
+#: value either ``None`` (summed as a whole: scalars, covariate vectors and matrices) or
+#: ``(axes, shape)``: a piece over the chunk's ranges of the panel axes ``axes`` of a grid of
+#: ``shape`` (plus trailing axes), added into that grid.
+Grids = tuple
+
+
+def _flat_list(part) -> list:
+    return list(part)
+
+
+def _flat_keys(sum_keys: tuple, grid_keys: tuple, part: dict) -> list:
+    return [part[k] for k in sum_keys] + [p for k in grid_keys for p in part[k]]
+
+
+def _flat_scores(part: dict) -> list:
+    return [part["meat"]] + [x for S, n in part["clusters"] for x in (S, n)]
+
+
+def _reduce_local(plan: ChunkPlan, flatten, grids: Grids, parts: list) -> list:
+    """The chunks' results reduced on this process, in chunk order: sums, and pieces added
+    into zero grids (the additions of :func:`_gather`)."""
+    flats = [flatten(p) for p in parts]
+    out = []
+    for s, g in enumerate(grids):
+        if g is None:
+            out.append(sum(f[s] for f in flats))
+            continue
+        axes, shape = g
+        acc = np.zeros(shape + np.shape(flats[0][s])[len(axes) :])
+        for index, f in zip(plan.index, flats, strict=True):
+            acc[tuple(index[a] for a in axes)] += f[s]
+        out.append(acc)
+    return out
+
+
+def _cut_call(func, effects: Sequence[Effect], index: tuple[slice, ...], shipped: tuple, *blk):
+    """On a worker: ``func(*cuts, *blk)``, the cuts of the pass's level arrays ``shipped`` (a
+    tuple of lists, one list per argument) to the chunk's ranges."""
+    return func(*(_cut(effects, arrays, index) for arrays in shipped), *blk)
+
+
+def _boxes(flatten, grids: Grids, index: tuple[slice, ...], part) -> list:
+    """A chunk's result as boxes: ``(None, value)`` or ``(offset, piece)``."""
+    out = []
+    for g, v in zip(grids, flatten(part), strict=True):
+        out.append((None, v) if g is None else (tuple(index[a].start for a in g[0]), np.asarray(v)))
+    return out
+
+
+def _cut_call_boxes(func, flatten, grids: Grids, effects, index, shipped: tuple, *blk) -> list:
+    return _boxes(flatten, grids, index, _cut_call(func, effects, index, shipped, *blk))
+
+
+def _add_boxes(*flats: list) -> list:
+    """A tree node: the children's values summed, their boxes added into their union box."""
+    out = []
+    for slots in zip(*flats, strict=True):
+        if slots[0][0] is None:
+            total = slots[0][1]
+            for _, v in slots[1:]:
+                total = total + v
+            out.append((None, total))
+            continue
+        nd = len(slots[0][0])
+        lo = tuple(min(o[d] for o, _ in slots) for d in range(nd))
+        hi = tuple(max(o[d] + a.shape[d] for o, a in slots) for d in range(nd))
+        acc = np.zeros(tuple(b - a for b, a in zip(hi, lo, strict=True)) + slots[0][1].shape[nd:])
+        for o, a in slots:
+            acc[tuple(slice(o[d] - lo[d], o[d] - lo[d] + a.shape[d]) for d in range(nd))] += a
+        out.append((lo, acc))
+    return out
+
+
+def _tree_reduce(leaves: list):
+    """The tree of :func:`_add_boxes` over the chunks' boxes (delayed), groups of
+    :data:`~daskglm.graph.passes.SPLIT_EVERY` in chunk order; one node at the root."""
+    level = list(leaves)
+    while True:
+        groups = [level[g : g + SPLIT_EVERY] for g in range(0, len(level), SPLIT_EVERY)]
+        level = [dask.delayed(_add_boxes, pure=False)(*group) for group in groups]
+        if len(level) == 1:
+            return level[0]
+
+
+def _unbox(grids: Grids, boxes: list) -> list:
+    """The root's boxes as whole values and full grids (on the client)."""
+    out = []
+    for g, (offset, v) in zip(grids, boxes, strict=True):
+        if g is None:
+            out.append(v)
+            continue
+        axes, shape = g
+        if v.shape[: len(axes)] == shape:
+            out.append(v)
+            continue
+        acc = np.zeros(shape + v.shape[len(axes) :])
+        acc[tuple(slice(o, o + n) for o, n in zip(offset, v.shape, strict=False))] = v
+        out.append(acc)
+    return out
+
+
+def _matvec(effects: Sequence[Effect], cut: tuple, W: np.ndarray) -> list:
+    return fe_matvec_chunk(effects, W, *cut)
+
+
+def _hold(*arrays) -> tuple:
+    """The task that holds a pass's level arrays on the cluster."""
+    return arrays
+
+
+#: distributed warns about a graph larger than this (10 MB by default); a pass's level arrays
+#: are sent in its graph once, on purpose (1.2 million levels x 4 vectors are 38 MB)
+_LARGE_GRAPH = "distributed.admin.large-graph-warning-threshold"
 
 
 class FixedEffectPasses:
@@ -119,11 +243,16 @@ class FixedEffectPasses:
             self._blocks = list(dask.compute(*self.plan.blocks)) if ok and materialized(self.arrays) else []
         return self._blocks or None
 
-    def _run(self, what: str, func, per_chunk: list, persist: bool = False):
-        """One pass: ``func(*per_chunk[c], *inputs of chunk c)`` for every chunk."""
+    def _run(self, what: str, func, shipped: tuple, reduce: tuple, persist: bool = False) -> list:
+        """One pass: ``func(*cuts of chunk c, *inputs of chunk c)`` for every chunk, where the
+        cuts are those of each list of level arrays in ``shipped``; the results reduced by
+        ``reduce = (flatten, grids)`` (see :data:`Grids`): a list of sums and full grids."""
+        if PASS_COMPUTE.get() is not None:
+            return self._run_cluster(what, func, shipped, reduce, self.plan.blocks, persist)
         t0 = time.perf_counter()
+        per_chunk = [tuple(_cut(self.effects, a, ix) for a in shipped) for ix in self.plan.index]
         local = self._local_blocks()
-        if persist and PASS_COMPUTE.get() is None:
+        if persist:
             # dask's threaded scheduler: results, W included, are in this process anyway, and
             # the inner products run here on the chunks' W without a dask pass each (the
             # previous W is let go first: one W in memory at a time)
@@ -135,48 +264,76 @@ class FixedEffectPasses:
                 dask.delayed(func, pure=False)(*extra, *blk)
                 for extra, blk in zip(per_chunk, self.plan.blocks, strict=True)
             ]
-            if persist and PASS_COMPUTE.get() is not None:
-                # keep only W on the workers, as keys of its own (the chunk results that hold
-                # it are released once W and the small statistics are split off), and let the
-                # previous evaluation's W go before this one is made: one W in cluster memory
-                self._W_local, self._W = None, None
-                n = len(tasks)
-                held = dask.persist(
-                    *[dask.delayed(operator.getitem, pure=False)(t, "W") for t in tasks],
-                    *[dask.delayed(_small, pure=False)(t) for t in tasks],
-                )
-                self._W = list(held[:n])
-                tasks = held[n:]
             out = list(run(None, what, *tasks, optimize=False))
-        if persist and PASS_COMPUTE.get() is None:
+        if persist:
             self._W_local = [o.pop("W", None) for o in out]
             if any(w is None for w in self._W_local):
                 self._W_local = None
+        flat = _reduce_local(self.plan, *reduce, out)
         self.counter.record(what, time.perf_counter() - t0)
-        return out
+        return flat
+
+    def _run_cluster(self, what: str, func, shipped: tuple, reduce: tuple, blocks: list, persist: bool):
+        """:meth:`_run` on a cluster: the level arrays sent once (a task each list), cut by the
+        chunk tasks on the workers, the results added there (:func:`_tree_reduce`); with
+        ``persist``, every chunk's ``W`` kept on the workers as a key of its own."""
+        t0 = time.perf_counter()
+        flatten, grids = reduce
+        nbytes = sum(int(np.asarray(a).nbytes) for arrays in shipped for a in arrays)
+        limit = dask.utils.parse_bytes(dask.config.get(_LARGE_GRAPH, "10MB") or "10MB") + nbytes
+        with dask.config.set({_LARGE_GRAPH: limit}):
+            lv = tuple(dask.delayed(_hold, pure=False)(*arrays) for arrays in shipped)
+            if persist:
+                # keep only W on the workers, as keys of its own (the chunk results that hold
+                # it are released once W and the boxes are split off), and let the previous
+                # evaluation's W go before this one is made: one W in cluster memory
+                self._W_local, self._W, self._groups = None, None, None
+                raw = [
+                    dask.delayed(_cut_call, pure=False)(func, self.effects, ix, lv, *blk)
+                    for ix, blk in zip(self.plan.index, blocks, strict=True)
+                ]
+                n = len(raw)
+                held = dask.persist(
+                    *[dask.delayed(operator.getitem, pure=False)(t, "W") for t in raw],
+                    *[
+                        dask.delayed(_boxes, pure=False)(flatten, grids, ix, t)
+                        for ix, t in zip(self.plan.index, raw, strict=True)
+                    ],
+                )
+                self._W, leaves = list(held[:n]), list(held[n:])
+            else:
+                call = dask.delayed(_cut_call_boxes, pure=False)
+                leaves = [
+                    call(func, flatten, grids, self.effects, ix, lv, *blk)
+                    for ix, blk in zip(self.plan.index, blocks, strict=True)
+                ]
+            (boxes,) = run(None, what, _tree_reduce(leaves), optimize=False)
+        self.counter.record(what, time.perf_counter() - t0)
+        return _unbox(grids, boxes)
+
+    def _grids(self) -> tuple:
+        return tuple((e.axes, e.shape) for e in self.effects)
 
     def counts(self, levels: list) -> list:
         """Per effect: used cells and degeneracy sums per level (grid + (1 + n_stats,))."""
         func = partial(slabbed, "counts", self.layout, self.effects)
-        parts = self._run("fe-counts", func, [(_cut(self.effects, levels, ix),) for ix in self.plan.index])
-        n = parts[0][0].shape[-1]
-        return _gather(self.effects, self.plan, parts, (n,))
+        return self._run("fe-counts", func, (levels,), (_flat_list, self._grids()))
 
     def evaluate(self, params: np.ndarray, levels: list, hessian: bool = True, final: bool = False) -> dict:
         """LL, covariate gradient/Hessian and the effects' gradients, diagonals and cross
         blocks at ``params`` and effect values ``levels``; keeps ``W`` for :meth:`product`."""
         func = partial(slabbed, "eval", self.layout, self.effects, np.asarray(params, float), hessian, final)
-        cuts = [(_cut(self.effects, levels, ix),) for ix in self.plan.index]
-        parts = self._run("eval", func, cuts, persist=hessian)
         keys = ("ll", "grad") + (("dev", "n_separated", "ll_const") if final else ())
         keys += ("dev",) if self.layout.family.n_extra and not final else ()
-        out = {k: sum(p[k] for p in parts) for k in keys}
-        out["grad_fe"] = _gather(self.effects, self.plan, [p["grad_fe"] for p in parts])
-        if hessian:
-            out["hess"] = sum(p["hess"] for p in parts)
-            out["diag_fe"] = _gather(self.effects, self.plan, [p["diag_fe"] for p in parts])
-            P = self.layout.n_params
-            out["cross_fe"] = _gather(self.effects, self.plan, [p["cross_fe"] for p in parts], (P,))
+        keys += ("hess",) if hessian else ()
+        fe_keys = ("grad_fe",) + (("diag_fe", "cross_fe") if hessian else ())
+        grids = (None,) * len(keys) + self._grids() * len(fe_keys)
+        reduce = (partial(_flat_keys, keys, fe_keys), grids)
+        flat = self._run("eval", func, (levels,), reduce, persist=hessian)
+        out = dict(zip(keys, flat, strict=False))
+        m = len(self.effects)
+        for j, k in enumerate(fe_keys):
+            out[k] = flat[len(keys) + j * m : len(keys) + (j + 1) * m]
         return out
 
     def product(self, V: list) -> list:
@@ -204,14 +361,10 @@ class FixedEffectPasses:
             return _gather(self.effects, self.plan, parts, (V[0].shape[-1],))
         if self._W is None:
             raise RuntimeError("product() needs an evaluation with the Hessian first")
-        tasks = [
-            dask.delayed(func, pure=False)(W, *_cut(self.effects, V, ix))
-            for ix, W in zip(self.plan.index, self._W, strict=True)
-        ]
-        t0 = time.perf_counter()
-        parts = run(None, "fe-product", *tasks, optimize=False)
-        self.counter.record("fe-product", time.perf_counter() - t0)
-        return _gather(self.effects, self.plan, list(parts), (V[0].shape[-1],))
+        blocks = [(W,) for W in self._W]
+        reduce = (_flat_list, self._grids())
+        func = partial(_matvec, self.effects)
+        return self._run_cluster("fe-product", func, (list(V),), reduce, blocks, False)
 
     def product_flat(self, Vt: np.ndarray) -> np.ndarray:
         """:meth:`product` on the effects' levels concatenated as one ``(k, levels)`` array
@@ -257,17 +410,11 @@ class FixedEffectPasses:
     def scores(self, params: np.ndarray, levels: list, proj: list, keeps: Sequence[tuple[int, ...]]) -> dict:
         """The partialled-out scores' meat and their sums per cluster for each ``keeps``."""
         func = partial(slabbed, "scores", self.layout, self.effects, np.asarray(params, float), tuple(keeps))
-        cuts = [(_cut(self.effects, levels, ix), _cut(self.effects, proj, ix)) for ix in self.plan.index]
-        parts = self._run("fe-scores", func, cuts)
-        out = {"meat": sum(p["meat"] for p in parts), "clusters": []}
-        sizes = [sl.stop for sl in self.plan.index[-1]]
-        P = self.layout.n_params
-        for j, keep in enumerate(keeps):
-            shape = tuple(sizes[a] for a in keep)
-            S, n = np.zeros(shape + (P,)), np.zeros(shape)
-            for ix, p in zip(self.plan.index, parts, strict=True):
-                sl = tuple(ix[a] for a in keep)
-                S[sl] += p["clusters"][j][0]
-                n[sl] += p["clusters"][j][1]
-            out["clusters"].append((S, n))
-        return out
+        sizes = tuple(sl.stop for sl in self.plan.index[-1])
+        grids = (None,)
+        for keep in keeps:
+            grid = (tuple(keep), tuple(sizes[a] for a in keep))
+            grids += (grid, grid)
+        flat = self._run("fe-scores", func, (levels, proj), (_flat_scores, grids))
+        clusters = [(flat[1 + 2 * j], flat[2 + 2 * j]) for j in range(len(keeps))]
+        return {"meat": flat[0], "clusters": clusters}
