@@ -423,6 +423,51 @@ def test_cluster_passes_equal_in_process_on_uneven_chunks():
         close(out, np.sign(np.sum(out * dense)) * dense)
 
 
+@pytest.mark.slow
+def test_cluster_product_raises_when_the_workers_are_gone():
+    """The fixed-effects passes on a cluster stay under the watchdog: a product after the
+    only worker (holding ``W``) has left raises :class:`~daskglm.ClusterLostError` within
+    ``daskglm.no-workers-timeout``, not a hang."""
+    import time
+
+    import dask
+    import dask.array as da
+    from distributed import Client, LocalCluster
+
+    from daskglm.graph.effects import FixedEffectPasses
+    from daskglm.graph.passes import PassCounter
+    from daskglm.kernels.effects import Effect
+    from daskglm.kernels.layout import ArgSpec, Block, Layout
+    from daskglm.runtime.scheduling import compute_target
+
+    rng = np.random.default_rng(5)
+    shape, chunks = (8, 9), ((5, 3), (4, 5))
+    x = rng.standard_normal(shape)
+    y = rng.poisson(np.exp(0.2 * x)).astype(float)
+    args = (ArgSpec("y", "y", (0, 1)), ArgSpec("x", "x", (0, 1)))
+    layout = Layout(("i", "j"), args, (Block((0, 1), ("x",), (1,)),), dg.Poisson(), "raise")
+    effects = [Effect(("i",), (0,), (8,)), Effect(("j",), (1,), (9,))]
+    levels = [np.zeros(e.shape) for e in effects]
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+        dask.config.set({"daskglm.no-workers-timeout": "2s"}),
+        compute_target(client),
+    ):
+        arrays = [da.from_array(a, chunks=chunks) for a in (y, x)]
+        fe = FixedEffectPasses(layout, arrays, chunks, effects, PassCounter())
+        fe.evaluate(np.array([0.2]), levels, hessian=True)
+        assert fe.product([np.ones(e.shape + (1,)) for e in effects])[0].shape == (8, 1)
+        cluster.scale(0)
+        deadline = time.monotonic() + 30
+        while client.scheduler_info()["workers"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        t0 = time.monotonic()
+        with pytest.raises(dg.ClusterLostError, match="no workers"):
+            fe.product([np.ones(e.shape + (1,)) for e in effects])
+        assert time.monotonic() - t0 < 15
+
+
 @settings(max_examples=40, deadline=None)
 @given(data=st.data())
 def test_compiled_product_equals_numpy(data):
