@@ -349,11 +349,13 @@ class DirectPasses:
     in-memory Newton iteration at 2e6 cells. Here the client sends each worker the pickled
     kernel (with the parameters) and the keys of its chunks; the vectors come back in the
     answer and are added in chunk order (:func:`daskglm.graph.passes.tree_add`, the same bits
-    as the task graph and the threaded scheduler). Each chunk runs where most of its bytes
-    are; inputs held elsewhere are fetched by the worker once per fit. The scheduler is asked
-    where the chunks are on every pass, at the same time: if they moved (a worker was lost,
-    data rebalanced), a worker is not running (paused at its memory limit) or does not answer,
-    the pass runs as tasks instead (:meth:`PassWatchdog._tasks`, with its watchdog).
+    as the task graph and the threaded scheduler). The chunks are spread over the workers by
+    :func:`balance_chunks`; inputs held elsewhere are fetched by the worker once per fit. The
+    scheduler is asked where the chunks are on every pass, at the same time: if they moved (a
+    worker was lost, data rebalanced), a worker is not running (paused at its memory limit)
+    or the scheduler does not answer, the pass runs as tasks instead
+    (:meth:`PassWatchdog._tasks`, with its watchdog); after a worker failed a request (lost,
+    unreachable from the client) the rest of the fit's passes do.
 
     ``daskglm.direct-passes`` (dask configuration, default ``True``) switches it off.
     """
@@ -366,6 +368,8 @@ class DirectPasses:
         #: passes run directly and passes that fell back to tasks (diagnostics)
         self.runs = 0
         self.fallbacks = 0
+        #: a worker failed a request (lost, unreachable): the fit's later passes run as tasks
+        self.broken = False
 
     @staticmethod
     def _keys(local) -> list | None:
@@ -438,8 +442,9 @@ class DirectPasses:
                 f.cancel()
         values: list = [None] * len(chunks)
         for w, call in calls.items():
-            if call.exception() is not None:
-                self._plans.pop(signature, None)
+            if call.exception() is not None:  # lost or unreachable: tasks for the rest of the fit
+                log.debug("daskglm: direct passes off for this fit: %s: %r", w, call.exception())
+                self.broken = True
                 return None
             answer = call.result()
             if answer.get("status") != "OK":
@@ -451,7 +456,7 @@ class DirectPasses:
     def run(self, local, poll: float) -> np.ndarray | None:
         """The pass's summed vector, or ``None`` when it must run as tasks (its chunks are not
         all finished futures, one moved, a worker is paused, lost or unreachable)."""
-        chunks = self._keys(local)
+        chunks = None if self.broken else self._keys(local)
         values = None
         if chunks is not None:
             try:
