@@ -395,9 +395,13 @@ class DirectPasses:
         if not all(who_has.values()):
             return None
         nbytes = await self.client.scheduler.nbytes(keys=keys, summary=False) or {}
-        threads = await self.client.scheduler.ncores()
+        workers = (await self.client.scheduler.identity()).get("workers", {})
+        threads = {w: int(info.get("nthreads") or 1) for w, info in workers.items()}
+        # copies made for balance: at most half the fetch budget, a 16th of the smallest memory limit
+        limits = [int(info.get("memory_limit") or 0) for info in workers.values()]
+        budget = min([FETCHED_MAX_BYTES // 2] + [m // 16 for m in limits if m > 0])
         sizes = {k: int(nbytes.get(k) or 1) for k in keys}
-        assign = balance_chunks(chunks, who_has, sizes, threads, FETCHED_MAX_BYTES // 2)
+        assign = balance_chunks(chunks, who_has, sizes, threads, budget)
         return keys, who_has, assign
 
     async def _run(self, local, chunks: list, poll: float) -> list | None:
