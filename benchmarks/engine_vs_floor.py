@@ -1,7 +1,7 @@
 """Both evaluation engines beside the floor: one plain dask pass over the same arrays.
 
     python benchmarks/engine_vs_floor.py [--cells 2e6,2e7] [--repeat 2] [--engines numpy,numba]
-        [--no-zarr] [--out FILE.json] [--md FILE.md]
+        [--no-zarr] [--local-ab] [--out FILE.json] [--md FILE.md]
 
 The panel: 3-D Poisson, 29 coefficients in 7 dim-blocks (full grid, (i,j), (i,k), (j,k), i, j,
 k) plus the intercept, chunks of 100 x 100 x k. For each size and engine (``"numpy"``, the
@@ -80,6 +80,33 @@ def seconds_per_iteration(data, x: list[str], engine: str, repeat: int) -> tuple
         secs = np.diff(res.history["seconds"].to_numpy())  # one pass per accepted iteration
         best = min(best, float(np.median(secs)))
     return best, int(res.n_iter), res
+
+
+def local_ab(cells: int, fits: int = 4) -> dict:
+    """In-memory Newton s/it with ``graph.LocalPass`` against the dask graph (``graph._local_pass``
+    switched off), on one persisted panel in one process, the fits interleaved (median s/it
+    of each fit, then the median over ``fits`` fits)."""
+    i, j, k = SHAPES[cells]
+    ds = simulate_panel({"i": i, "j": j, "k": k}, "poisson", seed=1, chunks={"i": 100, "j": 100})
+    x = [v for v in ds.data_vars if v.startswith("x_")]
+    mem = ds.persist()
+    dg.fit(mem, "y", x, "poisson", progress=False)  # compile / warm up
+    local = graph._local_pass
+    out: dict = {"local": [], "dask": []}
+    try:
+        for _ in range(fits):
+            for mode in out:
+                graph._local_pass = local if mode == "local" else (lambda *a, **kw: None)
+                res = dg.fit(mem, "y", x, "poisson", progress=False)
+                out[mode].append(float(np.median(np.diff(res.history["seconds"].to_numpy()))))
+    finally:
+        graph._local_pass = local
+    print(
+        f"{cells:.0e} cells in memory, s/it: LocalPass {np.median(out['local']):.4f}, "
+        f"dask graph {np.median(out['dask']):.4f}",
+        flush=True,
+    )
+    return out
 
 
 def run_size(
@@ -186,12 +213,17 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--engines", default=",".join(ENGINES), help="engines to time (the table needs both)")
     p.add_argument("--no-zarr", action="store_true", help="in memory only (no store written or read)")
+    p.add_argument("--local-ab", action="store_true", help="only the LocalPass / dask graph A/B in memory")
     here = Path(__file__).parent
     p.add_argument("--out", default=str(here / "engine_vs_floor.json"), help="JSON record")
     p.add_argument("--md", default=str(here / "ENGINE.md"), help="markdown table")
     p.add_argument("--workdir", default=None, help="where the zarr stores go (default: a temporary folder)")
     a = p.parse_args()
     sizes = [int(float(c)) for c in a.cells.split(",")]
+    if a.local_ab:
+        for c in sizes:
+            local_ab(c)
+        return
     workdir = a.workdir or tempfile.mkdtemp(prefix="engine_vs_floor_")
     engines = tuple(a.engines.split(","))
     records = [run_size(c, a.repeat, workdir, engines, not a.no_zarr) for c in sizes]
