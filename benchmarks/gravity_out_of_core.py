@@ -1,7 +1,7 @@
 """Gravity PPML at 1e8 cells, streamed from zarr by two workers whose memory is smaller than the data.
 
 ``python benchmarks/gravity_out_of_core.py [--grid 1000x100] [--chunk 100] [--memory-limit 0.7GB]
-[--store DIR] [--out benchmarks/gravity_out_of_core.json]``
+[--persist auto|false] [--bytes] [--store DIR] [--out benchmarks/gravity_out_of_core.json]``
 
 1. Writes (once; reused when present) a float32 zarr store of an ``exporter x importer x year``
    panel (``NxT``: N countries, T years) with a Poisson ``y`` drawn from exporter-year,
@@ -17,6 +17,13 @@
    ``VmHWM``), whether anything spilled to disk, the client's peak memory, the estimates against
    the truth, and what pyfixest would need for the same long table (its measured peak at 1e7
    cells in ``benchmarks/gravity.json``, scaled linearly in the cells: an estimate, not a run).
+   The client's RSS is also sampled (psutil, every 0.5 s) during the fit: its peak above the
+   RSS before the fit. ``--persist false`` streams the data from the store on every pass even
+   when it would fit in the workers' memory.
+4. ``--bytes``: per fixed-effects pass kind, the bytes the client sends to the cluster (the
+   pickled graphs of the passes of :mod:`daskglm.graph.effects`: the level arrays embedded in
+   them) and receives (the arrays of the results), by wrapping that module's ``run`` and
+   ``dask.persist`` (the pickling costs time of its own, recorded as ``accounting_seconds``).
 
 Progress goes to stdout (one line per sample); the results to ``--out``.
 """
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import threading
 import time
 import warnings
@@ -103,6 +111,87 @@ def _worker_sample(dask_worker) -> dict:
     }
 
 
+class ClientRSS(threading.Thread):
+    """Sample this process's RSS every ``every`` seconds (psutil); the peak above the start."""
+
+    def __init__(self, every: float = 0.5):
+        import psutil
+
+        super().__init__(daemon=True)
+        self.proc, self.every = psutil.Process(), every
+        self.start_rss = self.peak = self.proc.memory_info().rss
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(self.every):
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+
+
+def _array_bytes(obj) -> int:
+    """Bytes of the numpy arrays in a (nested) result."""
+    if isinstance(obj, np.ndarray):
+        return obj.nbytes
+    if isinstance(obj, dict):
+        return sum(_array_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_array_bytes(v) for v in obj)
+    return 0
+
+
+class PassBytes:
+    """Bytes sent (pickled graphs) and received (result arrays) by the fixed-effects passes."""
+
+    def __init__(self):
+        self.sent: dict[str, list[int]] = {}
+        self.received: dict[str, list[int]] = {}
+        self.seconds = 0.0
+        self._pending = 0
+
+    def _graph_bytes(self, collections) -> int:
+        import cloudpickle
+
+        t0 = time.perf_counter()
+        dsk: dict = {}
+        for c in collections:
+            dsk.update(dict(c.__dask_graph__()))
+        n = len(cloudpickle.dumps(dsk, protocol=5))
+        self.seconds += time.perf_counter() - t0
+        return n
+
+    def install(self):
+        import dask
+
+        from daskglm.graph import effects
+
+        real_run, real_persist = effects.run, dask.persist
+
+        def persist(*args, **kw):
+            if sys._getframe(1).f_globals.get("__name__") == effects.__name__:  # W and pieces held
+                self._pending += self._graph_bytes(args)
+            return real_persist(*args, **kw)
+
+        def run(counter, what, *graphs, **kw):
+            sent = self._graph_bytes(graphs)
+            out = real_run(counter, what, *graphs, **kw)
+            # a persisted evaluation's graph was sent just before (its W and pieces held)
+            self.sent.setdefault(what, []).append(sent + self._pending)
+            self._pending = 0
+            self.received.setdefault(what, []).append(_array_bytes(out))
+            return out
+
+        effects.run = run
+        effects.dask.persist = persist
+
+    def summary(self) -> dict:
+        med = {k: int(np.median(v)) for k, v in self.sent.items()}
+        return {
+            "sent_bytes_median": med,
+            "received_bytes_median": {k: int(np.median(v)) for k, v in self.received.items()},
+            "passes_counted": {k: len(v) for k, v in self.sent.items()},
+            "accounting_seconds": round(self.seconds, 1),
+        }
+
+
 class Monitor(threading.Thread):
     """Sample the workers every ``every`` seconds: RSS, keys and bytes spilled to disk."""
 
@@ -161,7 +250,7 @@ def pyfixest_estimate(cells: int) -> dict:
     }
 
 
-def fit(path: Path, memory_limit: str) -> dict:
+def fit(path: Path, memory_limit: str, persist="auto", count_bytes: bool = False) -> dict:
     from distributed import Client, LocalCluster
 
     import daskglm as dg
@@ -173,19 +262,34 @@ def fit(path: Path, memory_limit: str) -> dict:
         Client(cluster) as client,
     ):
         before = set(client.scheduler_info()["workers"])
+        accounting = PassBytes() if count_bytes else None
+        if accounting is not None:
+            accounting.install()
         t0 = time.perf_counter()
         mon = Monitor(client, t0)
         mon.start()
+        rss = ClientRSS()
+        rss.start()
         error = None
         try:
             res = dg.fit(
-                str(path), "y", X, "poisson", fe=FE, cov_type="nonrobust", client=client, progress=True
+                str(path),
+                "y",
+                X,
+                "poisson",
+                fe=FE,
+                cov_type="nonrobust",
+                client=client,
+                progress=True,
+                persist=persist,
             )
         except Exception as e:  # noqa: BLE001 - recorded in the JSON
             res, error = None, f"{type(e).__name__}: {e}"
         seconds = time.perf_counter() - t0
         mon.stop.set()
         mon.join()
+        rss.stop.set()
+        rss.join()
         hwm = client.run(lambda dask_worker: _worker_sample(dask_worker)["hwm"])
         after = set(client.scheduler_info()["workers"])
     out = {
@@ -201,7 +305,12 @@ def fit(path: Path, memory_limit: str) -> dict:
         "spilled": any(v > 0 for v in mon.peak_keys_on_disk.values()),
         "worker_paused_seen": mon.paused,
         "client_peak_rss_gb": round(_peak_rss_gb(), 3),
+        "client_rss_before_fit_gb": round(rss.start_rss / 1e9, 3),
+        "client_peak_rss_during_fit_gb_sampled": round(rss.peak / 1e9, 3),
+        "persist_option": persist,
     }
+    if accounting is not None:
+        out["fe_pass_bytes"] = accounting.summary()
     if error is not None:
         out["error"] = error
         return out
@@ -240,6 +349,8 @@ def main() -> None:
     ap.add_argument("--grid", default="1000x100", help="NxT: N countries, T years (N*N*T cells)")
     ap.add_argument("--chunk", type=int, default=100, help="chunk length along exporter and importer")
     ap.add_argument("--memory-limit", default="0.7GB", help="per worker (two workers)")
+    ap.add_argument("--persist", default="auto", choices=["auto", "false"], help="dg.fit's persist=")
+    ap.add_argument("--bytes", action="store_true", help="count the bytes of the fixed-effects passes")
     ap.add_argument("--store", default=None, help="zarr store (default /work/tmp/gravity_NxT.zarr)")
     ap.add_argument("--out", default=str(HERE / "gravity_out_of_core.json"))
     args = ap.parse_args()
@@ -261,7 +372,9 @@ def main() -> None:
     print(json.dumps(meta), flush=True)
     result = {
         "data": meta,
-        "daskglm": fit(store, args.memory_limit),
+        "daskglm": fit(
+            store, args.memory_limit, "auto" if args.persist == "auto" else False, count_bytes=args.bytes
+        ),
         "pyfixest": pyfixest_estimate(cells),
     }
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

@@ -348,15 +348,20 @@ def test_fixed_effects_on_a_distributed_cluster(tmp_path):
 
 
 @pytest.mark.slow
-def test_cluster_passes_equal_in_process_on_uneven_chunks():
-    """On a LocalCluster the fixed-effects passes (level arrays sent once, cut on the workers,
-    results added on the workers by a tree of boxes) equal the in-process passes on the same
-    uneven chunks to 1e-10: counts, an evaluation with the Hessian, the product with the
-    effects' block (against an independent dense ``D' diag(W) D V`` too) and the cluster scores."""
+@pytest.mark.parametrize("tree", [True, False])
+def test_cluster_passes_equal_in_process_on_uneven_chunks(monkeypatch, tree):
+    """On a LocalCluster the fixed-effects passes equal the in-process passes on the same
+    uneven chunks to 1e-10 (``tree``: level arrays sent once, cut on the workers, results added
+    on the workers by a tree of boxes; else pieces cut and added on the client): counts, an
+    evaluation with the Hessian, the product with the effects' block (against an independent
+    dense ``D' diag(W) D V`` too) and the cluster scores."""
     import dask.array as da
     from distributed import Client, LocalCluster
 
+    from daskglm.graph import effects as effects_module
     from daskglm.graph.effects import FixedEffectPasses
+
+    monkeypatch.setattr(effects_module, "TREE_MIN_BYTES", 0 if tree else float("inf"))
     from daskglm.graph.passes import PassCounter
     from daskglm.kernels.effects import Effect
     from daskglm.kernels.layout import ArgSpec, Block, Layout
@@ -424,10 +429,14 @@ def test_cluster_passes_equal_in_process_on_uneven_chunks():
 
 
 @pytest.mark.slow
-def test_cluster_product_raises_when_the_workers_are_gone():
-    """The fixed-effects passes on a cluster stay under the watchdog: a product after the
-    only worker (holding ``W``) has left raises :class:`~daskglm.ClusterLostError` within
+def test_cluster_product_raises_when_the_workers_are_gone(monkeypatch):
+    """The fixed-effects passes on a cluster stay under the watchdog: a product (by the tree
+    of :func:`~daskglm.graph.effects.FixedEffectPasses._run_cluster`) after the only worker
+    (holding ``W``) has left raises :class:`~daskglm.ClusterLostError` within
     ``daskglm.no-workers-timeout``, not a hang."""
+    from daskglm.graph import effects as effects_module
+
+    monkeypatch.setattr(effects_module, "TREE_MIN_BYTES", 0)
     import time
 
     import dask

@@ -5,9 +5,10 @@ each chunk task receives the piece of every level array that its coordinate rang
 returns pieces, which are added into the effect grids. So a pass is one task per chunk and one
 ``dask.compute``.
 
-On dask's threaded scheduler the client cuts the level arrays and adds the pieces. On a cluster
-(:data:`~daskglm.graph.passes.PASS_COMPUTE` set) the client's bytes per pass are O(levels), not
-O(chunks x pieces): a pass's level arrays go to the cluster once, as one task that every chunk
+On dask's threaded scheduler the client cuts the level arrays and adds the pieces, and so on a
+cluster (:data:`~daskglm.graph.passes.PASS_COMPUTE` set) while the pieces of a pass take at most
+:data:`TREE_MIN_BYTES`. Above that the client's bytes per pass are O(levels), not O(chunks x
+pieces): a pass's level arrays go to the cluster once, as one task that every chunk
 task depends on (the chunk tasks cut their pieces on the workers), and the chunks' results are
 added on the workers by a tree of :data:`~daskglm.graph.passes.SPLIT_EVERY`-way additions of
 *boxes* (a piece of an effect's grid and its offset; a node's box is the union of its children's),
@@ -39,7 +40,7 @@ from ..kernels.effects import Effect, fe_matvec_chunk, slabbed
 from ..kernels.layout import Layout
 from .passes import PASS_COMPUTE, SPLIT_EVERY, PassCounter, materialized, run
 
-__all__ = ["ChunkPlan", "FixedEffectPasses"]
+__all__ = ["TREE_MIN_BYTES", "ChunkPlan", "FixedEffectPasses"]
 
 
 @dataclass
@@ -193,6 +194,14 @@ def _hold(*arrays) -> tuple:
     return arrays
 
 
+#: on a cluster a pass sends each chunk its pieces of the level arrays and adds the returned
+#: pieces on the client, unless these would take more than this many bytes: then the level arrays
+#: go to the cluster once and the pieces are added there (:meth:`FixedEffectPasses._run_cluster`),
+#: which costs about three more scheduling hops a pass (at 9e6 cells in 36 chunks, 10.8 MB of
+#: pieces per product pass, 0.16 s a product against 0.12 s; benchmarks/GRAVITY.md) but keeps the
+#: client's bytes per pass at one set of level arrays (at 1e8 cells the pieces were 96 MB each way)
+TREE_MIN_BYTES = 32e6
+
 #: distributed warns about a graph larger than this (10 MB by default); a pass's level arrays
 #: are sent in its graph once, on purpose (1.2 million levels x 4 vectors are 38 MB)
 _LARGE_GRAPH = "distributed.admin.large-graph-warning-threshold"
@@ -225,6 +234,12 @@ class FixedEffectPasses:
         self._executor: ThreadPoolExecutor | None = None
         #: per thread, its chunks' (W, row table) for the compiled in-process product
         self._groups: list | None = None
+        #: the cells of every chunk's pieces of the effects' grids, summed
+        self._piece_cells = sum(
+            int(np.prod([ix[a].stop - ix[a].start for a in e.axes]))
+            for ix in self.plan.index
+            for e in self.effects
+        )
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:
@@ -243,19 +258,27 @@ class FixedEffectPasses:
             self._blocks = list(dask.compute(*self.plan.blocks)) if ok and materialized(self.arrays) else []
         return self._blocks or None
 
-    def _run(self, what: str, func, shipped: tuple, reduce: tuple, persist: bool = False) -> list:
+    def _tree_pays(self, width: int) -> bool:
+        """Whether a pass on a cluster goes by :meth:`_run_cluster`: when the chunks' pieces of
+        level arrays (``width`` values per level sent and received) would take more than
+        :data:`TREE_MIN_BYTES` through the client."""
+        return 8 * self._piece_cells * width > TREE_MIN_BYTES
+
+    def _run(self, what: str, func, shipped: tuple, reduce: tuple, width: int, persist: bool = False) -> list:
         """One pass: ``func(*cuts of chunk c, *inputs of chunk c)`` for every chunk, where the
         cuts are those of each list of level arrays in ``shipped``; the results reduced by
-        ``reduce = (flatten, grids)`` (see :data:`Grids`): a list of sums and full grids."""
-        if PASS_COMPUTE.get() is not None:
+        ``reduce = (flatten, grids)`` (see :data:`Grids`): a list of sums and full grids.
+        ``width``: values per level sent and received (see :meth:`_tree_pays`)."""
+        on_cluster = PASS_COMPUTE.get() is not None
+        if on_cluster and self._tree_pays(width):
             return self._run_cluster(what, func, shipped, reduce, self.plan.blocks, persist)
         t0 = time.perf_counter()
         per_chunk = [tuple(_cut(self.effects, a, ix) for a in shipped) for ix in self.plan.index]
         local = self._local_blocks()
         if persist:
-            # dask's threaded scheduler: results, W included, are in this process anyway, and
-            # the inner products run here on the chunks' W without a dask pass each (the
-            # previous W is let go first: one W in memory at a time)
+            # the previous W is let go first: one W in memory at a time. On dask's threaded
+            # scheduler, results, W included, are in this process anyway, and the inner
+            # products run here on the chunks' W without a dask pass each
             self._W, self._W_local, self._groups = None, None, None
         if local is not None:
             out = list(self._pool().map(lambda c: func(*c[0], *c[1]), zip(per_chunk, local, strict=True)))
@@ -264,8 +287,18 @@ class FixedEffectPasses:
                 dask.delayed(func, pure=False)(*extra, *blk)
                 for extra, blk in zip(per_chunk, self.plan.blocks, strict=True)
             ]
+            if persist and on_cluster:
+                # keep only W on the workers, as keys of its own (the chunk results that hold
+                # it are released once W and the small statistics are split off)
+                n = len(tasks)
+                held = dask.persist(
+                    *[dask.delayed(operator.getitem, pure=False)(t, "W") for t in tasks],
+                    *[dask.delayed(_small, pure=False)(t) for t in tasks],
+                )
+                self._W = list(held[:n])
+                tasks = held[n:]
             out = list(run(None, what, *tasks, optimize=False))
-        if persist:
+        if persist and not on_cluster:
             self._W_local = [o.pop("W", None) for o in out]
             if any(w is None for w in self._W_local):
                 self._W_local = None
@@ -317,7 +350,7 @@ class FixedEffectPasses:
     def counts(self, levels: list) -> list:
         """Per effect: used cells and degeneracy sums per level (grid + (1 + n_stats,))."""
         func = partial(slabbed, "counts", self.layout, self.effects)
-        return self._run("fe-counts", func, (levels,), (_flat_list, self._grids()))
+        return self._run("fe-counts", func, (levels,), (_flat_list, self._grids()), 2 + self.layout.n_params)
 
     def evaluate(self, params: np.ndarray, levels: list, hessian: bool = True, final: bool = False) -> dict:
         """LL, covariate gradient/Hessian and the effects' gradients, diagonals and cross
@@ -326,10 +359,11 @@ class FixedEffectPasses:
         keys = ("ll", "grad") + (("dev", "n_separated", "ll_const") if final else ())
         keys += ("dev",) if self.layout.family.n_extra and not final else ()
         keys += ("hess",) if hessian else ()
+        P = self.layout.n_params if hessian else 0
         fe_keys = ("grad_fe",) + (("diag_fe", "cross_fe") if hessian else ())
         grids = (None,) * len(keys) + self._grids() * len(fe_keys)
         reduce = (partial(_flat_keys, keys, fe_keys), grids)
-        flat = self._run("eval", func, (levels,), reduce, persist=hessian)
+        flat = self._run("eval", func, (levels,), reduce, 1 + len(fe_keys) + P, persist=hessian)
         out = dict(zip(keys, flat, strict=False))
         m = len(self.effects)
         for j, k in enumerate(fe_keys):
@@ -361,6 +395,15 @@ class FixedEffectPasses:
             return _gather(self.effects, self.plan, parts, (V[0].shape[-1],))
         if self._W is None:
             raise RuntimeError("product() needs an evaluation with the Hessian first")
+        if not self._tree_pays(2 * V[0].shape[-1]):
+            tasks = [
+                dask.delayed(func, pure=False)(W, *_cut(self.effects, V, ix))
+                for ix, W in zip(self.plan.index, self._W, strict=True)
+            ]
+            t0 = time.perf_counter()
+            parts = run(None, "fe-product", *tasks, optimize=False)
+            self.counter.record("fe-product", time.perf_counter() - t0)
+            return _gather(self.effects, self.plan, list(parts), (V[0].shape[-1],))
         blocks = [(W,) for W in self._W]
         reduce = (_flat_list, self._grids())
         func = partial(_matvec, self.effects)
@@ -415,6 +458,7 @@ class FixedEffectPasses:
         for keep in keeps:
             grid = (tuple(keep), tuple(sizes[a] for a in keep))
             grids += (grid, grid)
-        flat = self._run("fe-scores", func, (levels, proj), (_flat_scores, grids))
+        P = self.layout.n_params
+        flat = self._run("fe-scores", func, (levels, proj), (_flat_scores, grids), 1 + P)
         clusters = [(flat[1 + 2 * j], flat[2 + 2 * j]) for j in range(len(keeps))]
         return {"meat": flat[0], "clusters": clusters}
