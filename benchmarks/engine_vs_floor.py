@@ -235,7 +235,11 @@ def main() -> None:
     if a.out:
         Path(a.out).write_text(json.dumps({"meta": meta, "runs": records}, indent=1) + "\n")
     if a.md and set(engines) == set(ENGINES) and not a.no_zarr:
-        Path(a.md).write_text(markdown(records))
+        md = Path(a.md)
+        # keep the dated before/after sections ("## 2026-...") below the regenerated tables
+        old = md.read_text() if md.exists() else ""
+        cut = old.find("\n## 20")
+        md.write_text(markdown(records) + (old[cut:] if cut >= 0 else ""))
     if not a.workdir:
         shutil.rmtree(workdir, ignore_errors=True)
 
