@@ -72,6 +72,19 @@ class WorkerMalloc(WorkerPlugin):
 FETCHED_MAX_BYTES = 256 * 2**20
 
 
+def _own_memory(value):
+    """A fetched array in memory of its own, aligned and C-contiguous.
+
+    Deserialised arrays are views into the message's frames, which need not be aligned for
+    their dtype (a float64 chunk at an offset of 36 bytes was seen): the compiled kernel then
+    runs a slower, unaligned specialisation on it."""
+    import numpy as np
+
+    if isinstance(value, np.ndarray) and not (value.flags.aligned and value.flags.c_contiguous):
+        return np.array(value, order="C", copy=True)
+    return value
+
+
 class PassRunner(WorkerPlugin):
     """Runs a fit's passes over persisted chunks on the worker that holds them, by a direct
     request from the client (handler ``daskglm_pass``), without a task graph.
@@ -127,10 +140,10 @@ class PassRunner(WorkerPlugin):
             if any(k not in got for k in ks):
                 return None
             for k in ks:
-                out[k] = got[k]
-                size = int(getattr(got[k], "nbytes", 0))
+                out[k] = value = _own_memory(got[k])
+                size = int(getattr(value, "nbytes", 0))
                 if self.fetched_bytes + size <= FETCHED_MAX_BYTES:
-                    self.fetched[k] = got[k]
+                    self.fetched[k] = value
                     self.fetched_bytes += size
         return out
 
