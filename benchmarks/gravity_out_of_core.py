@@ -187,6 +187,10 @@ class PassBytes:
         return {
             "sent_bytes_median": med,
             "received_bytes_median": {k: int(np.median(v)) for k, v in self.received.items()},
+            "sent_bytes_total": {k: int(sum(v)) for k, v in self.sent.items()},
+            "received_bytes_total": {k: int(sum(v)) for k, v in self.received.items()},
+            "sent_bytes_max": {k: int(max(v)) for k, v in self.sent.items()},
+            "received_bytes_max": {k: int(max(v)) for k, v in self.received.items()},
             "passes_counted": {k: len(v) for k, v in self.sent.items()},
             "accounting_seconds": round(self.seconds, 1),
         }
