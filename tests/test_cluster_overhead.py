@@ -212,3 +212,25 @@ def test_direct_passes_equal_threads_and_tasks_bit_for_bit(tmp_path):
         np.testing.assert_array_equal(res.params, ref.params)
         np.testing.assert_array_equal(res.bse, ref.bse)
         assert res.llf == ref.llf
+
+
+@pytest.mark.slow
+def test_direct_passes_give_up_quickly_on_workers_the_client_cannot_reach():
+    """Where the client reaches only the scheduler (a gateway, a firewall), the first direct
+    request would wait out distributed's 30 s connect timeout: a probe with a short timeout
+    decides once per fit, and the passes run as tasks."""
+    import time
+
+    from daskglm.runtime import scheduling
+
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        runner = DirectPasses(client)
+        (worker,) = client.scheduler_info()["workers"]
+        assert client.sync(runner._reachable, [worker]) is True
+        t0 = time.perf_counter()
+        # a TEST-NET-1 address (RFC 5737): never routed, so a connection can only fail or hang
+        assert client.sync(runner._reachable, ["tcp://192.0.2.1:8786"]) is False
+        assert time.perf_counter() - t0 < scheduling.PROBE_TIMEOUT + 2

@@ -69,6 +69,8 @@ log = logging.getLogger("daskglm")
 
 #: dask configuration key: how long a pass may wait while the cluster has no workers
 NO_WORKERS_TIMEOUT_KEY = "daskglm.no-workers-timeout"
+#: seconds :class:`DirectPasses` waits for a worker to answer a first direct request
+PROBE_TIMEOUT = 3.0
 #: dask configuration key: glibc trim threshold set on the workers (:mod:`daskglm.runtime.workers`)
 WORKER_MALLOC_KEY = "daskglm.worker-malloc-trim"
 #: dask configuration key: passes over a persisted panel run directly on its workers (:class:`DirectPasses`)
@@ -370,6 +372,8 @@ class DirectPasses:
         self.fallbacks = 0
         #: a worker failed a request (lost, unreachable): the fit's later passes run as tasks
         self.broken = False
+        #: workers this client has reached directly in this fit
+        self._reached: set = set()
 
     @staticmethod
     def _keys(local) -> list | None:
@@ -402,7 +406,27 @@ class DirectPasses:
         budget = min([FETCHED_MAX_BYTES // 2] + [m // 16 for m in limits if m > 0])
         sizes = {k: int(nbytes.get(k) or 1) for k in keys}
         assign = balance_chunks(chunks, who_has, sizes, threads, budget)
+        if not await self._reachable(list(assign)):
+            self.broken = True
+            return None
         return keys, who_has, assign
+
+    async def _reachable(self, workers: list) -> bool:
+        """Whether this client can talk to every worker in ``workers`` directly, asked once per
+        worker and fit with a short timeout (:data:`PROBE_TIMEOUT`). Where the client reaches
+        only the scheduler (a gateway, a proxy, a firewall) a direct request would wait out
+        distributed's connect timeout (30 s) before the pass fell back to tasks."""
+        new = [w for w in workers if w not in self._reached]
+        if not new:
+            return True
+        probes = [self.client.rpc(w).identity() for w in new]
+        try:
+            await asyncio.wait_for(asyncio.gather(*probes), timeout=PROBE_TIMEOUT)
+        except (OSError, asyncio.TimeoutError, TimeoutError) as err:
+            log.info("daskglm: the workers cannot be reached directly (%r); passes run as tasks", err)
+            return False
+        self._reached.update(new)
+        return True
 
     async def _run(self, local, chunks: list, poll: float) -> list | None:
         from distributed.protocol import pickle
