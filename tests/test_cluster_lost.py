@@ -178,3 +178,26 @@ def test_all_workers_paused_raises_instead_of_waiting():
         with pytest.raises(dg.ClusterLostError, match="paused"):
             dg.fit(ds, "y", x, "poisson", client=client, progress=False)
         assert time.monotonic() - t0 < 60
+
+
+def test_one_worker_paused_the_whole_time_raises():
+    """A worker that stays paused (seen: by its own unmanaged memory, on a 1e8-cell fit with
+    1 GB workers) runs none of the tasks it holds, while its peer keeps running: the pass
+    waited forever. The watchdog stops once the same worker has been paused for the bound.
+    (A fake client: a real worker cannot be held paused with tasks on it deterministically.)"""
+
+    class FakeClient:
+        status = "running"
+
+        def sync(self, fn, *args, **kwargs):
+            time.sleep(0.01)
+            return None  # the pass never finishes
+
+        def scheduler_info(self, n_workers=-1):
+            return {"workers": {"tcp://a:1": {"status": "running"}, "tcp://b:2": {"status": "paused"}}}
+
+    watchdog = PassWatchdog(FakeClient(), 0.3)
+    t0 = time.monotonic()
+    with pytest.raises(dg.ClusterLostError, match=r"1 of its 2 workers \(tcp://b:2\) paused"):
+        watchdog._wait([])
+    assert 0.3 <= time.monotonic() - t0 < 5

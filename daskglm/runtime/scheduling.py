@@ -164,7 +164,8 @@ class PassWatchdog:
 
     The graphs are submitted as futures and awaited in slices of ``poll`` seconds; between
     slices the scheduler is asked how many workers it has. After ``timeout`` seconds without
-    any (or when the connection to the scheduler is lost) the futures are cancelled and
+    any running worker, or with one worker paused (at its memory limit) the whole time, or when
+    the connection to the scheduler is lost, the futures are cancelled and
     :class:`ClusterLostError` is raised. Installed by :func:`compute_target` as
     :data:`daskglm.graph.passes.PASS_COMPUTE` for the duration of a fit.
     """
@@ -274,17 +275,19 @@ class PassWatchdog:
 
         return self.client.get(dsk, wanted, sync=False), assemble
 
-    def _workers(self) -> tuple[int, int]:
-        """Workers the scheduler knows of, and how many of them run tasks (not paused at their
-        memory limit, not closing); ``(0, 0)`` when it cannot be reached."""
+    def _workers(self) -> tuple[int, int, list[str]]:
+        """Workers the scheduler knows of, how many of them run tasks (not paused at their
+        memory limit, not closing), and the addresses of the paused ones; ``(0, 0, [])`` when
+        it cannot be reached."""
         if self.client.status != "running":
-            return 0, 0
+            return 0, 0, []
         try:
             workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
         except (OSError, TimeoutError):
-            return 0, 0
-        running = sum(1 for w in workers.values() if w.get("status", "running") == "running")
-        return len(workers), running
+            return 0, 0, []
+        status = {a: w.get("status", "running") for a, w in workers.items()}
+        running = sum(1 for v in status.values() if v == "running")
+        return len(workers), running, sorted(a for a, v in status.items() if v == "paused")
 
     async def _fetch(self, futures: list, timeout: float) -> list | None:
         """The futures' values once all are done, waited for and gathered in one trip through
@@ -302,15 +305,30 @@ class PassWatchdog:
         """The futures' values; raises :class:`ClusterLostError` when the cluster has had no
         running worker for :attr:`timeout` seconds meanwhile."""
         since = None  # when the cluster was first seen without workers
+        paused_since: dict[str, float] = {}  # paused workers, since when (continuously)
         while True:
             values = self.client.sync(self._fetch, futures, self.poll)
             if values is not None:
                 return values
-            total, running = self._workers()
+            total, running, paused = self._workers()
+            now = time.monotonic()
+            paused_since = {w: paused_since.get(w, now) for w in paused}
+            stuck = sorted(w for w, t in paused_since.items() if now - t >= self.timeout)
+            if stuck:
+                # dask runs no task on a paused worker, so the tasks it holds wait while it stays
+                # paused (e.g. by its own unmanaged memory, which spilling cannot free)
+                raise ClusterLostError(
+                    self._message(
+                        f"has had {len(stuck)} of its {total} workers ({', '.join(stuck)}) paused at "
+                        f"their memory limit for {self.timeout:g} s or more while a pass was waiting "
+                        "for their tasks. A worker's own memory (Python, dask, the compiled kernels: "
+                        "about 0.5 GB) counts against its limit: give each worker more memory "
+                        "(memory_limit=), or use smaller chunks"
+                    )
+                )
             if running:
                 since = None
                 continue
-            now = time.monotonic()
             if since is None:
                 since = now
                 log.warning(
