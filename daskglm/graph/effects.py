@@ -26,19 +26,17 @@ import operator
 import os
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 
 import dask
-import dask.array as da
 import numpy as np
 from dask.base import get_scheduler
 
 from ..kernels import effects_numba
 from ..kernels.effects import Effect, fe_matvec_chunk, slabbed
 from ..kernels.layout import Layout
-from .passes import PASS_COMPUTE, SPLIT_EVERY, PassCounter, materialized, run
+from .passes import PASS_COMPUTE, SPLIT_EVERY, PassCounter, in_process, local_pool, run
 
 __all__ = ["TREE_MIN_BYTES", "ChunkPlan", "FixedEffectPasses"]
 
@@ -231,7 +229,6 @@ class FixedEffectPasses:
         self._W: list | None = None
         #: the chunks' W as numpy arrays when the passes run on dask's threaded scheduler
         self._W_local: list | None = None
-        self._executor: ThreadPoolExecutor | None = None
         #: per thread, its chunks' (W, row table) for the compiled in-process product
         self._groups: list | None = None
         #: the cells of every chunk's pieces of the effects' grids, summed
@@ -241,11 +238,6 @@ class FixedEffectPasses:
             for e in self.effects
         )
 
-    def _pool(self) -> ThreadPoolExecutor:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
-        return self._executor
-
     def _local_blocks(self) -> list | None:
         """Every chunk's inputs as data, when a pass would run on dask's threaded scheduler
         and every input chunk already is data (numpy, or persisted in this process): the
@@ -254,8 +246,7 @@ class FixedEffectPasses:
         if PASS_COMPUTE.get() is not None or get_scheduler() not in (None, dask.threaded.get):
             return None
         if self._blocks is None:
-            ok = bool(self.arrays) and all(isinstance(a, da.Array) for a in self.arrays)
-            self._blocks = list(dask.compute(*self.plan.blocks)) if ok and materialized(self.arrays) else []
+            self._blocks = list(dask.compute(*self.plan.blocks)) if in_process(self.arrays) else []
         return self._blocks or None
 
     def _tree_pays(self, width: int) -> bool:
@@ -281,7 +272,7 @@ class FixedEffectPasses:
             # products run here on the chunks' W without a dask pass each
             self._W, self._W_local, self._groups = None, None, None
         if local is not None:
-            out = list(self._pool().map(lambda c: func(*c[0], *c[1]), zip(per_chunk, local, strict=True)))
+            out = list(local_pool().map(lambda c: func(*c[0], *c[1]), zip(per_chunk, local, strict=True)))
         else:
             tasks = [
                 dask.delayed(func, pure=False)(*extra, *blk)
@@ -389,7 +380,7 @@ class FixedEffectPasses:
                 parts = [func(self._W_local[0], *cuts[0])]
             else:
                 parts = list(
-                    self._pool().map(lambda wc: func(wc[0], *wc[1]), zip(self._W_local, cuts, strict=True))
+                    local_pool().map(lambda wc: func(wc[0], *wc[1]), zip(self._W_local, cuts, strict=True))
                 )
             self.counter.record("fe-product", time.perf_counter() - t0)
             return _gather(self.effects, self.plan, parts, (V[0].shape[-1],))
@@ -444,7 +435,7 @@ class FixedEffectPasses:
             self._groups = groups
         if len(self._groups) == 1:
             return effects_numba.product_rows(self._groups[0], Vt)
-        parts = list(self._pool().map(lambda g: effects_numba.product_rows(g, Vt), self._groups))
+        parts = list(local_pool().map(lambda g: effects_numba.product_rows(g, Vt), self._groups))
         out = parts[0]
         for p in parts[1:]:
             out += p

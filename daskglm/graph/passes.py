@@ -35,6 +35,8 @@ from ..kernels.layout import Layout
 __all__ = [
     "PASS_COMPUTE",
     "LocalPass",
+    "in_process",
+    "local_pool",
     "tree_add",
     "PassCounter",
     "align_arrays",
@@ -241,10 +243,10 @@ class LocalPass:
     chunks: list
 
     def compute(self) -> np.ndarray:
-        """``func`` of every chunk's arguments on :func:`_local_pool`, summed as
+        """``func`` of every chunk's arguments on :func:`local_pool`, summed as
         :func:`_tree_sum` sums them (groups of :data:`SPLIT_EVERY`, in chunk order)."""
         func = self.func
-        return tree_add(list(_local_pool().map(lambda args: func(*args), self.chunks)))
+        return tree_add(list(local_pool().map(lambda args: func(*args), self.chunks)))
 
 
 def tree_add(vectors: list) -> np.ndarray:
@@ -260,9 +262,19 @@ def tree_add(vectors: list) -> np.ndarray:
 
 
 @lru_cache(maxsize=1)
-def _local_pool() -> ThreadPoolExecutor:
-    """The threads of :class:`LocalPass` (as many as dask's threaded scheduler uses)."""
+def local_pool() -> ThreadPoolExecutor:
+    """The threads of the passes run in this process without a dask graph (:class:`LocalPass`,
+    the fixed effects' in-process passes): as many as dask's threaded scheduler uses."""
     return ThreadPoolExecutor(max_workers=dask.config.get("num_workers", None) or CPU_COUNT)
+
+
+def in_process(arrays: list) -> bool:
+    """Whether a pass over ``arrays`` would run on dask's threaded scheduler in this process (no
+    scheduler configured, or ``"threads"``; no :data:`PASS_COMPUTE`) with every chunk of every
+    input already data (numpy, or persisted here): it can then skip the dask graph."""
+    if PASS_COMPUTE.get() is not None or get_scheduler() not in (None, dask.threaded.get):
+        return False
+    return bool(arrays) and all(isinstance(a, da.Array) for a in arrays) and materialized(arrays)
 
 
 def _local_pass(func, layout: Layout, arrays: list) -> LocalPass | None:
@@ -272,11 +284,12 @@ def _local_pass(func, layout: Layout, arrays: list) -> LocalPass | None:
     Also where :data:`PASS_COMPUTE` declares ``runs_local_passes`` (a distributed cluster's
     runner, whose chunks are then the futures of a persisted panel)."""
     compute = PASS_COMPUTE.get()
-    if compute is None and get_scheduler() not in (None, dask.threaded.get):
+    if compute is None:
+        if not in_process(arrays):
+            return None
+    elif not getattr(compute, "runs_local_passes", False):
         return None
-    if compute is not None and not getattr(compute, "runs_local_passes", False):
-        return None
-    if not arrays or not all(isinstance(a, da.Array) for a in arrays) or not materialized(arrays):
+    elif not arrays or not all(isinstance(a, da.Array) for a in arrays) or not materialized(arrays):
         return None
     (iy,) = layout.role("y")
     if len(layout.args[iy].axes) != layout.ndim:
