@@ -93,7 +93,21 @@ class Gaussian(Family):
         return {"y": eta + rng.standard_normal(eta.shape)}
 
 
-class Poisson(Family):
+class _Counts:
+    """What the count families (Poisson, NB2) share: counts are >= 0, and a zero count whose
+    fitted mean has run off to 0 (eta -> -inf) has no MLE."""
+
+    def separated(self, y, eta, aux):
+        return (y == 0) & (eta < -BOUNDARY_ETA)
+
+    def perfect_fit_stats(self, y, aux):
+        return (y,)
+
+    def domain_rules(self):
+        return (DomainRule("y", "is negative (counts must be >= 0)", lambda y, aux: y < 0),)
+
+
+class Poisson(_Counts, Family):
     """Poisson counts with log link; ``offset`` / ``exposure`` enter eta.
 
     Non-integer responses are allowed (pseudo-Poisson / PPML); negative ones are not.
@@ -123,16 +137,6 @@ class Poisson(Family):
     def setup_terms(self, y, aux):
         index = table_index(y)
         return per_count(neg_log_factorial, y, index), per_count(poisson_saturated, y, index)
-
-    def separated(self, y, eta, aux):
-        # a zero count whose fitted mean has run off to 0 (eta -> -inf): the MLE does not exist
-        return (y == 0) & (eta < -BOUNDARY_ETA)
-
-    def perfect_fit_stats(self, y, aux):
-        return (y,)
-
-    def domain_rules(self):
-        return (DomainRule("y", "is negative (counts must be >= 0)", lambda y, aux: y < 0),)
 
     def start(self, sums):
         return float(np.log(max(sums["swy"], 1e-300) / sums["swoff"])), np.zeros(0)
@@ -323,7 +327,7 @@ class Binomial(Family):
         return f"Binomial(trials={self.trials!r})"
 
 
-class NegativeBinomial(Family):
+class NegativeBinomial(_Counts, Family):
     """Negative binomial NB2 with log link: ``Var(y) = mu + alpha mu^2``.
 
     ``alpha=None`` estimates the dispersion jointly with beta, parameterised as
@@ -402,15 +406,6 @@ class NegativeBinomial(Family):
         if index is None or int(index.max()) >= index.size:  # per cell (gammaln tabulated if it can)
             return sat(y, index)
         return per_count(sat, y, index)
-
-    def separated(self, y, eta, aux):
-        return (y == 0) & (eta < -BOUNDARY_ETA)
-
-    def perfect_fit_stats(self, y, aux):
-        return (y,)
-
-    def domain_rules(self):
-        return (DomainRule("y", "is negative (counts must be >= 0)", lambda y, aux: y < 0),)
 
     def start(self, sums):
         b0 = float(np.log(max(sums["swy"], 1e-300) / sums["swoff"]))
