@@ -55,3 +55,26 @@ def test_building_triggers_no_compute():
         graph.setup_graph(panel.layout, panel.arrays)
         graph.eval_graph(panel.layout, panel.arrays, np.zeros(panel.layout.n_params))
         graph.cluster_graph(panel.layout, panel.arrays, np.zeros(panel.layout.n_params), (0, 1))
+
+
+@pytest.mark.parametrize("shape", [(200, 200, 50), (37, 1000, 30), (5, 3), (3000, 400), (2, 2000, 600)])
+def test_default_chunks_of_in_memory_arrays_are_contiguous_slabs(shape):
+    """Numpy inputs are cut into C-ordered slabs by default (leading axis split, trailing axes
+    whole) so every chunk is a contiguous view of the user's array: the compiled kernel reads it
+    in place, without a copy per pass. Where one slice of the first axis exceeds the default
+    chunk size, dask's ``"auto"`` chunks are used instead (and bound the chunk's size)."""
+    chunks = graph.full_chunks(shape)
+    cells = int(np.prod(shape))
+    largest = int(np.prod([max(c) for c in chunks]))
+    trailing = int(np.prod(shape[1:]))
+    if trailing <= graph.DEFAULT_CHUNK_CELLS:
+        assert all(len(c) == 1 for c in chunks[1:])
+        assert largest <= max(graph.DEFAULT_CHUNK_CELLS, trailing)
+        assert len(chunks[0]) == -(-cells // (max(chunks[0]) * trailing))
+        arr = np.zeros(shape)
+        view = graph.align_arrays([arr], [tuple(range(len(shape)))], [False], chunks)[0]
+        blocks = [v for v in dict(view.__dask_graph__()).values() if isinstance(v, np.ndarray)]
+        assert len(blocks) == len(chunks[0])
+        assert all(b.flags.c_contiguous and np.shares_memory(b, arr) for b in blocks)
+    else:
+        assert largest <= graph.DEFAULT_CHUNK_CELLS * 1.01

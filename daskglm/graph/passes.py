@@ -72,10 +72,26 @@ class PassCounter:
 
 def full_chunks(shape: tuple[int, ...], chunks=None, cells: int = DEFAULT_CHUNK_CELLS) -> tuple:
     """Chunks of the full grid: the user's ``chunks`` (any form dask accepts) or, by default,
-    about ``cells`` cells per chunk."""
-    if chunks is None:
+    about ``cells`` cells per chunk.
+
+    The default cuts C-ordered slabs where it can: the leading axes are split and the trailing
+    ones kept whole, so that every chunk of an in-memory (C-contiguous) array is one contiguous
+    piece of it. The compiled kernel then reads the columns in place instead of copying each
+    chunk (at 2e6 cells the copies were a third of a fit's peak memory). Where a single slice
+    of the first axis is already larger than ``cells``, dask's ``"auto"`` chunks are used.
+    """
+    if chunks is not None:
+        return da.core.normalize_chunks(chunks, shape, dtype=np.float64)
+    shape = tuple(int(s) for s in shape)
+    if len(shape) == 0:
+        return ()
+    trailing = int(np.prod(shape[1:], dtype=np.int64))
+    if trailing > cells:
         return da.core.normalize_chunks("auto", shape, limit=cells * 8, dtype=np.float64)
-    return da.core.normalize_chunks(chunks, shape, dtype=np.float64)
+    rows = max(1, cells // max(trailing, 1))
+    pieces = max(1, -(-shape[0] // rows))
+    even = -(-shape[0] // pieces)  # spread the rows evenly over the pieces
+    return da.core.normalize_chunks((even,) + shape[1:], shape, dtype=np.float64)
 
 
 def lazy_zeros(shape: tuple[int, ...]) -> da.Array:

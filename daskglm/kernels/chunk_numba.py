@@ -1047,4 +1047,4 @@ def _effects_out(out, plan, con, accs, A, effects, shape, fe_g, fe_h, fe_full, f
             cols.append(-compact(accs.view(A, fe_e[j]), e.axes)[None])
         cross.append(np.moveaxis(np.concatenate(cols, axis=0), 0, -1))
     out["cross_fe"] = cross
-    out["W"] = -wh_out.reshape(shape)
+    out["W"] = np.negative(wh_out, out=wh_out).reshape(shape)  # in place: no second full-grid copy
