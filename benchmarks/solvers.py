@@ -36,6 +36,8 @@ from daskglm.api.registry import SOLVERS
 from daskglm.api.simulate import simulate_panel
 
 NIST_DIR = Path("/work/shared/reference/nist-strd")
+#: NIST StRD linear regressions (Gaussian, x .. x^p; NoInt1/2 without an intercept)
+NIST_SETS = ["Norris", "Pontius", "NoInt1", "NoInt2", *(f"Wampler{k}" for k in range(1, 6)), "Filip"]
 
 
 def _panel(exog: pd.DataFrame, **extra) -> xr.Dataset:
@@ -45,32 +47,44 @@ def _panel(exog: pd.DataFrame, **extra) -> xr.Dataset:
 
 
 def real_data(nist_dir: Path) -> dict[str, tuple]:
-    """name -> (dataset, covariates, family)."""
+    """name -> (dataset, covariates, family, fit options, NIST's certified estimates or None)."""
     out = {}
     d = sm.datasets.star98.load()
     above, below = d.endog["NABOVE"], d.endog["NBELOW"]
-    out["star98"] = (_panel(d.exog, y=above, n=above + below), list(d.exog.columns), dg.Binomial(trials="n"))
+    star98 = _panel(d.exog, y=above, n=above + below)
+    out["star98"] = (star98, list(d.exog.columns), dg.Binomial(trials="n"), {}, None)
     d = sm.datasets.cpunish.load()
     exog = d.exog.copy()
     exog[exog.columns[3]] = np.log(exog[exog.columns[3]])
-    out["cpunish"] = (_panel(exog, y=d.endog), list(exog.columns), "poisson")
+    out["cpunish"] = (_panel(exog, y=d.endog), list(exog.columns), "poisson", {}, None)
     d = sm.datasets.randhie.load()
     ds = _panel(d.exog, y=d.endog)
-    out["randhie poisson"] = (ds, list(d.exog.columns), "poisson")
-    out["randhie nb2"] = (ds, list(d.exog.columns), dg.NegativeBinomial(alpha=None))
-    for name in ["Norris", "Pontius", "Wampler1", "Wampler2", "Wampler3", "Wampler4", "Wampler5"]:
+    out["randhie poisson"] = (ds, list(d.exog.columns), "poisson", {}, None)
+    out["randhie nb2"] = (ds, list(d.exog.columns), dg.NegativeBinomial(alpha=None), {}, None)
+    for name in NIST_SETS:
         if not (nist_dir / f"{name}.json").exists():
             continue
         meta = json.loads((nist_dir / f"{name}.json").read_text())
-        df = pd.read_csv(nist_dir / f"{name}.csv")
-        x = df["x"].to_numpy(dtype=float)
+        df = pd.read_csv(nist_dir / f"{name}.csv", dtype=str)
+        x = df["x"].astype(float).to_numpy()
         exog = pd.DataFrame({("x" if p == 1 else f"x{p}"): x**p for p in meta["powers"] if p > 0})
-        out[name] = (_panel(exog, y=df["y"]), list(exog.columns), "gaussian")
+        certified = [q["estimate"]["value"] for q in meta["certified"]["parameters"]]
+        kw = {"intercept": meta["intercept"]}
+        out[name] = (_panel(exog, y=df["y"].astype(float)), list(exog.columns), "gaussian", kw, certified)
     return out
 
 
-def fit_all(label: str, ds, x, fam, **kw) -> list[dict]:
-    """Every registered solver on one data set; Newton first (the reference)."""
+def nist_digits(est, cert) -> float:
+    """NIST's log relative error: the fewest correct digits over the estimates (at most 15)."""
+    est, cert = np.asarray(est, float), np.asarray(cert, float)
+    err = np.abs(est - cert) / np.where(cert == 0, 1.0, np.abs(cert))
+    with np.errstate(divide="ignore"):
+        return float(np.clip(np.where(err == 0, 15.0, -np.log10(err)), 0.0, 15.0).min())
+
+
+def fit_all(label: str, ds, x, fam, certified=None, **kw) -> list[dict]:
+    """Every registered solver on one data set; Newton first (the reference). With NIST's
+    ``certified`` estimates, also the correct digits of each solver's estimates."""
     rows, newton = [], None
     for solver in ["newton", *[s for s in SOLVERS if s != "newton"]]:
         t0 = time.perf_counter()
@@ -94,6 +108,7 @@ def fit_all(label: str, ds, x, fam, **kw) -> list[dict]:
                 "seconds": seconds,
                 "max rel diff vs newton": diff,
                 "LL gap": newton.llf - res.llf,
+                "NIST digits": "" if certified is None else round(nist_digits(b, certified), 1),
                 "warnings": "; ".join(str(w.message)[:60] for w in caught),
             }
         )
@@ -133,8 +148,8 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="write the markdown tables here")
     args = ap.parse_args()
     real = []
-    for name, (ds, x, fam) in real_data(Path(args.nist)).items():
-        real += fit_all(name, ds, x, fam)
+    for name, (ds, x, fam, kw, certified) in real_data(Path(args.nist)).items():
+        real += fit_all(name, ds, x, fam, certified, **kw)
     text = f"## Real data sets\n\n{to_markdown(real)}\n"
     if not args.skip_panels:
         i, j, k = (int(v) for v in args.sizes.split(","))

@@ -14,6 +14,7 @@ import itertools
 
 import numpy as np
 import pytest
+import xarray as xr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -411,3 +412,28 @@ def test_local_pass_equals_the_dask_graph():
         np.testing.assert_array_equal(got, want)
     lazy = [a + 0 if isinstance(a, da.Array) and a.ndim == 3 else a for a in arrays]
     assert isinstance(graph.eval_graph(layout, lazy, params), da.Array)
+
+
+@pytest.mark.parametrize("engine", ["numba", "numpy"])
+def test_read_only_inputs_fit_without_warnings(engine):
+    """Read-only arrays (pandas' copy-on-write columns, memory maps, statsmodels' data sets)
+    fit with no warning from either engine (numba had warned of an "unsafe cast" when the
+    columns went into its typed list), and with the estimates of writable copies, which
+    statsmodels' GLM reproduces."""
+    import warnings
+
+    import statsmodels.api as sm
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(400, 2))
+    y = rng.poisson(np.exp(0.3 + x @ [0.2, -0.4])).astype(float)
+    frozen = {"y": y.copy(), "x1": x[:, 0].copy(), "x2": x[:, 1].copy()}
+    for v in frozen.values():
+        v.flags.writeable = False
+    ds = xr.Dataset({k: ("obs", v) for k, v in frozen.items()})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = dg.fit(ds, "y", ["x1", "x2"], "poisson", engine=engine, progress=False)
+    ref = sm.GLM(y, sm.add_constant(x), family=sm.families.Poisson()).fit()
+    np.testing.assert_allclose(res.params.to_numpy(), ref.params, rtol=1e-9)
+    np.testing.assert_allclose(res.bse.to_numpy(), ref.bse, rtol=1e-7)

@@ -205,28 +205,100 @@ def _scatter_prod2(v, x, x2, xbase, xs, acc, acc2, base, s, L):  # pragma: no co
 
 
 @_jit
-def _dot2(v, x, x2, n):  # pragma: no cover - compiled
-    """(sum v x, sum v x2) over the first ``n`` cells."""
-    a = 0.0
-    b = 0.0
+def _tri4(x0, x1, x2, x3, h, g, n):  # pragma: no cover - compiled
+    """The 10 products ``sum x_p x_q h`` (q <= p) and the 4 ``sum x_p g`` of four columns in one
+    pass (14 sums held in registers: each cell's values are loaded once)."""
+    s00 = s10 = s11 = s20 = s21 = s22 = s30 = s31 = s32 = s33 = 0.0
+    d0 = d1 = d2 = d3 = 0.0
     for i in range(n):
-        a += v[i] * x[i]
-        b += v[i] * x2[i]
-    return a, b
+        a0, a1, a2, a3, hi, gi = x0[i], x1[i], x2[i], x3[i], h[i], g[i]
+        t0, t1, t2, t3 = a0 * hi, a1 * hi, a2 * hi, a3 * hi
+        s00 += t0 * a0
+        s10 += t1 * a0
+        s11 += t1 * a1
+        s20 += t2 * a0
+        s21 += t2 * a1
+        s22 += t2 * a2
+        s30 += t3 * a0
+        s31 += t3 * a1
+        s32 += t3 * a2
+        s33 += t3 * a3
+        d0 += a0 * gi
+        d1 += a1 * gi
+        d2 += a2 * gi
+        d3 += a3 * gi
+    return (s00, s10, s11, s20, s21, s22, s30, s31, s32, s33), (d0, d1, d2, d3)
 
 
 @_jit
-def _dots(XF, v, out, n):  # pragma: no cover - compiled
-    """out[f] += sum XF[f] v, two rows per sweep of v."""
-    F = XF.shape[0]
-    f = 0
-    while f + 1 < F:
-        a, b = _dot2(v, XF[f], XF[f + 1], n)
-        out[f] += a
-        out[f + 1] += b
-        f += 2
-    if f < F:
-        out[f] += _dot(XF[f], v, n)
+def _tile4(a0, a1, a2, a3, b0, b1, b2, b3, h, n):  # pragma: no cover - compiled
+    """The 16 products ``sum a_p b_q h`` of two groups of four columns in one pass (row-major)."""
+    s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = 0.0
+    s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = 0.0
+    for i in range(n):
+        hi = h[i]
+        t0, t1, t2, t3 = a0[i] * hi, a1[i] * hi, a2[i] * hi, a3[i] * hi
+        c0, c1, c2, c3 = b0[i], b1[i], b2[i], b3[i]
+        s00 += t0 * c0
+        s01 += t0 * c1
+        s02 += t0 * c2
+        s03 += t0 * c3
+        s10 += t1 * c0
+        s11 += t1 * c1
+        s12 += t1 * c2
+        s13 += t1 * c3
+        s20 += t2 * c0
+        s21 += t2 * c1
+        s22 += t2 * c2
+        s23 += t2 * c3
+        s30 += t3 * c0
+        s31 += t3 * c1
+        s32 += t3 * c2
+        s33 += t3 * c3
+    return (s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23, s30, s31, s32, s33)
+
+
+@_jit
+def _dots4(x0, x1, x2, x3, v, n):  # pragma: no cover - compiled
+    """The 4 sums ``sum x_p v`` in one pass."""
+    d0 = d1 = d2 = d3 = 0.0
+    for i in range(n):
+        vi = v[i]
+        d0 += x0[i] * vi
+        d1 += x1[i] * vi
+        d2 += x2[i] * vi
+        d3 += x3[i] * vi
+    return d0, d1, d2, d3
+
+
+@_jit
+def _full_products(XF, F, h, g, ff, gout, n, hessian):  # pragma: no cover - compiled
+    """``gout[f] += sum x_f g`` and, with ``hessian``, ``ff[f, q] += sum x_f x_q h`` (q <= f) of the
+    packed columns, four at a time (``XF`` has zero rows up to a multiple of four)."""
+    T = (F + 3) // 4
+    for a in range(T):
+        f0 = 4 * a
+        x0, x1, x2, x3 = XF[f0], XF[f0 + 1], XF[f0 + 2], XF[f0 + 3]
+        if hessian:
+            tri, d = _tri4(x0, x1, x2, x3, h, g, n)
+            k = 0
+            for p in range(4):
+                for q in range(p + 1):
+                    if f0 + p < F:
+                        ff[f0 + p, f0 + q] += tri[k]
+                    k += 1
+            for b in range(a):
+                q0 = 4 * b
+                s = _tile4(x0, x1, x2, x3, XF[q0], XF[q0 + 1], XF[q0 + 2], XF[q0 + 3], h, n)
+                for p in range(4):
+                    if f0 + p < F:
+                        for q in range(4):
+                            ff[f0 + p, q0 + q] += s[4 * p + q]
+        else:
+            d = _dots4(x0, x1, x2, x3, g, n)
+        for p in range(4):
+            if f0 + p < F:
+                gout[f0 + p] += d[p]
 
 
 @_jit
@@ -393,8 +465,9 @@ def _sweep(
     eta = np.empty(maxn)
     tb = np.ones(maxn)
     eb = np.zeros(maxn)
-    XFflat = np.empty(F * maxn)
-    XF = XFflat.reshape((F, maxn))
+    F4 = 4 * ((F + 3) // 4)  # zero rows up to a multiple of four (_full_products)
+    XF = np.zeros((F4, maxn))
+    gscratch = np.zeros(F4)
     st = np.empty((n_rows + 2, maxn))  # the family's rows, then w g^2 and w g f_t
     dev = np.empty(maxn)
     tmp = np.empty(maxn)
@@ -515,16 +588,16 @@ def _sweep(
             if extra or final:
                 sums[3] += _sum(dev, ns) if unit else _dot(dev, wb, ns)
         # the reductions
-        if not setup:
-            _dots(XF, st[1], gfull, ns)
+        if setup:  # the Gram only (the dots into scratch)
+            _full_products(XF, F, st[2], st[2], ff, gscratch, ns, True)
+        else:
+            _full_products(XF, F, st[2], st[1], ff, gfull, ns, hessian)
         if hessian:
-            _gram(XF, st[2], ff, tmp, ns)
             if extra:
-                _dots(XF, st[4], efull, ns)
+                _full_products(XF, F, st[4], st[4], ff, efull, ns, False)
             if meat:
-                _gram(XF, st[n_rows], ffm, tmp, ns)
-                if extra:
-                    _dots(XF, st[n_rows + 1], mfull, ns)
+                m4 = st[n_rows + 1] if extra else st[n_rows]
+                _full_products(XF, F, st[n_rows], m4, ffm, mfull if extra else gscratch, ns, True)
         for o in range(ops.shape[0]):
             kind, which, grid, aoff, asize, ncols = (
                 ops[o, 0],
@@ -568,23 +641,6 @@ def _sweep(
                     a = A[aoff + c * asize : aoff + (c + 1) * asize]
                     x = XS[xoff + c * xsize : xoff + (c + 1) * xsize]
                     _scatter_prod(v, x, xb, S[xgrid], a, base, s, L)
-
-
-@_jit
-def _gram(XF, v, ff, tmp, n):  # pragma: no cover - compiled
-    """ff[f, g] += sum XF[f] XF[g] v for g <= f, two columns per sweep of the product."""
-    for f in range(XF.shape[0]):
-        x = XF[f]
-        for i in range(n):
-            tmp[i] = x[i] * v[i]
-        g = 0
-        while g + 1 <= f:
-            s1, s2 = _dot2(tmp, XF[g], XF[g + 1], n)
-            ff[f, g] += s1
-            ff[f, g + 1] += s2
-            g += 2
-        if g == f:
-            ff[f, f] += _dot(tmp, XF[f], n)
 
 
 @_jit
@@ -720,7 +776,9 @@ def _as_columns(layout: Layout, plan: SweepPlan, local: list, n: int):
             cols.append(np.ascontiguousarray(a).reshape(-1))
     dtypes = {c.dtype for c in cols}
     dtype = np.float32 if dtypes == {np.dtype(np.float32)} else np.float64
-    out = NumbaList.empty_list(numba.types.Array(numba.from_dtype(dtype), 1, "C"))
+    # typed read-only: the sweep only reads them, and read-only inputs (pandas' copy-on-write
+    # columns, memory maps) would otherwise warn of an "unsafe cast" into a writable list
+    out = NumbaList.empty_list(numba.types.Array(numba.from_dtype(dtype), 1, "C", readonly=True))
     for c in cols:
         out.append(np.ascontiguousarray(c, dtype=dtype))
     return out
