@@ -33,11 +33,11 @@ from functools import lru_cache
 
 import numba
 import numpy as np
-from numba.typed import List as NumbaList
 
 from . import chunk as kernels
 from . import families_numba
 from .chunk import _block_matrix, _expand, eval_packer
+from .columns_numba import column_list
 from .contract import BlockContractor
 from .layout import Layout
 from .sweep_plan import SweepPlan, grid_shape, make_plan, matrix_result, partial_sum, vector_result
@@ -776,12 +776,10 @@ def _as_columns(layout: Layout, plan: SweepPlan, local: list, n: int):
             cols.append(np.ascontiguousarray(a).reshape(-1))
     dtypes = {c.dtype for c in cols}
     dtype = np.float32 if dtypes == {np.dtype(np.float32)} else np.float64
-    # typed read-only: the sweep only reads them, and read-only inputs (pandas' copy-on-write
-    # columns, memory maps) would otherwise warn of an "unsafe cast" into a writable list
-    out = NumbaList.empty_list(numba.types.Array(numba.from_dtype(dtype), 1, "C", readonly=True))
-    for c in cols:
-        out.append(np.ascontiguousarray(c, dtype=dtype))
-    return out
+    # a typed list of read-only arrays (the sweep only reads them; read-only inputs, such as
+    # pandas' copy-on-write columns or memory maps, need no unsafe cast), made by cached
+    # compiled functions: numba's own typed-list constructors compile afresh in every process
+    return column_list(cols, dtype)
 
 
 def eval_chunk(
