@@ -1,7 +1,8 @@
 """Gravity PPML at 1e8 cells, streamed from zarr by two workers whose memory is smaller than the data.
 
 ``python benchmarks/gravity_out_of_core.py [--grid 1000x100] [--chunk 100] [--memory-limit 0.7GB]
-[--persist auto|false] [--bytes] [--store DIR] [--out benchmarks/gravity_out_of_core.json]``
+[--persist auto|false] [--bytes] [--scheduler client|process] [--store DIR]
+[--out benchmarks/gravity_out_of_core.json]``
 
 1. Writes (once; reused when present) a float32 zarr store of an ``exporter x importer x year``
    panel (``NxT``: N countries, T years) with a Poisson ``y`` drawn from exporter-year,
@@ -24,6 +25,12 @@
    pickled graphs of the passes of :mod:`daskglm.graph.effects`: the level arrays embedded in
    them) and receives (the arrays of the results), by wrapping that module's ``run`` and
    ``dask.persist`` (the pickling costs time of its own, recorded as ``accounting_seconds``).
+5. The workers' own memory: each worker's RSS, ``VmHWM`` and which heavy modules it has loaded,
+   idle before the fit and after it, and every sample's RSS over time (``worker_rss_series``).
+   ``--scheduler process`` runs the scheduler (and the workers) in processes of their own
+   (distributed's ``SubprocessCluster``) instead of ``LocalCluster``, whose scheduler runs in
+   this process: the client's RSS is then the client's alone, and the scheduler's is recorded
+   beside it.
 
 Progress goes to stdout (one line per sample); the results to ``--out``.
 """
@@ -87,6 +94,27 @@ def write_store(path: Path, n: int, t: int, chunk: int, seed: int = 0) -> dict:
     with dask.config.set(scheduler="threads"):
         ds.to_zarr(path, mode="w")
     return {"written": True, "seconds": time.perf_counter() - t0, **meta}
+
+
+#: modules whose presence in a worker process is recorded (what a worker loads for a pass)
+HEAVY_MODULES = (
+    "xarray", "pandas", "pyarrow", "zarr", "numba", "scipy.stats", "scipy.optimize", "formulaic",
+    "daskglm.api.fitting", "daskglm.frontend.panel", "daskglm.kernels.chunk_numba",
+    "daskglm.kernels.effects_numba",
+)  # fmt: skip
+
+
+def _process_memory(dask_worker=None, dask_scheduler=None) -> dict:
+    """This process's RSS and ``VmHWM`` (bytes) and which :data:`HEAVY_MODULES` it has loaded."""
+    with open("/proc/self/status") as f:
+        status = {
+            ln.split(":")[0]: int(ln.split()[1]) * 1024 for ln in f if ln.startswith(("VmRSS", "VmHWM"))
+        }
+    return {
+        "rss": status.get("VmRSS", 0),
+        "hwm": status.get("VmHWM", 0),
+        "modules": [m for m in HEAVY_MODULES if m in sys.modules],
+    }
 
 
 def _dir_bytes(path: Path) -> int:
@@ -207,6 +235,8 @@ class Monitor(threading.Thread):
         self.peak_disk: dict[str, int] = {}
         self.peak_keys_on_disk: dict[str, int] = {}
         self.paused = False
+        #: (seconds, {worker: (rss bytes, status)}) per sample
+        self.series: list = []
 
     def run(self) -> None:
         while not self.stop.wait(self.every):
@@ -220,6 +250,9 @@ class Monitor(threading.Thread):
                 self.peak_disk[w] = max(self.peak_disk.get(w, 0), v["disk_bytes"])
                 self.peak_keys_on_disk[w] = max(self.peak_keys_on_disk.get(w, 0), v["keys_on_disk"])
                 self.paused |= "paused" in v["status"]
+            self.series.append(
+                (round(time.perf_counter() - self.t0, 1), {w: (v["rss"], v["status"]) for w, v in s.items()})
+            )
             line = "  ".join(
                 f"rss {v['rss'] / 1e9:.2f} GB mem {v['keys_in_memory']} disk {v['keys_on_disk']} "
                 f"({v['disk_bytes'] / 1e9:.2f} GB) {v['status'].split('.')[-1]}"
@@ -254,18 +287,44 @@ def pyfixest_estimate(cells: int) -> dict:
     }
 
 
-def fit(path: Path, memory_limit: str, persist="auto", count_bytes: bool = False) -> dict:
-    from distributed import Client, LocalCluster
+def _cluster(memory_limit: str, scheduler: str):
+    """Two one-thread workers with ``memory_limit`` each; the scheduler in this process
+    (``LocalCluster``) or in one of its own (``SubprocessCluster``)."""
+    if scheduler == "process":
+        from distributed.deploy.subprocess import SubprocessCluster
+
+        return SubprocessCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            dashboard_address=None,
+            worker_kwargs={"memory_limit": memory_limit},
+        )
+    from distributed import LocalCluster
+
+    return LocalCluster(n_workers=2, threads_per_worker=1, memory_limit=memory_limit, dashboard_address=":0")
+
+
+def _memory_gb(sample: dict) -> dict:
+    return {
+        "rss_gb": round(sample["rss"] / 1e9, 3),
+        "hwm_gb": round(sample["hwm"] / 1e9, 3),
+        "modules": sample["modules"],
+    }
+
+
+def fit(
+    path: Path, memory_limit: str, persist="auto", count_bytes: bool = False, scheduler: str = "client"
+) -> dict:
+    from distributed import Client
 
     import daskglm as dg
 
-    with (
-        LocalCluster(
-            n_workers=2, threads_per_worker=1, memory_limit=memory_limit, dashboard_address=":0"
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with _cluster(memory_limit, scheduler) as cluster, Client(cluster) as client:
+        client.wait_for_workers(2)
         before = set(client.scheduler_info()["workers"])
+        idle = {w: _memory_gb(v) for w, v in client.run(_process_memory).items()}
+        client_idle = _memory_gb(_process_memory())
+        print(f"idle workers {idle}", flush=True)
         accounting = PassBytes() if count_bytes else None
         if accounting is not None:
             accounting.install()
@@ -295,11 +354,25 @@ def fit(path: Path, memory_limit: str, persist="auto", count_bytes: bool = False
         rss.stop.set()
         rss.join()
         hwm = client.run(lambda dask_worker: _worker_sample(dask_worker)["hwm"])
+        after_fit = {w: _memory_gb(v) for w, v in client.run(_process_memory).items()}
+        sched = _memory_gb(client.run_on_scheduler(_process_memory)) if scheduler == "process" else None
         after = set(client.scheduler_info()["workers"])
     out = {
         "workers": 2,
         "threads_per_worker": 1,
         "memory_limit_per_worker": memory_limit,
+        "scheduler": "own process (SubprocessCluster)"
+        if scheduler == "process"
+        else "in the client process (LocalCluster)",
+        "code_commit": _code_commit(),
+        "worker_idle_before_fit": idle,
+        "worker_after_fit": after_fit,
+        "client_idle_before_fit": client_idle,
+        "scheduler_process_memory": sched,
+        "worker_rss_series": [
+            [t, {w: [round(r / 1e9, 3), st.split(".")[-1]] for w, (r, st) in v.items()}]
+            for t, v in mon.series
+        ],
         "fit_seconds": round(seconds, 1),
         "workers_restarted": len(before - after),
         "worker_peak_rss_gb_sampled": {w: round(v / 1e9, 3) for w, v in mon.peak_rss.items()},
@@ -348,6 +421,30 @@ def fit(path: Path, memory_limit: str, persist="auto", count_bytes: bool = False
     return out
 
 
+def _code_commit() -> str | None:
+    """The git commit of the daskglm that is imported (``+dirty`` with uncommitted changes), or
+    ``$DASKGLM_CODE_COMMIT`` (a snapshot of a commit outside the repository, on ``PYTHONPATH``)."""
+    import os
+    import subprocess
+
+    import daskglm
+
+    if os.environ.get("DASKGLM_CODE_COMMIT"):
+        return f"{os.environ['DASKGLM_CODE_COMMIT']} (snapshot at {Path(daskglm.__file__).parent})"
+
+    root = Path(daskglm.__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "daskglm"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--grid", default="1000x100", help="NxT: N countries, T years (N*N*T cells)")
@@ -355,6 +452,12 @@ def main() -> None:
     ap.add_argument("--memory-limit", default="0.7GB", help="per worker (two workers)")
     ap.add_argument("--persist", default="auto", choices=["auto", "false"], help="dg.fit's persist=")
     ap.add_argument("--bytes", action="store_true", help="count the bytes of the fixed-effects passes")
+    ap.add_argument(
+        "--scheduler",
+        default="client",
+        choices=["client", "process"],
+        help="where the scheduler runs: in this process (LocalCluster) or its own (SubprocessCluster)",
+    )
     ap.add_argument("--store", default=None, help="zarr store (default /work/tmp/gravity_NxT.zarr)")
     ap.add_argument("--out", default=str(HERE / "gravity_out_of_core.json"))
     args = ap.parse_args()
@@ -377,7 +480,11 @@ def main() -> None:
     result = {
         "data": meta,
         "daskglm": fit(
-            store, args.memory_limit, "auto" if args.persist == "auto" else False, count_bytes=args.bytes
+            store,
+            args.memory_limit,
+            "auto" if args.persist == "auto" else False,
+            count_bytes=args.bytes,
+            scheduler=args.scheduler,
         ),
         "pyfixest": pyfixest_estimate(cells),
     }
