@@ -95,6 +95,29 @@ class SweepPlan:
         return int(self.colpos.size)
 
 
+#: what one column costs the sweep per cell, accumulated onto a grid along whose rows it varies
+#: (a read-modify-write of the grid row per cell) against one it does not (a sum per row held in
+#: a register): loads and stores of the same slab, measured ~0.2 against ~0.06 ns/cell
+_RMW_COST, _ROW_SUM_COST = 3, 1
+
+
+def _gathered_first(a: int, b: int, axes: tuple, sizes: list, last: int) -> tuple[int, int]:
+    """For a pair of small blocks spanning the full grid together: (the block whose columns are
+    gathered, the block onto whose grid they are accumulated). The sweep's rows run along the
+    last axis, so a target grid without it takes one sum per row (cheap) and one with it a
+    read-modify-write at every cell: the cheaper of the two ways, else the smaller block gathered,
+    else onto the grid with the leading axis (consecutive rows share its rows: they stay in cache)."""
+
+    def cost(s: int, t: int) -> int:
+        return sizes[s] * (_RMW_COST if last in axes[t] else _ROW_SUM_COST)
+
+    if cost(a, b) != cost(b, a):
+        return (a, b) if cost(a, b) < cost(b, a) else (b, a)
+    if sizes[a] != sizes[b]:
+        return (a, b) if sizes[a] < sizes[b] else (b, a)
+    return (b, a) if 0 in axes[a] and 0 not in axes[b] else (a, b)
+
+
 def make_plan(layout: Layout) -> SweepPlan | None:
     """The sweep's plan for ``layout``, or ``None`` where the compiled sweep does not apply
     (a panel with no axes, or a full-grid block with an argument off some axis)."""
@@ -125,7 +148,7 @@ def make_plan(layout: Layout) -> SweepPlan | None:
                 c_sets.append(union)
                 small_pairs.append((a, b))
             else:
-                s, t = (a, b) if sizes[a] <= sizes[b] else (b, a)
+                s, t = _gathered_first(a, b, axes, sizes, m - 1)
                 comp_sets.setdefault(s, []).append(axes[t])
                 comp_pairs.append((s, t))
     comp = tuple((s, tuple(_maximal(sets))) for s, sets in comp_sets.items())
