@@ -6,9 +6,19 @@ once. That also pins glibc's mmap threshold at 128 KiB: every temporary of a chu
 larger than that is a fresh ``mmap`` whose pages fault in again, and the numpy kernel ran 4-5x
 slower per cell in a worker than in the client process (about 0.15 s against 0.03 s for a
 1e6-cell chunk of the 28-coefficient Poisson benchmark). :class:`WorkerMalloc` raises both
-thresholds on each worker (glibc's ``mallopt``; a no-op elsewhere), so a worker keeps at most
-``trim`` bytes of freed heap (64 MiB, or a sixteenth of the worker's memory limit if smaller),
-far more than a kernel's slab-sized temporaries.
+thresholds on each worker (glibc's ``mallopt``; a no-op elsewhere), scaled to the worker's
+memory limit (:func:`malloc_thresholds`): a worker keeps at most ``trim`` bytes of freed heap per
+arena (64 MiB, or a 64th of its memory limit if smaller), far more than a kernel's slab-sized
+temporaries, and allocations from ``limit / 256`` bytes up (between 1 and 32 MiB) are their own
+``mmap``, returned to the system when freed.
+
+Why scaled: with both thresholds at 32-64 MiB, every chunk-sized array (a 4 MB zarr chunk, a
+chunk's 8 MB ``W``, the level arrays a pass receives) came from malloc's arenas, and a worker's
+threads each have one: in the 1e8-cell gravity fit a 0.75 GB worker held 247 MB of freed but
+unreturned heap beside 106 MB in use (``mallinfo2``) and paused at its memory limit with no data
+in memory (``benchmarks/GRAVITY.md``). Chunk-sized arrays are allocated once per chunk, so an
+``mmap`` each costs little; the slab temporaries of the kernels (128-512 KiB) stay below the
+mmap threshold.
 
 Set ``daskglm.worker-malloc-trim`` (dask configuration; environment
 ``DASK_DASKGLM__WORKER_MALLOC_TRIM``) to ``False`` to leave the workers' allocator as dask
@@ -22,7 +32,7 @@ import ctypes.util
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-__all__ = ["FETCHED_MAX_BYTES", "PassRunner", "WorkerMalloc", "set_malloc_thresholds"]
+__all__ = ["FETCHED_MAX_BYTES", "PassRunner", "WorkerMalloc", "malloc_thresholds", "set_malloc_thresholds"]
 
 #: glibc's ``mallopt`` parameter numbers (malloc.h)
 M_TRIM_THRESHOLD = -1
@@ -31,9 +41,32 @@ M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_MAX = 32 * 2**20
 
 
-def set_malloc_thresholds(trim: int) -> bool:
-    """Set glibc's trim threshold to ``trim`` bytes and its mmap threshold to
-    ``min(trim, 32 MiB)`` in this process; ``False`` where the C library is not glibc."""
+#: a worker's memory limit over its trim threshold and over its mmap threshold
+TRIM_DIVISOR = 64
+MMAP_DIVISOR = 256
+#: the smallest mmap threshold :func:`malloc_thresholds` gives (the numpy kernel's slab
+#: temporaries are 512 KiB: below it they stay on the heap)
+MMAP_THRESHOLD_MIN = 2**20
+
+
+def malloc_thresholds(trim: int, limit: int | None = None) -> tuple[int, int]:
+    """``(trim, mmap)`` thresholds in bytes for a worker whose memory limit is ``limit`` bytes
+    (``None`` or 0: no limit), with ``trim`` the configured most (``daskglm.worker-malloc-trim``).
+
+    ``trim`` is capped at ``limit / 64``; the mmap threshold is ``limit / 256`` kept between
+    1 MiB and 32 MiB (glibc's largest), and never above ``trim``. Without a limit both are
+    ``trim`` (the mmap threshold at most 32 MiB)."""
+    trim = int(trim)
+    if not limit:
+        return trim, min(trim, MMAP_THRESHOLD_MAX)
+    trim = min(trim, int(limit) // TRIM_DIVISOR)
+    mmap = min(max(int(limit) // MMAP_DIVISOR, MMAP_THRESHOLD_MIN), MMAP_THRESHOLD_MAX, trim)
+    return trim, mmap
+
+
+def set_malloc_thresholds(trim: int, mmap: int | None = None) -> bool:
+    """Set glibc's trim threshold to ``trim`` bytes and its mmap threshold to ``mmap`` bytes
+    (default ``min(trim, 32 MiB)``) in this process; ``False`` where the C library is not glibc."""
     name = ctypes.util.find_library("c")
     if not name:
         return False
@@ -44,14 +77,13 @@ def set_malloc_thresholds(trim: int) -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     trim = int(min(trim, 2**31 - 1))
-    return bool(mallopt(M_TRIM_THRESHOLD, trim)) and bool(
-        mallopt(M_MMAP_THRESHOLD, min(trim, MMAP_THRESHOLD_MAX))
-    )
+    mmap = int(min(trim if mmap is None else mmap, MMAP_THRESHOLD_MAX))
+    return bool(mallopt(M_TRIM_THRESHOLD, trim)) and bool(mallopt(M_MMAP_THRESHOLD, mmap))
 
 
 class WorkerMalloc(WorkerPlugin):
-    """Raise glibc's trim and mmap thresholds on every worker (see the module docstring), to
-    ``trim`` bytes or a sixteenth of the worker's memory limit, whichever is smaller.
+    """Raise glibc's trim and mmap thresholds on every worker (see the module docstring) to
+    :func:`malloc_thresholds` of ``trim`` and the worker's memory limit.
 
     Registered once per cluster (``idempotent``): workers that join later get it too.
     """
@@ -64,7 +96,7 @@ class WorkerMalloc(WorkerPlugin):
 
     def setup(self, worker) -> None:
         limit = getattr(getattr(worker, "memory_manager", None), "memory_limit", None)
-        set_malloc_thresholds(min(self.trim, limit // 16) if limit else self.trim)
+        set_malloc_thresholds(*malloc_thresholds(self.trim, limit))
 
 
 #: bytes of inputs held by another worker that :class:`PassRunner` keeps after fetching them
@@ -109,6 +141,9 @@ class PassRunner(WorkerPlugin):
         self.fetched_bytes = 0
         worker.handlers["daskglm_pass"] = self.run_pass
         worker.handlers["daskglm_pass_release"] = self.release
+        from ..kernels import preload
+
+        preload.start()  # the compiled kernels load in a thread while the worker reads its chunks
 
     def release(self) -> int:
         """Drop the inputs fetched from other workers; returns how many there were."""
