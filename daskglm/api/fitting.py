@@ -16,6 +16,7 @@ from ..frontend.formula import FittedFormula, apply_formula, is_formula
 from ..frontend.objective import make_objective, run_setup
 from ..frontend.panel import build_panel
 from ..graph import passes as graph
+from ..kernels import preload
 from ..kernels.clustering import parse_clusters
 from ..kernels.engines import resolve_engine
 from ..kernels.families import Family
@@ -33,6 +34,13 @@ log = logging.getLogger("daskglm")
 
 #: the results class of each kind of objective (``objective.kind``)
 RESULTS = {"glm": GLMResults, "fixed_effects": FixedEffectsResults}
+
+# The first ``dg.fit`` (or ``from daskglm import fit``) imports this module: from here on, the
+# compiled kernels of a float64 fit load in a background thread while the caller goes on
+# (reading its data, say), instead of inside the first fit's setup pass (numba's target context
+# and the cached sweep: ~0.3-0.5 s in a fresh process; :mod:`daskglm.kernels.preload`,
+# ``DASKGLM_PRELOAD=0`` turns it off).
+preload.start()
 
 
 def _checkpoint(path, y, x, fam: Family, solver: str, setup, effects=None) -> Checkpoint | None:
@@ -256,6 +264,10 @@ def fit(
         chunks=chunks,
         storage_options=storage_options,
     )
+    if engine == "numba":  # the specialisations this panel needs (float32 columns, effects), if not yet
+        preload.start(
+            preload.column_dtype(panel.layout, [a.dtype for a in panel.arrays]), effects=fe is not None
+        )
     ways = parse_clusters(cluster, panel.layout.dims) if cov == "cluster" else None
     effects = parse_effects(fe, panel.layout.dims, panel.sizes) if fe is not None else None
     from_store = not isinstance(data, xr.Dataset) or any(
