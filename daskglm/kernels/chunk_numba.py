@@ -205,6 +205,65 @@ def _scatter_prod2(v, x, x2, xbase, xs, acc, acc2, base, s, L):  # pragma: no co
 
 
 @_jit
+def _scatter_prod4(v, x0, x1, x2, x3, xbase, xs, a0, a1, a2, a3, base, s, L):  # pragma: no cover - compiled
+    """:func:`_scatter_prod` for four columns at once (one read of ``v`` and one pass over the
+    slab's rows for four accumulations)."""
+    R = base.shape[0]
+    if xs == 0 and s == 0:
+        for r in range(R):
+            vr = v[r * L : r * L + L]
+            tot = 0.0
+            for t in range(L):
+                tot += vr[t]
+            xb, b = xbase[r], base[r]
+            a0[b] += x0[xb] * tot
+            a1[b] += x1[xb] * tot
+            a2[b] += x2[xb] * tot
+            a3[b] += x3[xb] * tot
+    elif xs == 0:
+        for r in range(R):
+            xb, b = xbase[r], base[r]
+            u0, u1, u2, u3 = x0[xb], x1[xb], x2[xb], x3[xb]
+            c0, c1, c2, c3 = a0[b : b + L], a1[b : b + L], a2[b : b + L], a3[b : b + L]
+            vr = v[r * L : r * L + L]
+            for t in range(L):
+                vt = vr[t]
+                c0[t] += u0 * vt
+                c1[t] += u1 * vt
+                c2[t] += u2 * vt
+                c3[t] += u3 * vt
+    elif s == 0:
+        for r in range(R):
+            xb = xbase[r]
+            y0, y1, y2, y3 = x0[xb : xb + L], x1[xb : xb + L], x2[xb : xb + L], x3[xb : xb + L]
+            vr = v[r * L : r * L + L]
+            t0 = t1 = t2 = t3 = 0.0
+            for t in range(L):
+                vt = vr[t]
+                t0 += y0[t] * vt
+                t1 += y1[t] * vt
+                t2 += y2[t] * vt
+                t3 += y3[t] * vt
+            b = base[r]
+            a0[b] += t0
+            a1[b] += t1
+            a2[b] += t2
+            a3[b] += t3
+    else:
+        for r in range(R):
+            xb, b = xbase[r], base[r]
+            y0, y1, y2, y3 = x0[xb : xb + L], x1[xb : xb + L], x2[xb : xb + L], x3[xb : xb + L]
+            c0, c1, c2, c3 = a0[b : b + L], a1[b : b + L], a2[b : b + L], a3[b : b + L]
+            vr = v[r * L : r * L + L]
+            for t in range(L):
+                vt = vr[t]
+                c0[t] += y0[t] * vt
+                c1[t] += y1[t] * vt
+                c2[t] += y2[t] * vt
+                c3[t] += y3[t] * vt
+
+
+@_jit
 def _tri4(x0, x1, x2, x3, h, g, n):  # pragma: no cover - compiled
     """The 10 products ``sum x_p x_q h`` (q <= p) and the 4 ``sum x_p g`` of four columns in one
     pass (14 sums held in registers: each cell's values are loaded once)."""
@@ -658,6 +717,13 @@ def _sweep(
                 _scatter(v, A[aoff : aoff + asize], base, s, L)
             elif kind == 1:
                 c = 0
+                while c + 3 < ncols:  # four columns per sweep of v
+                    a = A[aoff + c * asize : aoff + (c + 4) * asize]
+                    a_0, a_1 = a[:asize], a[asize : 2 * asize]
+                    a_2, a_3 = a[2 * asize : 3 * asize], a[3 * asize :]
+                    x_0, x_1, x_2, x_3 = XF[c], XF[c + 1], XF[c + 2], XF[c + 3]
+                    _scatter_prod4(v, x_0, x_1, x_2, x_3, full_rows, 1, a_0, a_1, a_2, a_3, base, s, L)
+                    c += 4
                 while c + 1 < ncols:  # two columns per sweep of v
                     a = A[aoff + c * asize : aoff + (c + 1) * asize]
                     a2 = A[aoff + (c + 1) * asize : aoff + (c + 2) * asize]
@@ -669,7 +735,17 @@ def _sweep(
             else:
                 xgrid, xoff, xsize = ops[o, 6], ops[o, 7], ops[o, 8]
                 xb = Bv[xgrid]
+                xst = S[xgrid]
                 c = 0
+                while c + 3 < ncols:  # four columns per sweep of v
+                    a = A[aoff + c * asize : aoff + (c + 4) * asize]
+                    a_0, a_1 = a[:asize], a[asize : 2 * asize]
+                    a_2, a_3 = a[2 * asize : 3 * asize], a[3 * asize :]
+                    x = XS[xoff + c * xsize : xoff + (c + 4) * xsize]
+                    x_0, x_1 = x[:xsize], x[xsize : 2 * xsize]
+                    x_2, x_3 = x[2 * xsize : 3 * xsize], x[3 * xsize :]
+                    _scatter_prod4(v, x_0, x_1, x_2, x_3, xb, xst, a_0, a_1, a_2, a_3, base, s, L)
+                    c += 4
                 while c + 1 < ncols:  # two columns per sweep of v
                     a = A[aoff + c * asize : aoff + (c + 1) * asize]
                     a2 = A[aoff + (c + 1) * asize : aoff + (c + 2) * asize]
