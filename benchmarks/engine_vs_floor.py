@@ -1,7 +1,7 @@
 """Both evaluation engines beside the floor: one plain dask pass over the same arrays.
 
     python benchmarks/engine_vs_floor.py [--cells 2e6,2e7] [--repeat 2] [--engines numpy,numba]
-        [--no-zarr] [--local-ab] [--out FILE.json] [--md FILE.md]
+        [--no-zarr] [--local-ab] [--parts] [--out FILE.json] [--md FILE.md]
 
 The panel: 3-D Poisson, 29 coefficients in 7 dim-blocks (full grid, (i,j), (i,k), (j,k), i, j,
 k) plus the intercept, chunks of 100 x 100 x k. For each size and engine (``"numpy"``, the
@@ -13,6 +13,8 @@ reference kernel, and ``"numba"``, the compiled sweep of :mod:`daskglm.kernels.c
   iteration (median over the fit's iterations, best of ``--repeat`` fits) and its ratio to the
   floor, one ``dask.compute`` of the sum of every full-grid array;
 * **from zarr**: the same from a float32 zarr store on local disk (each pass reads it).
+
+``--parts`` profiles one chunk's compiled evaluation instead (:func:`sweep_parts`).
 
 Writes ``engine_vs_floor.json`` and ``ENGINE.md`` (the before/after table) next to this script.
 Run it under the shared lock (``flock /tmp/notes/bench.lock python benchmarks/engine_vs_floor.py``):
@@ -106,6 +108,77 @@ def local_ab(cells: int, fits: int = 4) -> dict:
         f"dask graph {np.median(out['dask']):.4f}",
         flush=True,
     )
+    return out
+
+
+def _best_ns(func, cells: int, repeat: int = 7) -> float:
+    """ns per cell of ``func()``, the least CPU time of this thread over ``repeat`` calls."""
+    func()
+    best = np.inf
+    for _ in range(repeat):
+        t0 = time.thread_time()
+        func()
+        best = min(best, time.thread_time() - t0)
+    return best * 1e9 / cells
+
+
+def sweep_parts(cells: int) -> dict:
+    """Where one chunk's compiled evaluation (with the Hessian) spends its time, single-threaded
+    (CPU ns per cell, best of 7): the whole call, the compiled sweep alone (``_sweep`` called
+    with the arguments the kernel gave it), the sweep without its scatter-adds (the ``ops``
+    table emptied) and also without the Hessian, the scatter-adds onto each target grid (the
+    sweep with only that grid's ops, less the sweep without ops), and the numpy / Python work
+    around the sweep (the call less the sweep); the final pass with and without the meat."""
+    i, j, k = SHAPES[cells]
+    ds = simulate_panel({"i": i, "j": j, "k": k}, "poisson", seed=1, chunks={"i": 100, "j": 100})
+    x = [v for v in ds.data_vars if v.startswith("x_")]
+    panel = build_panel(ds.persist(), "y", x, resolve_family("poisson"))
+    layout = run_setup(panel, graph.PassCounter()).layout
+    chunk = [np.asarray(a.blocks[(0,) * a.ndim].compute()) for a in panel.arrays]
+    n = chunk[0].size
+    params = np.zeros(layout.n_params)
+    params[0] = 0.5
+    out = {"chunk": list(chunk[0].shape)}
+    out["evaluation"] = _best_ns(lambda: kernels_numba.eval_chunk(layout, params, True, False, *chunk), n)
+    out["final, no meat"] = _best_ns(
+        lambda: kernels_numba.eval_chunk(layout, params, True, True, *chunk, meat=False), n
+    )
+    out["final with meat"] = _best_ns(lambda: kernels_numba.eval_chunk(layout, params, True, True, *chunk), n)
+    sweep, seen = kernels_numba._sweep, {}
+
+    def spy(*args):
+        seen["args"] = args
+        return sweep(*args)
+
+    kernels_numba._sweep = spy
+    try:
+        kernels_numba.eval_chunk(layout, params, True, False, *chunk)
+    finally:
+        kernels_numba._sweep = sweep
+    names = sweep.py_func.__code__.co_varnames[: sweep.py_func.__code__.co_argcount]
+    where = {name: pos for pos, name in enumerate(names)}
+    ops = seen["args"][where["ops"]]
+
+    def run(**changes):
+        args = list(seen["args"])
+        for key, value in changes.items():
+            args[where[key]] = value
+        return lambda: sweep(*args)
+
+    out["sweep"] = _best_ns(run(), n)
+    out["sweep without scatter-adds"] = _best_ns(run(ops=ops[:0]), n)
+    out["sweep without scatter-adds or Hessian"] = _best_ns(run(ops=ops[:0], hessian=False), n)
+    steps = seen["args"][where["S"]]
+    for g in sorted(set(ops[:, 2].tolist())):
+        mine = ops[ops[:, 2] == g]
+        how = "a sum per row" if steps[g] == 0 else "along the rows"
+        key = f"scatter-adds onto a {int(mine[0, 4])}-cell grid, {how} ({int(mine[:, 5].sum())} columns)"
+        out[key] = _best_ns(run(ops=mine), n) - out["sweep without scatter-adds"]
+    out["around the sweep (numpy, Python)"] = out["evaluation"] - out["sweep"]
+    print(f"{cells:.0e} cells, one chunk {out['chunk']}, CPU ns/cell:")
+    for key, value in out.items():
+        if key != "chunk":
+            print(f"  {key:66s} {value:6.2f}", flush=True)
     return out
 
 
@@ -214,6 +287,7 @@ def main() -> None:
     p.add_argument("--engines", default=",".join(ENGINES), help="engines to time (the table needs both)")
     p.add_argument("--no-zarr", action="store_true", help="in memory only (no store written or read)")
     p.add_argument("--local-ab", action="store_true", help="only the LocalPass / dask graph A/B in memory")
+    p.add_argument("--parts", action="store_true", help="only the compiled kernel's parts on one chunk")
     here = Path(__file__).parent
     p.add_argument("--out", default=str(here / "engine_vs_floor.json"), help="JSON record")
     p.add_argument("--md", default=str(here / "ENGINE.md"), help="markdown table")
@@ -223,6 +297,10 @@ def main() -> None:
     if a.local_ab:
         for c in sizes:
             local_ab(c)
+        return
+    if a.parts:
+        for c in sizes:
+            sweep_parts(c)
         return
     workdir = a.workdir or tempfile.mkdtemp(prefix="engine_vs_floor_")
     engines = tuple(a.engines.split(","))
