@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -204,3 +205,21 @@ def test_column_list():
     assert len(column_list([], np.float64)) == 0
     with pytest.raises(ValueError, match="dtype int64 is not a column dtype"):
         column_list([np.arange(3)], np.int64)
+
+
+def test_cache_ready_looks_where_numba_caches(monkeypatch, tmp_path):
+    """A cache folder without the sweep's index is cold; an index newer than the kernel's source
+    is ready; one older than the source (an edited kernel) is stale, hence cold."""
+    from numba.core import caching, config
+
+    monkeypatch.setattr(config, "CACHE_DIR", str(tmp_path))
+    assert not preload.cache_ready()
+    source = Path(preload.__file__).with_name("chunk_numba.py")
+    folder = tmp_path / caching._CacheLocator.get_suitable_cache_subpath(str(source))
+    folder.mkdir(parents=True)
+    index = folder / "chunk_numba._sweep-100.py311.nbi"
+    index.write_bytes(b"")
+    assert preload.cache_ready()
+    old = source.stat().st_mtime - 10
+    os.utime(index, (old, old))
+    assert not preload.cache_ready()

@@ -39,8 +39,9 @@ RESULTS = {"glm": GLMResults, "fixed_effects": FixedEffectsResults}
 # compiled kernels of a float64 fit load in a background thread while the caller goes on
 # (reading its data, say), instead of inside the first fit's setup pass (numba's target context
 # and the cached sweep: ~0.3-0.5 s in a fresh process; :mod:`daskglm.kernels.preload`,
-# ``DASKGLM_PRELOAD=0`` turns it off).
-preload.start()
+# ``DASKGLM_PRELOAD=0`` turns it off; not where numba's cache is cold: compiling takes 10-30 s,
+# which a process that exits early would wait for).
+preload.start(cached_only=True)
 
 
 def _checkpoint(path, y, x, fam: Family, solver: str, setup, effects=None) -> Checkpoint | None:

@@ -21,8 +21,9 @@ process. numba serialises compilation and cache loading behind its global compil
 re-entrant lock taken in ``Dispatcher.compile``, which checks under it whether the signature
 was loaded meanwhile), so a fit that reaches a kernel while the thread is still loading it
 waits for that load and then uses it; nothing is loaded twice. ``import daskglm.api.fitting``
-(the first ``dg.fit`` or ``from daskglm import fit``) starts the float64 warm-up, so it
-overlaps whatever the script does next (reading its data); :func:`daskglm.fit` starts what
+(the first ``dg.fit`` or ``from daskglm import fit``) starts the float64 warm-up when numba's
+disk cache holds the sweep (:func:`cache_ready`), so it overlaps whatever the script does next
+(reading its data); :func:`daskglm.fit` starts what
 its panel needs (float32 columns, fixed effects) as soon as it knows, and the worker plugin
 (:mod:`daskglm.runtime.workers`) on each worker at its setup. ``DASKGLM_PRELOAD=0`` turns it
 off. Before the interpreter exits or forks, the thread is waited for (a fork while it holds
@@ -37,13 +38,14 @@ import logging
 import os
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
 from .engines import default_engine
 
-__all__ = ["ENV_VAR", "enabled", "warm", "start", "wait", "column_dtype", "status"]
+__all__ = ["ENV_VAR", "enabled", "cache_ready", "warm", "start", "wait", "column_dtype", "status"]
 
 log = logging.getLogger("daskglm")
 
@@ -164,12 +166,43 @@ def _target(key: tuple[str, bool]) -> None:
         log.debug("daskglm: preloading %s failed: %r", key, exc)
 
 
-def start(dtype: str = "float64", effects: bool = False) -> threading.Thread | None:
+def cache_ready() -> bool:
+    """Whether numba's disk cache holds a current compiled sweep: an index file of
+    ``chunk_numba._sweep`` newer than ``kernels/chunk_numba.py``, in the cache directory numba
+    would use (``NUMBA_CACHE_DIR``, else the package's ``__pycache__``). Looked up without
+    importing the kernels. False where the cache is cold (a new install, an edited kernel), or
+    numba keeps it elsewhere (a read-only install): loading then means compiling for 10-30 s."""
+    source = Path(__file__).with_name("chunk_numba.py")
+    try:
+        from numba.core import caching, config
+
+        stamp = source.stat().st_mtime
+    except (ImportError, OSError):
+        return False
+    folder = source.parent / "__pycache__"
+    if config.CACHE_DIR:  # numba then caches there only
+        folder = Path(config.CACHE_DIR) / caching._CacheLocator.get_suitable_cache_subpath(str(source))
+    for index in folder.glob("chunk_numba._sweep-*.nbi"):
+        try:
+            if index.stat().st_mtime >= stamp:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def start(
+    dtype: str = "float64", effects: bool = False, *, cached_only: bool = False
+) -> threading.Thread | None:
     """Start :func:`warm` in a daemon thread unless it ran or runs already for ``(dtype,
     effects)`` in this process, or preloading is off (:func:`enabled`). Returns the thread
     (None when off). Never raises for the data's sake: a failing warm-up is logged at debug
-    level, and the fit meets the same error in its own pass."""
-    if not enabled() or dtype not in DTYPES:
+    level, and the fit meets the same error in its own pass.
+
+    ``cached_only`` starts it only when :func:`cache_ready`: where the kernels would be compiled
+    (10-30 s), a process that imports ``fit`` and exits early would wait for that at its exit;
+    a fit (which needs the kernels anyway) starts it without this condition."""
+    if not enabled() or dtype not in DTYPES or (cached_only and not cache_ready()):
         return None
     key = (dtype, bool(effects))
     global _hooks_installed
