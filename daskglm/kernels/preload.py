@@ -12,8 +12,8 @@ sweep, an evaluation with the Hessian and a final pass with the meat (each the s
 dtype of the full-grid columns, not on the family), the typed column list
 (:mod:`daskglm.kernels.columns_numba`), the log-factorial table and, with ``effects=True``, the
 fixed effects' compiled products (:mod:`daskglm.kernels.effects_numba`). Calling the public
-kernel functions, not the compiled ones with guessed signatures, keeps the specialisations
-those the fit will use (``tests/test_preload.py`` checks that a fit after :func:`warm` loads
+kernel functions, not the compiled ones with guessed signatures, loads exactly the
+specialisations a fit uses (``tests/test_preload.py`` checks that a fit after :func:`warm` loads
 nothing more).
 
 :func:`start` runs :func:`warm` in a daemon thread, at most once per (dtype, effects) in a
@@ -23,9 +23,9 @@ was loaded meanwhile), so a fit that reaches a kernel while the thread is still 
 waits for that load and then uses it; nothing is loaded twice. ``import daskglm.api.fitting``
 (the first ``dg.fit`` or ``from daskglm import fit``) starts the float64 warm-up when numba's
 disk cache holds the sweep (:func:`cache_ready`), so it overlaps whatever the script does next
-(reading its data); :func:`daskglm.fit` starts what
-its panel needs (float32 columns, fixed effects) as soon as it knows, and the worker plugin
-(:mod:`daskglm.runtime.workers`) on each worker at its setup. ``DASKGLM_PRELOAD=0`` turns it
+(reading its data); :func:`daskglm.fit` starts what its panel needs (float32 columns, fixed
+effects) as soon as it knows, and the worker plugin (:mod:`daskglm.runtime.workers`) on each
+worker at its setup. ``DASKGLM_PRELOAD=0`` turns it
 off. Before the interpreter exits or forks, the thread is waited for (a fork while it holds
 numba's lock would leave the child's lock held; an exit while it is inside LLVM could crash
 the exit).
