@@ -24,15 +24,17 @@ MiB = 2**20
 
 def test_thresholds_scale_with_the_memory_limit():
     trim = 64 * MiB
-    assert malloc_thresholds(trim, 750_000_000) == (750_000_000 // 64, 750_000_000 // 256)
-    assert malloc_thresholds(trim, 4_000_000_000) == (4_000_000_000 // 64, 4_000_000_000 // 256)
+    assert malloc_thresholds(trim, 750_000_000) == (750_000_000 // 64, 750_000_000 // 128)
+    # a 4 GB worker keeps 16 MiB chunks (2**22 float32 cells) on its heap
+    assert malloc_thresholds(trim, 4_000_000_000) == (4_000_000_000 // 64, 4_000_000_000 // 128)
+    assert malloc_thresholds(trim, 4_000_000_000)[1] > 16 * MiB
     # large workers: the configured trim, glibc's largest mmap threshold
     assert malloc_thresholds(trim, 64 * 2**30) == (trim, MMAP_THRESHOLD_MAX)
     # no limit: as before the scaling (both at trim, mmap at most 32 MiB)
     assert malloc_thresholds(trim, None) == (trim, MMAP_THRESHOLD_MAX)
     assert malloc_thresholds(16 * MiB, 0) == (16 * MiB, 16 * MiB)
     # a tiny worker: mmap threshold at its floor, never above trim
-    assert malloc_thresholds(trim, 256 * MiB) == (4 * MiB, MMAP_THRESHOLD_MIN)
+    assert malloc_thresholds(trim, 100 * MiB) == (100 * MiB // 64, MMAP_THRESHOLD_MIN)
     assert malloc_thresholds(trim, 32 * MiB) == (MiB // 2, MiB // 2)
 
 

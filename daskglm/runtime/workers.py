@@ -9,16 +9,18 @@ slower per cell in a worker than in the client process (about 0.15 s against 0.0
 thresholds on each worker (glibc's ``mallopt``; a no-op elsewhere), scaled to the worker's
 memory limit (:func:`malloc_thresholds`): a worker keeps at most ``trim`` bytes of freed heap per
 arena (64 MiB, or a 64th of its memory limit if smaller), far more than a kernel's slab-sized
-temporaries, and allocations from ``limit / 256`` bytes up (between 1 and 32 MiB) are their own
+temporaries, and allocations from ``limit / 128`` bytes up (between 1 and 32 MiB) are their own
 ``mmap``, returned to the system when freed.
 
 Why scaled: with both thresholds at 32-64 MiB, every chunk-sized array (a 4 MB zarr chunk, a
 chunk's 8 MB ``W``, the level arrays a pass receives) came from malloc's arenas, and a worker's
 threads each have one: in the 1e8-cell gravity fit a 0.75 GB worker held 247 MB of freed but
 unreturned heap beside 106 MB in use (``mallinfo2``) and paused at its memory limit with no data
-in memory (``benchmarks/GRAVITY.md``). Chunk-sized arrays are allocated once per chunk, so an
-``mmap`` each costs little; the slab temporaries of the kernels (128-512 KiB) stay below the
-mmap threshold.
+in memory (``benchmarks/GRAVITY.md``); with ``limit / 128`` (5.6 MiB there) it ran. Chunk-sized
+arrays are allocated once per chunk, so an ``mmap`` each costs little (filling a fresh 16 MiB
+``mmap`` took 3.7 ms against 2.1 ms on reused heap), and a 4 GB worker still keeps 16 MiB arrays
+(``2**22`` float32 cells) on its heap; the slab temporaries of the kernels (128-512 KiB) always
+stay below the mmap threshold.
 
 Set ``daskglm.worker-malloc-trim`` (dask configuration; environment
 ``DASK_DASKGLM__WORKER_MALLOC_TRIM``) to ``False`` to leave the workers' allocator as dask
@@ -43,7 +45,7 @@ MMAP_THRESHOLD_MAX = 32 * 2**20
 
 #: a worker's memory limit over its trim threshold and over its mmap threshold
 TRIM_DIVISOR = 64
-MMAP_DIVISOR = 256
+MMAP_DIVISOR = 128
 #: the smallest mmap threshold :func:`malloc_thresholds` gives (the numpy kernel's slab
 #: temporaries are 512 KiB: below it they stay on the heap)
 MMAP_THRESHOLD_MIN = 2**20
@@ -53,7 +55,7 @@ def malloc_thresholds(trim: int, limit: int | None = None) -> tuple[int, int]:
     """``(trim, mmap)`` thresholds in bytes for a worker whose memory limit is ``limit`` bytes
     (``None`` or 0: no limit), with ``trim`` the configured most (``daskglm.worker-malloc-trim``).
 
-    ``trim`` is capped at ``limit / 64``; the mmap threshold is ``limit / 256`` kept between
+    ``trim`` is capped at ``limit / 64``; the mmap threshold is ``limit / 128`` kept between
     1 MiB and 32 MiB (glibc's largest), and never above ``trim``. Without a limit both are
     ``trim`` (the mmap threshold at most 32 MiB)."""
     trim = int(trim)
