@@ -57,6 +57,43 @@ def test_fit_loads_no_optional_module():
     assert loaded == ["numpy", "xarray"]  # the probe sees the fit's own modules
 
 
+@pytest.mark.parametrize("fe", [False, True])
+def test_a_threaded_fit_loads_no_optional_module(fe):
+    """A fit on dask's threaded scheduler (an in-memory panel, with or without fixed effects)
+    loads none of them either: in particular not ``distributed``, which dask's own scheduler
+    lookup (``dask.base.get_scheduler``) imports to look for a client (tornado, msgpack,
+    click: ~20 MB of the fit's peak); no client can exist where it was never imported. The
+    estimates are checked against statsmodels' GLM with dummies for the effect."""
+    code = f"""
+import numpy as np, xarray as xr
+from daskglm import fit
+rng = np.random.default_rng(0)
+x = rng.normal(size=(30, 8))
+a = rng.normal(scale=0.3, size=(30, 1)) if {fe} else 0.0
+y = rng.poisson(np.exp(0.5 + 0.3 * x + a)).astype(float)
+ds = xr.Dataset({{"y": (("i", "t"), y), "x": (("i", "t"), x)}})
+res = fit(ds, "y", ["x"], "poisson", fe=["i"] if {fe} else None, progress=False)
+import statsmodels.api as sm
+X = np.column_stack([x.ravel(), np.kron(np.eye(30), np.ones((8, 1)))]) if {fe} else sm.add_constant(x.ravel())
+ref = sm.GLM(y.ravel(), X, family=sm.families.Poisson()).fit()
+beta = ref.params[0] if {fe} else ref.params[1]
+assert abs(res.params["x"] - beta) < 1e-8 * abs(beta), (res.params, beta)
+"""
+    # the check imports statsmodels (and, through it, scipy.stats and scipy.optimize) after the
+    # fit: the probe lists what is loaded just before that import
+    names = [n for n in NEVER_FOR_A_FIT if n not in ("statsmodels", "scipy.stats", "scipy.optimize")]
+    probe = code.replace(
+        "import statsmodels.api as sm",
+        f"import sys; loaded = [n for n in {names!r} if n in sys.modules]\nimport statsmodels.api as sm",
+    )
+    probe += "\nprint('LOADED', loaded)"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "LOADED []"
+
+
 def test_worker_kernels_load_the_kernels_layer_only():
     """What a worker unpickles for a pass (the kernels, the graph's tree sums, the worker plugins)
     does not bring the API, the front end, xarray or pandas with it."""

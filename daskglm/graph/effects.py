@@ -31,12 +31,11 @@ from functools import partial
 
 import dask
 import numpy as np
-from dask.base import get_scheduler
 
 from ..kernels import effects_numba
 from ..kernels.effects import Effect, fe_matvec_chunk, slabbed
 from ..kernels.layout import Layout
-from .passes import PASS_COMPUTE, SPLIT_EVERY, PassCounter, in_process, local_pool, run
+from .passes import PASS_COMPUTE, SPLIT_EVERY, PassCounter, current_scheduler, in_process, local_pool, run
 
 __all__ = ["TREE_MIN_BYTES", "ChunkPlan", "FixedEffectPasses"]
 
@@ -243,10 +242,12 @@ class FixedEffectPasses:
         and every input chunk already is data (numpy, or persisted in this process): the
         passes then run on this process's threads without a dask graph (building and ordering
         one cost about 10 ms a pass); else None."""
-        if PASS_COMPUTE.get() is not None or get_scheduler() not in (None, dask.threaded.get):
+        if PASS_COMPUTE.get() is not None or current_scheduler() not in (None, dask.threaded.get):
             return None
         if self._blocks is None:
-            self._blocks = list(dask.compute(*self.plan.blocks)) if in_process(self.arrays) else []
+            # in process: the threaded scheduler by name (dask's lookup would import distributed)
+            local = in_process(self.arrays)
+            self._blocks = list(dask.compute(*self.plan.blocks, scheduler=dask.threaded.get)) if local else []
         return self._blocks or None
 
     def _tree_pays(self, width: int) -> bool:

@@ -14,6 +14,7 @@ One pass is one call to ``dask.compute``; :class:`PassCounter` counts them.
 from __future__ import annotations
 
 import itertools
+import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +37,7 @@ __all__ = [
     "PASS_COMPUTE",
     "LocalPass",
     "in_process",
+    "current_scheduler",
     "local_pool",
     "tree_add",
     "PassCounter",
@@ -284,11 +286,20 @@ def local_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=dask.config.get("num_workers", None) or CPU_COUNT)
 
 
+def current_scheduler():
+    """dask's scheduler for a compute here (``dask.base.get_scheduler()``), without importing
+    ``distributed`` where it was never imported: no client can exist then, and dask's own
+    lookup would import it (with tornado, msgpack, click...: ~20 MB of a threaded fit's peak)."""
+    if "distributed" not in sys.modules and not dask.config.get("scheduler", None):
+        return None
+    return get_scheduler()
+
+
 def in_process(arrays: list) -> bool:
     """Whether a pass over ``arrays`` would run on dask's threaded scheduler in this process (no
     scheduler configured, or ``"threads"``; no :data:`PASS_COMPUTE`) with every chunk of every
     input already data (numpy, or persisted here): it can then skip the dask graph."""
-    if PASS_COMPUTE.get() is not None or get_scheduler() not in (None, dask.threaded.get):
+    if PASS_COMPUTE.get() is not None or current_scheduler() not in (None, dask.threaded.get):
         return False
     return bool(arrays) and all(isinstance(a, da.Array) for a in arrays) and materialized(arrays)
 
@@ -452,7 +463,7 @@ def run(counter: PassCounter | None, what: str, *graphs, optimize: bool = True):
     elif not rest:
         out = ()
     elif compute is None:
-        out = dask.compute(*rest, optimize_graph=optimize)
+        out = dask.compute(*rest, optimize_graph=optimize, scheduler=current_scheduler() or dask.threaded.get)
     else:
         out = compute(rest, optimize)
     if len(rest) < len(graphs):  # the local passes, in their places
