@@ -265,16 +265,18 @@ def fit(
         chunks=chunks,
         storage_options=storage_options,
     )
-    if engine == "numba":  # the specialisations this panel needs (float32 columns, effects), if not yet
-        preload.start(
-            preload.column_dtype(panel.layout, [a.dtype for a in panel.arrays]), effects=fe is not None
-        )
     ways = parse_clusters(cluster, panel.layout.dims) if cov == "cluster" else None
     effects = parse_effects(fe, panel.layout.dims, panel.sizes) if fe is not None else None
     from_store = not isinstance(data, xr.Dataset) or any(
         v.chunks is not None for v in data.data_vars.values()
     )
     with compute_target(client, security, checkpoint=checkpoint) as target:
+        if engine == "numba" and target.client is None:
+            # the specialisations this panel needs (float32 columns, effects), if not yet; on a
+            # cluster the workers run the kernels (their plugin preloads them), not this process
+            preload.start(
+                preload.column_dtype(panel.layout, [a.dtype for a in panel.arrays]), effects=fe is not None
+            )
         nbytes = sum(int(a.nbytes) for a in panel.arrays)
         persisted, persist_reason = persist_decision(persist, nbytes, target, from_store)
         work_panel, chunk_note = persist_panel(panel, target, chunks) if persisted else (panel, "")

@@ -24,7 +24,8 @@ waits for that load and then uses it; nothing is loaded twice. ``import daskglm.
 (the first ``dg.fit`` or ``from daskglm import fit``) starts the float64 warm-up when numba's
 disk cache holds the sweep (:func:`cache_ready`), so it overlaps whatever the script does next
 (reading its data); :func:`daskglm.fit` starts what its panel needs (float32 columns, fixed
-effects) as soon as it knows, and the worker plugin (:mod:`daskglm.runtime.workers`) on each
+effects) as soon as it knows, when it computes in this process (on a cluster the workers run
+the kernels), and the worker plugin (:mod:`daskglm.runtime.workers`) on each
 worker at its setup. ``DASKGLM_PRELOAD=0`` turns it
 off. Before the interpreter exits or forks, the thread is waited for (a fork while it holds
 numba's lock would leave the child's lock held; an exit while it is inside LLVM could crash
