@@ -35,7 +35,7 @@ import numpy as np
 from ..kernels import effects_numba
 from ..kernels.effects import Effect, fe_matvec_chunk, slabbed
 from ..kernels.layout import Layout
-from .passes import PASS_COMPUTE, SPLIT_EVERY, PassCounter, current_scheduler, in_process, local_pool, run
+from .passes import PASS_COMPUTE, SPLIT_EVERY, PassCounter, in_process, local_pool, run, threaded_here
 
 __all__ = ["TREE_MIN_BYTES", "ChunkPlan", "FixedEffectPasses"]
 
@@ -242,7 +242,7 @@ class FixedEffectPasses:
         and every input chunk already is data (numpy, or persisted in this process): the
         passes then run on this process's threads without a dask graph (building and ordering
         one cost about 10 ms a pass); else None."""
-        if PASS_COMPUTE.get() is not None or current_scheduler() not in (None, dask.threaded.get):
+        if not threaded_here():
             return None
         if self._blocks is None:
             # in process: the threaded scheduler by name (dask's lookup would import distributed)

@@ -37,6 +37,7 @@ __all__ = [
     "PASS_COMPUTE",
     "LocalPass",
     "in_process",
+    "threaded_here",
     "current_scheduler",
     "local_pool",
     "tree_add",
@@ -295,11 +296,17 @@ def current_scheduler():
     return get_scheduler()
 
 
+def threaded_here() -> bool:
+    """Whether a pass would run on dask's threaded scheduler in this process: no scheduler
+    configured, or ``"threads"``, and no :data:`PASS_COMPUTE`."""
+    return PASS_COMPUTE.get() is None and current_scheduler() in (None, dask.threaded.get)
+
+
 def in_process(arrays: list) -> bool:
-    """Whether a pass over ``arrays`` would run on dask's threaded scheduler in this process (no
-    scheduler configured, or ``"threads"``; no :data:`PASS_COMPUTE`) with every chunk of every
-    input already data (numpy, or persisted here): it can then skip the dask graph."""
-    if PASS_COMPUTE.get() is not None or current_scheduler() not in (None, dask.threaded.get):
+    """Whether a pass over ``arrays`` would run on dask's threaded scheduler in this process
+    (:func:`threaded_here`) with every chunk of every input already data (numpy, or persisted
+    here): it can then skip the dask graph."""
+    if not threaded_here():
         return False
     return bool(arrays) and all(isinstance(a, da.Array) for a in arrays) and materialized(arrays)
 
