@@ -253,6 +253,8 @@ class FixedEffectsObjective:
         """``Z = A^+ rhs`` by :func:`block_pcg`; ``A Z`` (from its residual) is kept in
         ``self._product`` for :meth:`_concentrated`."""
         x0 = self._warm_for(rhs) if x0 is None else x0
+        # the previous solve's Z and A Z are let go first (O(levels) each: the client's memory)
+        self._warm = self._product = None
         Z, it, rels, AZ = block_pcg(
             self.fe.product,
             rhs,

@@ -462,9 +462,12 @@ def block_pcg(
         warm = np.sqrt(_col_dot(R0, R0)) < bnorm
         X[warm] = X0[warm]
         R[warm] = R0[warm]
-    Zr = inv * R
-    Pd = Zr.copy()
-    rz = _col_dot(R, Zr)
+        del X0, R0
+    # the client holds O(levels) vectors of (k, levels) each (1.2 M levels x 4 columns: 38 MB
+    # a vector): B, X, R, Pd, A Pd (its buffer reused for the preconditioned residual once R
+    # is updated) and the best iterate and residual, no more
+    Pd = inv * R
+    rz = _col_dot(R, Pd)
     it = 0
     rel = np.sqrt(_col_dot(R, R)) / bnorm
     best, best_X = rel.copy(), X.copy()
@@ -494,18 +497,22 @@ def block_pcg(
             if product:
                 best_R[better] = R[better]
         live &= (rel > rtol) & (stalled < STALL_ITERATIONS)
-        np.multiply(inv, R, out=Zr)
+        Zr = np.multiply(inv, R, out=AP)  # A Pd is no longer needed
         rz_new = _col_dot(R, Zr)
         beta = np.where(live & (rz > 0), rz_new / np.where(rz > 0, rz, 1.0), 0.0)[:, None]
         Pd *= beta
         Pd += Zr
         Pd *= live[:, None]
         rz = rz_new
+        del AP, Zr
+    del X, R, Pd
     out = flat.split(drop_constants(best_X))
     if not product:
         return out, it, best
     # A X = B - R (the constants dropped from X lie in A's null space: A X is unchanged)
-    return out, it, best, flat.split(B - best_R)
+    np.subtract(B, best_R, out=best_R)
+    del B
+    return out, it, best, flat.split(best_R)
 
 
 def _constant_shifts(bounds: np.ndarray, used: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
@@ -538,6 +545,7 @@ def _constant_shifts(bounds: np.ndarray, used: np.ndarray) -> Callable[[np.ndarr
         v[:, a:b] -= coef.sum(axis=0)[:, None]
         for (a, b), c in zip(segments[1:], coef, strict=True):
             v[:, a:b] += c[:, None]
-        return v * used
+        v *= used
+        return v
 
     return project
