@@ -208,8 +208,12 @@ def test_column_list():
 
 
 def test_cache_ready_looks_where_numba_caches(monkeypatch, tmp_path):
-    """A cache folder without the sweep's index is cold; an index newer than the kernel's source
-    is ready; one older than the source (an edited kernel) is stale, hence cold."""
+    """A cache folder without the sweep's index is cold; an index of this numba for the kernel's
+    source as it is (numba's stamp: a hash of its bytes), listing a specialisation, is ready,
+    however old its file; one for other source bytes (an edited kernel), of another numba version,
+    empty or unreadable is stale, hence cold."""
+    import pickle
+
     from numba.core import caching, config
 
     monkeypatch.setattr(config, "CACHE_DIR", str(tmp_path))
@@ -218,8 +222,20 @@ def test_cache_ready_looks_where_numba_caches(monkeypatch, tmp_path):
     folder = tmp_path / caching._CacheLocator.get_suitable_cache_subpath(str(source))
     folder.mkdir(parents=True)
     index = folder / "chunk_numba._sweep-100.py311.nbi"
-    index.write_bytes(b"")
-    assert preload.cache_ready()
+    stamp = caching._SourceFileBackedLocatorMixin.get_source_stamp(type("L", (), {"_py_file": str(source)}))
+
+    def write(version, saved, overloads):
+        index.write_bytes(pickle.dumps(version) + pickle.dumps((saved, overloads)))
+
+    write(numba.__version__, stamp, {"signature": "data file"})
     old = source.stat().st_mtime - 10
-    os.utime(index, (old, old))
+    os.utime(index, (old, old))  # older than the source file, the same bytes: numba loads it
+    assert preload.cache_ready()
+    write(numba.__version__, b"another source", {"signature": "data file"})
+    assert not preload.cache_ready()
+    write("0.1.0", stamp, {"signature": "data file"})
+    assert not preload.cache_ready()
+    write(numba.__version__, stamp, {})
+    assert not preload.cache_ready()
+    index.write_bytes(b"")
     assert not preload.cache_ready()

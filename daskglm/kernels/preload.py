@@ -169,27 +169,51 @@ def _target(key: tuple[str, bool]) -> None:
 
 def cache_ready() -> bool:
     """Whether numba's disk cache holds a current compiled sweep: an index file of
-    ``chunk_numba._sweep`` newer than ``kernels/chunk_numba.py``, in the cache directory numba
-    would use (``NUMBA_CACHE_DIR``, else the package's ``__pycache__``). Looked up without
-    importing the kernels. False where the cache is cold (a new install, an edited kernel), or
-    numba keeps it elsewhere (a read-only install): loading then means compiling for 10-30 s."""
+    ``chunk_numba._sweep``, in the cache directory numba would use (``NUMBA_CACHE_DIR``, else the
+    package's ``__pycache__``), written by this numba version for the source as it is now, with at
+    least one specialisation. Looked up without importing the kernels. False where the cache is
+    cold (a new install, an edited kernel), or numba keeps it elsewhere (a read-only install):
+    loading then means compiling for 10-30 s.
+
+    "As it is now" is numba's own source stamp (:func:`_source_stamp`: a hash of the file's
+    bytes since numba 0.61, its mtime and size before), the test numba applies when it loads the
+    index: a file rewritten with the same bytes (a ``git checkout``, an edit undone) keeps its
+    cache, which an mtime comparison would call stale."""
     source = Path(__file__).with_name("chunk_numba.py")
     try:
         from numba.core import caching, config
 
-        stamp = source.stat().st_mtime
-    except (ImportError, OSError):
+        stamp = _source_stamp(caching, source)
+    except (ImportError, OSError, AttributeError):
         return False
     folder = source.parent / "__pycache__"
     if config.CACHE_DIR:  # numba then caches there only
         folder = Path(config.CACHE_DIR) / caching._CacheLocator.get_suitable_cache_subpath(str(source))
-    for index in folder.glob("chunk_numba._sweep-*.nbi"):
-        try:
-            if index.stat().st_mtime >= stamp:
-                return True
-        except OSError:
-            continue
-    return False
+    return any(_index_current(index, stamp) for index in folder.glob("chunk_numba._sweep-*.nbi"))
+
+
+def _source_stamp(caching, source: Path):
+    """numba's freshness stamp of ``source``, as its cache locator computes it."""
+    return caching._SourceFileBackedLocatorMixin.get_source_stamp(SimpleNamespace(_py_file=str(source)))
+
+
+def _index_current(index: Path, stamp) -> bool:
+    """Whether the numba cache index ``index`` was written by this numba for a source whose stamp
+    is ``stamp`` and lists a compiled specialisation (how ``IndexDataCacheFile`` reads it: a
+    pickled version string, then the pickled ``(stamp, overloads)``)."""
+    import pickle
+
+    import numba
+
+    try:
+        with open(index, "rb") as f:
+            version = pickle.load(f)
+            if version != numba.__version__:
+                return False
+            saved, overloads = pickle.loads(f.read())
+    except Exception:  # unreadable, truncated, another format: numba would not use it either
+        return False
+    return saved == stamp and bool(overloads)
 
 
 def start(
