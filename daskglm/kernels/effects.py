@@ -470,8 +470,12 @@ def block_pcg(
     rz = _col_dot(R, Pd)
     it = 0
     rel = np.sqrt(_col_dot(R, R)) / bnorm
-    best, best_X = rel.copy(), X.copy()
-    best_R = R.copy() if product else None
+    best = rel.copy()
+    # each column's best iterate and residual, kept apart from X and R only once some column's
+    # iterate got worse than its best: until then the current ones are the best (two fewer
+    # vectors of (k, levels) in the usual case, where every step improves every column)
+    best_X: np.ndarray | None = None
+    best_R: np.ndarray | None = None
     stalled = np.zeros(k, dtype=int)
     # a column stops on its own once converged or stalled (its recursive residual would go on
     # falling past what its iterate really achieves): it is frozen and left out of the products
@@ -485,17 +489,26 @@ def block_pcg(
             AP[cols] = apply(Pd[cols])
         it += 1
         pap = _col_dot(Pd, AP)
-        alpha = np.where(live & (pap > 0), rz / np.where(pap > 0, pap, 1.0), 0.0)[:, None]
-        X += alpha * Pd
-        R -= alpha * AP
+        alpha = np.where(live & (pap > 0), rz / np.where(pap > 0, pap, 1.0), 0.0)
+        for j in cols:  # column by column: no (k, levels) temporary
+            X[j] += alpha[j] * Pd[j]
+            R[j] -= alpha[j] * AP[j]
         rel = np.where(live, np.sqrt(_col_dot(R, R)) / bnorm, rel)
         better = live & (rel < best)
+        worse = live & ~better
+        if best_X is None and worse.any():
+            # the iterate before this step was every column's best: kept, the worse columns'
+            # step undone (equal to the iterate before it up to rounding)
+            best_X, best_R = X.copy(), R.copy()
+            for j in np.flatnonzero(worse):
+                best_X[j] -= alpha[j] * Pd[j]
+                best_R[j] += alpha[j] * AP[j]
+        elif best_X is not None:
+            for j in np.flatnonzero(better):
+                best_X[j] = X[j]
+                best_R[j] = R[j]
         stalled = np.where(better & (rel < 0.9 * best), 0, stalled + 1)
         best = np.where(better, rel, best)
-        if better.any():
-            best_X[better] = X[better]
-            if product:
-                best_R[better] = R[better]
         live &= (rel > rtol) & (stalled < STALL_ITERATIONS)
         Zr = np.multiply(inv, R, out=AP)  # A Pd is no longer needed
         rz_new = _col_dot(R, Zr)
@@ -505,10 +518,13 @@ def block_pcg(
         Pd *= live[:, None]
         rz = rz_new
         del AP, Zr
+    if best_X is None:
+        best_X, best_R = X, R
     del X, R, Pd
     out = flat.split(drop_constants(best_X))
     if not product:
         return out, it, best
+    assert best_R is not None
     # A X = B - R (the constants dropped from X lie in A's null space: A X is unchanged)
     np.subtract(B, best_R, out=best_R)
     del B
