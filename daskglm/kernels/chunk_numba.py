@@ -644,9 +644,10 @@ def _sweep(
                 h_[i] = 1.0 if unit else wb[i]
         else:
             # the family, weighted in place
-            families_numba.cell_stats(code, yb[:ns], eta[:ns], tb[:ns], eb[:ns], theta, st)
-            if extra or final:
-                families_numba.cell_deviance(code, yb[:ns], eta[:ns], tb[:ns], eb[:ns], theta, dev)
+            if extra or final:  # with the unit deviance (NB2: in the same loop over the cells)
+                families_numba.cell_stats_deviance(code, yb[:ns], eta[:ns], tb[:ns], eb[:ns], theta, st, dev)
+            else:
+                families_numba.cell_stats(code, yb[:ns], eta[:ns], tb[:ns], eb[:ns], theta, st)
             if final:
                 sums[5] += families_numba.cell_separated(code, yb[:ns], eta[:ns], tb[:ns], eb[:ns], ub[:ns])
                 if terms:
