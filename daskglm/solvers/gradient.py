@@ -484,6 +484,10 @@ def adam(
     return SolverResult(x, converged, it, run.log.rows, message, "adam")
 
 
+class _Converged(Exception):
+    """Raised out of scipy's L-BFGS-B when a line-search trial point meets the stopping rule."""
+
+
 def lbfgs(
     objective: Objective, start: np.ndarray, config: LBFGSConfig = LBFGSConfig(), callback=None
 ) -> SolverResult:
@@ -518,6 +522,16 @@ def lbfgs(
                 cache[key] = ez
             if not np.isfinite(ez.ll):
                 return np.inf, np.zeros_like(z)
+            prev = state["prev"]
+            if ez is not prev and ez.ll >= prev.ll - _noise(prev.ll):
+                # the stopping rule at every evaluation, not only at scipy's iteration ends: near
+                # the optimum its line search compares log-likelihoods at rounding level and can
+                # spend twenty passes on one step (NIST's Wampler5), where the first trial point
+                # already meets the rule (as a step from the last iterate, no worse than it)
+                done, dec, rel = run.stop.check(prev.ll, ez.ll, ez.grad, run.phi(ez))
+                if done:
+                    state.update(converged_at=(z.copy(), ez, dec, rel))
+                    raise _Converged
             return -(ez.ll - e_anchor.ll) / phi0, -pre.to_theta(ez.grad) / phi0
 
         def on_iteration(intermediate_result) -> None:
@@ -541,21 +555,27 @@ def lbfgs(
             if state["it"] >= config.max_iter:
                 raise StopIteration
 
-        res = optimize.minimize(
-            fun,
-            np.zeros_like(anchor),
-            jac=True,
-            method="L-BFGS-B",
-            callback=on_iteration,
-            options={
-                "maxiter": config.max_iter - state["it"],
-                "maxfun": 50 * config.max_iter,
-                "maxcor": config.memory,
-                "maxls": config.max_line_search,
-                "ftol": 0.0,
-                "gtol": 0.0,
-            },
-        )
+        try:
+            res = optimize.minimize(
+                fun,
+                np.zeros_like(anchor),
+                jac=True,
+                method="L-BFGS-B",
+                callback=on_iteration,
+                options={
+                    "maxiter": config.max_iter - state["it"],
+                    "maxfun": 50 * config.max_iter,
+                    "maxcor": config.memory,
+                    "maxls": config.max_line_search,
+                    "ftol": 0.0,
+                    "gtol": 0.0,
+                },
+            )
+        except _Converged:
+            z, ez, dec, rel = state.pop("converged_at")
+            state["it"] += 1
+            run.add(state["it"], ez, float(np.linalg.norm(z - state["z"])), decrement=dec, rel_change=rel)
+            state.update(prev=ez, z=z, done=True, message=run.stop.message(dec, rel))
         x = params_of(state["z"])
         e = state["prev"]
         if state["done"] or state["it"] >= config.max_iter:
