@@ -1,7 +1,9 @@
 """Per-cell family maths: ns/cell of the numpy reference against the compiled kernels.
 
 For every family (NB2 with a fixed and an estimated alpha, the binomial with trials, the
-exponential with censoring) on one slab of 65536 cells, single-threaded:
+exponential with censoring) on one slab of the compiled sweep's length (``SLAB_CELLS``, 16384
+cells: NB2's lookup tables are made once per slab, so their cost per cell is the sweep's),
+single-threaded:
 
 * ``numpy``: ``Family.derivatives`` and ``Family.unit_deviance`` (the reference);
 * ``numba``: the compiled ``stats`` / ``deviance`` of ``family.cell_kernel()`` (the vectorisable
@@ -9,7 +11,10 @@ exponential with censoring) on one slab of 65536 cells, single-threaded:
 * ``math.exp``: the same compiled functions rebuilt with ``math.exp`` (a scalar libm call) in place
   of ``families_numba.exp``, to show what the vectorisable exponential buys;
 * and the exponential alone: ``families_numba.exp`` in a compiled loop, ``math.exp`` in a compiled
-  loop, numpy's ``np.exp`` ufunc.
+  loop, numpy's ``np.exp`` ufunc;
+* ``stats + deviance``: what the sweep calls where it needs the unit deviance (every evaluation
+  of NB2 with alpha estimated, every final pass): the two calls one after the other against
+  ``families_numba.cell_stats_deviance`` (NB2's in one loop over the cells).
 
 Times are the best of several repeats of the thread's CPU time (``time.thread_time``), which is
 steadier than wall time on a shared machine. Run: ``python benchmarks/family_cells.py``.
@@ -25,9 +30,10 @@ import numba
 import numpy as np
 
 from daskglm.kernels import families_numba as fn
+from daskglm.kernels.chunk_numba import SLAB_CELLS
 from daskglm.kernels.families import Binomial, Exponential, Gaussian, NegativeBinomial, Poisson
 
-N = 65536
+N = SLAB_CELLS
 
 
 def ns_per_cell(call, reps: int = 40, rounds: int = 7) -> float:
@@ -133,8 +139,29 @@ def main() -> None:
     head = ("family", "numpy", "numba", "math.exp", "speed-up", "numpy", "numba", "math.exp")
     print(f"{'':28s} {'stats (f, g, h[, theta rows])':^36s} | {'unit deviance':^26s}")
     print("{:28s} {:>8s} {:>8s} {:>9s} {:>9s} | {:>8s} {:>8s} {:>8s}".format(*head))
-    for case in cases(rng):
+    all_cases = list(cases(rng))
+    for case in all_cases:
         print(row(*case, out1))
+    print()
+    print(f"{'':28s} {'stats + deviance':^26s}")
+    print("{:28s} {:>8s} {:>8s} {:>8s}".format("family", "2 calls", "fused", "saved"))
+    for case in all_cases:
+        print(fused_row(*case, out1))
+
+
+def fused_row(label, family, y, eta, m, d, extra, out1) -> str:
+    """ns/cell of ``cell_stats`` then ``cell_deviance`` against ``cell_stats_deviance``."""
+    kernel = family.cell_kernel()
+    theta, code = kernel.theta(extra), kernel.code
+    out = np.empty((kernel.n_rows + 2, N))  # the sweep's scratch has two more rows
+
+    def both():
+        fn.cell_stats(code, y, eta, m, d, theta, out)
+        fn.cell_deviance(code, y, eta, m, d, theta, out1)
+
+    t_two = ns_per_cell(both)
+    t_one = ns_per_cell(lambda: fn.cell_stats_deviance(code, y, eta, m, d, theta, out, out1))
+    return f"{label:28s} {t_two:8.2f} {t_one:8.2f} {t_two - t_one:8.2f}"
 
 
 if __name__ == "__main__":
