@@ -144,3 +144,68 @@ def test_lookups_equal_cell_by_cell_values(n):
             fn.cell_stats_deviance(code, y[i : i + 1], eta[i : i + 1], ones[:1], ones[:1], theta, one, dev1)
             np.testing.assert_array_equal(one[:, 0], slab[:, i])
             np.testing.assert_array_equal(dev1[0], dev[i])
+
+
+def test_few_and_many_leftover_cells_agree_bitwise():
+    """Cells outside the lookup table are computed one by one when they are few and by the
+    vectorised series (every cell, selected) when they are many: the same numbers to the bit."""
+    n = 4096
+    rng = np.random.default_rng(11)
+    odd = np.array([1e5, 20000.5, float(n), 12345.0, 5.5, 9.25, 0.5, np.nan, np.inf, -2.0])
+    few = rng.integers(0, 50, n).astype(np.float64)
+    few[: odd.size] = odd  # 10 of 4096 left over: one by one
+    many = np.resize(odd, n)  # all left over: the series
+    eta = np.resize(rng.uniform(-3.0, 12.0, odd.size), n)
+    ones = np.ones(n)
+    for code, theta in ((4, np.array([np.log(0.3)])), (5, np.array([np.log(0.01)])), (4, np.array([-3.0]))):
+        rows = 6 if code == 4 else 3
+        got = {}
+        for name, y in (("few", few), ("many", many)):
+            out, dev = np.empty((rows, n)), np.empty(n)
+            fn.cell_stats_deviance(code, y, eta, ones, ones, theta, out, dev)
+            got[name] = (out[:, : odd.size], dev[: odd.size])
+        np.testing.assert_array_equal(got["few"][0], got["many"][0])
+        np.testing.assert_array_equal(got["few"][1], got["many"][1])
+
+
+def test_large_counts_against_scipy():
+    """Counts in the tens of thousands (most cells outside the table: the series path): ``f``
+    and the unit deviance against scipy's ``nbinom``, the special-function rows against scipy's
+    ``gammaln``, ``digamma`` and ``polygamma``."""
+    rng = np.random.default_rng(12)
+    n = SLAB_CELLS
+    alpha = 0.3
+    r = 1.0 / alpha
+    eta = rng.uniform(8.0, 12.0, n)
+    mu = np.exp(eta)
+    y = rng.negative_binomial(r, r / (r + mu)).astype(np.float64)
+    kernel, theta = _kernel(alpha, True)
+    f, g, h, f_t, f_et, f_tt = _stats(kernel, theta, y, eta)
+    dev = np.empty(n)
+    kernel.deviance(y, eta, np.ones(n), np.zeros(n), theta, dev)
+    logpmf = stats.nbinom.logpmf(y, r, r / (r + mu))
+    np.testing.assert_allclose(f, logpmf + special.gammaln(y + 1.0), rtol=1e-12)
+    # scipy's logpmf is a difference of gammaln values ~1e6: its rounding is ~1e-10 absolute
+    big = 1e-14 * special.gammaln(y + r)
+    saturated = stats.nbinom.logpmf(y, r, r / (r + y))
+    np.testing.assert_allclose(dev, 2.0 * (saturated - logpmf), rtol=1e-10, atol=big.max())
+    f_r = special.digamma(y + r) - special.digamma(r) + np.log(r) - np.log(r + mu) + (mu - y) / (r + mu)
+    f_rr = (
+        special.polygamma(1, y + r)
+        - special.polygamma(1, r)
+        + 1 / r
+        - 1 / (r + mu)
+        - (mu - y) / (r + mu) ** 2
+    )
+    np.testing.assert_allclose(f_t, -r * f_r, rtol=1e-12, atol=1e-13 * r * (np.log(r + mu).max() + 1))
+    np.testing.assert_allclose(f_tt, r * f_r + r * r * f_rr, rtol=1e-12, atol=1e-13 * r * r)
+
+
+def test_lgamma_series_against_mpmath():
+    """``lgamma`` of ``x >= 10`` by Stirling's series (vectorisable): as close to mpmath as libm's."""
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 30
+    x = np.concatenate([np.linspace(10.0, 12.0, 201), np.geomspace(10.0, 1e12, 201), [9.999999, 5.0, 0.5]])
+    got = np.array([fn._lgamma(v) for v in x])
+    want = np.array([float(mpmath.loggamma(mpmath.mpf(v))) for v in x])
+    np.testing.assert_allclose(got, want, rtol=6e-16, atol=0)
