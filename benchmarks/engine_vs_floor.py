@@ -1,7 +1,7 @@
 """Both evaluation engines beside the floor: one plain dask pass over the same arrays.
 
     python benchmarks/engine_vs_floor.py [--cells 2e6,2e7] [--repeat 2] [--engines numpy,numba]
-        [--no-zarr] [--local-ab] [--parts] [--out FILE.json] [--md FILE.md]
+        [--no-zarr] [--local-ab] [--parts] [--cluster] [--out FILE.json] [--md FILE.md]
 
 The panel: 3-D Poisson, 29 coefficients in 7 dim-blocks (full grid, (i,j), (i,k), (j,k), i, j,
 k) plus the intercept, chunks of 100 x 100 x k. For each size and engine (``"numpy"``, the
@@ -14,7 +14,9 @@ reference kernel, and ``"numba"``, the compiled sweep of :mod:`daskglm.kernels.c
   floor, one ``dask.compute`` of the sum of every full-grid array;
 * **from zarr**: the same from a float32 zarr store on local disk (each pass reads it).
 
-``--parts`` profiles one chunk's compiled evaluation instead (:func:`sweep_parts`).
+``--parts`` profiles one chunk's compiled evaluation instead (:func:`sweep_parts`); ``--cluster``
+times the iteration and the floor with the panel persisted on a ``LocalCluster`` of two
+one-thread workers (:func:`on_cluster`).
 
 Writes ``engine_vs_floor.json`` and ``ENGINE.md`` (the before/after table) next to this script.
 Run it under the shared lock (``flock /tmp/notes/bench.lock python benchmarks/engine_vs_floor.py``):
@@ -182,6 +184,42 @@ def sweep_parts(cells: int) -> dict:
     return out
 
 
+def on_cluster(cells: int, repeat: int, workers: int = 2) -> dict:
+    """In memory on a cluster, as the issue states the target: the panel persisted on a
+    ``LocalCluster`` of ``workers`` one-thread worker processes; seconds per Newton iteration
+    (numba, median over the fit's iterations, best of ``repeat`` fits) beside the floor, one
+    plain dask pass reading every full-grid array once on the same cluster."""
+    from distributed import Client, LocalCluster
+
+    i, j, k = SHAPES[cells]
+    ds = simulate_panel({"i": i, "j": j, "k": k}, "poisson", seed=1, chunks={"i": 100, "j": 100})
+    x = [v for v in ds.data_vars if v.startswith("x_")]
+    kw = {"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
+    with LocalCluster(**kw) as cluster, Client(cluster) as client:
+        mem = client.persist(ds)
+        dg.fit(mem, "y", x, "poisson", client=client, progress=False)  # workers load the kernels
+        fl = floor_seconds(mem, max(repeat, 3))
+        best, res = np.inf, None
+        for _ in range(repeat):
+            res = dg.fit(mem, "y", x, "poisson", client=client, progress=False)
+            best = min(best, float(np.median(np.diff(res.history["seconds"].to_numpy()))))
+    rec = {
+        "cells": cells,
+        "workers": workers,
+        "chunks": list(ds.y.data.chunksize),
+        "floor_s": fl,
+        "iteration_s": best,
+        "ratio": best / fl,
+        "iterations": int(res.n_iter),
+    }
+    print(
+        f"{cells:.0e} cells persisted on {workers} workers, numba: iteration {best:.3f}s  floor {fl:.3f}s  "
+        f"ratio {best / fl:.2f}x  ({rec['iterations']} it.)",
+        flush=True,
+    )
+    return rec
+
+
 def run_size(
     cells: int, repeat: int, workdir: str, engines: tuple[str, ...] = ENGINES, zarr: bool = True
 ) -> dict:
@@ -288,6 +326,9 @@ def main() -> None:
     p.add_argument("--no-zarr", action="store_true", help="in memory only (no store written or read)")
     p.add_argument("--local-ab", action="store_true", help="only the LocalPass / dask graph A/B in memory")
     p.add_argument("--parts", action="store_true", help="only the compiled kernel's parts on one chunk")
+    p.add_argument(
+        "--cluster", action="store_true", help="only in memory on a LocalCluster of two one-thread workers"
+    )
     here = Path(__file__).parent
     p.add_argument("--out", default=str(here / "engine_vs_floor.json"), help="JSON record")
     p.add_argument("--md", default=str(here / "ENGINE.md"), help="markdown table")
@@ -301,6 +342,11 @@ def main() -> None:
     if a.parts:
         for c in sizes:
             sweep_parts(c)
+        return
+    if a.cluster:
+        runs = [on_cluster(c, a.repeat) for c in sizes]
+        if a.out:
+            Path(a.out).write_text(json.dumps({"date": time.ctime(), "cluster": runs}, indent=1) + "\n")
         return
     workdir = a.workdir or tempfile.mkdtemp(prefix="engine_vs_floor_")
     engines = tuple(a.engines.split(","))
