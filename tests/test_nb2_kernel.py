@@ -10,7 +10,10 @@ of the lookup table's limit (the slab length), non-integer and missing responses
 * ``g, h`` and the ``theta = log alpha`` rows ``f_t, f_et, f_tt`` are central differences of the
   compiled ``f`` (and ``g``, ``f_t``);
 * ``cell_stats_deviance`` gives ``cell_stats`` and ``cell_deviance`` bit for bit, for every
-  family, and the lookups give the cell-by-cell values bit for bit.
+  family, and the lookups give the cell-by-cell values bit for bit, as do the two ways of
+  computing the cells outside the table (one by one when few, vectorised series when many);
+* counts in the tens of thousands (the series path) against scipy, and Stirling's ``lgamma``
+  against mpmath.
 """
 
 from __future__ import annotations
