@@ -499,14 +499,17 @@ def block_pcg(
         if best_X is None and worse.any():
             # the iterate before this step was every column's best: kept, the worse columns'
             # step undone (equal to the iterate before it up to rounding)
-            best_X, best_R = X.copy(), R.copy()
+            best_X = X.copy()
+            best_R = R.copy() if product else None
             for j in np.flatnonzero(worse):
                 best_X[j] -= alpha[j] * Pd[j]
-                best_R[j] += alpha[j] * AP[j]
+                if best_R is not None:
+                    best_R[j] += alpha[j] * AP[j]
         elif best_X is not None:
             for j in np.flatnonzero(better):
                 best_X[j] = X[j]
-                best_R[j] = R[j]
+                if best_R is not None:
+                    best_R[j] = R[j]
         stalled = np.where(better & (rel < 0.9 * best), 0, stalled + 1)
         best = np.where(better, rel, best)
         live &= (rel > rtol) & (stalled < STALL_ITERATIONS)
@@ -519,7 +522,7 @@ def block_pcg(
         rz = rz_new
         del AP, Zr
     if best_X is None:
-        best_X, best_R = X, R
+        best_X, best_R = X, (R if product else None)
     del X, R, Pd
     out = flat.split(drop_constants(best_X))
     if not product:
