@@ -20,6 +20,7 @@ __all__ = [
     "check_arrow_types",
     "read_column",
     "flat_index",
+    "pandas_index_columns",
 ]
 
 
@@ -39,6 +40,22 @@ class Source:
     batches: Callable[[list[str]], Iterable[pa.RecordBatch]]
     n_rows: int | None
     pandas_dtypes: dict | None = None
+
+
+def pandas_index_columns(schema: pa.Schema) -> set[str]:
+    """The columns that hold an unnamed pandas index (``__index_level_0__``, ...) according to the
+    pandas metadata pyarrow writes (``schema.pandas_metadata["index_columns"]``): pandas stores a
+    DataFrame's non-default index as columns when it writes parquet. A *named* index (``rid``) is
+    a column by that name, kept as any other; a ``RangeIndex`` is stored as metadata only."""
+    try:
+        meta = schema.pandas_metadata
+    except Exception:  # malformed metadata: nothing to drop
+        return set()
+    if not meta:
+        return set()
+    index = {c for c in meta.get("index_columns", []) if isinstance(c, str)}
+    named = {c.get("field_name") for c in meta.get("columns", []) if c.get("name") is not None}
+    return {c for c in index if c not in named and c in schema.names}
 
 
 def _pandas_batches(df: pd.DataFrame, columns: list[str], piece_rows: int) -> Iterator[pa.RecordBatch]:
@@ -63,9 +80,10 @@ def open_source(table, storage_options: dict | None, piece_rows: int, keys: Sequ
     if isinstance(table, pa.RecordBatch):
         table = pa.Table.from_batches([table])
     if isinstance(table, pa.Table):
+        hidden = pandas_index_columns(table.schema)
         return Source(
             "the pyarrow Table",
-            list(table.column_names),
+            [c for c in table.column_names if c not in hidden],
             lambda cols: table.select(cols).to_batches(max_chunksize=piece_rows),
             table.num_rows,
         )
@@ -149,7 +167,9 @@ def _file_source(paths, storage_options: dict | None, piece_rows: int, keys: Seq
             )
 
         n_rows = sum(parquet_file(f).metadata.num_rows for f in files)
-        names = parquet_file(files[0]).schema_arrow.names
+        schema = parquet_file(files[0]).schema_arrow
+        hidden = pandas_index_columns(schema)  # pandas' unnamed index: not a column of the table
+        names = [c for c in schema.names if c not in hidden]
         keys = [k for k in keys if k in names]
 
         def batches(cols):
