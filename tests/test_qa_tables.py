@@ -62,3 +62,64 @@ def test_parquet_pandas_index_is_not_a_column(trade, tmp_path):
 
     ds = dg.from_long(pq.read_table(path), dims=DIMS)
     assert sorted(ds.data_vars) == ["Euros", "dist_km"]
+
+
+# ---------------------------------------------------------------- 3: C() on label columns
+def _regions(df: pd.DataFrame) -> pd.DataFrame:
+    region = np.where(df.Origin < "F", "north", np.where(df.Origin < "L", "mid", "south"))
+    return df.assign(region=region)
+
+
+@needs_trade
+def test_c_of_a_string_or_category_column_of_a_long_table_matches_pyfixest(trade, tmp_path):
+    import pyfixest as pf
+
+    df = _regions(trade)
+    f = "Euros ~ log(dist_km) + C(region) | Destination"
+    ref = pf.fepois(f, df).coef()  # pyfixest 0.60 on the same rows
+    df.to_parquet(tmp_path / "t.parquet")
+    df.to_csv(tmp_path / "t.csv", index=False)
+    tables = {
+        "str": df,
+        "category": df.assign(region=df.region.astype("category")),
+        "parquet": tmp_path / "t.parquet",
+        "csv": tmp_path / "t.csv",
+    }
+    for what, table in tables.items():
+        r = _quiet_fit(table, f, family="poisson", dims=DIMS)
+        assert list(r.params.index) == list(ref.index), what
+        np.testing.assert_allclose(r.params.to_numpy(), ref.to_numpy(), rtol=1e-6, err_msg=what)
+    # region is a property of Origin: placed on (Origin,), kept as its labels
+    ds = dg.from_long(df, DIMS, values=["Euros", "region"], categorical=["region"])
+    assert ds.region.dims == ("Origin",)
+    assert set(ds.region.values) == {"north", "mid", "south"}
+
+
+def test_c_of_a_cell_varying_label_column_with_missing_values_matches_statsmodels():
+    import statsmodels.api as sm
+    import statsmodels.formula.api as smf
+
+    rng = np.random.default_rng(3)
+    long = pd.DataFrame([(i, t) for i in range(40) for t in range(15)], columns=["i", "t"])
+    long["x"] = rng.normal(size=len(long))
+    grade = rng.choice(["low", "mid", "top"], size=len(long)).astype(object)
+    grade[rng.random(len(long)) < 0.05] = None  # missing labels: those cells are left out
+    long["grade"] = grade
+    eff = pd.Series({"low": 0.0, "mid": 0.4, "top": -0.3}).reindex(long.grade).fillna(0).to_numpy()
+    long["y"] = rng.poisson(np.exp(0.5 + 0.3 * long.x + eff)).astype(float)
+    r = _quiet_fit(long, "y ~ x + C(grade)", family="poisson", dims=["i", "t"], missing="drop")
+    s = smf.glm("y ~ x + C(grade)", long.dropna(), family=sm.families.Poisson()).fit(tol=1e-12)
+    assert r.nobs == int(long.grade.notna().sum())
+    assert sorted(r.params.index) == sorted(s.params.index)  # C(grade)[T.mid], C(grade)[T.top]
+    np.testing.assert_allclose(r.params[s.params.index].to_numpy(), s.params.to_numpy(), rtol=1e-8)
+    np.testing.assert_allclose(r.bse[s.params.index].to_numpy(), s.bse.to_numpy(), rtol=1e-6)
+
+
+def test_a_label_column_outside_c_keeps_its_error(tmp_path):
+    long = pd.DataFrame({"i": [0, 0, 1, 1], "t": [0, 1, 0, 1], "y": [1.0, 2, 3, 4], "g": list("abab")})
+    with pytest.raises(ValueError, match=r"value column 'g' is of dtype .*not numeric.*C\(g\)"):
+        dg.fit(long, "y ~ g", family="poisson", dims=["i", "t"], progress=False)
+    with pytest.raises(ValueError, match=r"value column 'g' is of dtype"):
+        dg.from_long(long, ["i", "t"])
+    with pytest.raises(ValueError, match=r"'g'.*hold labels.*zarr store"):
+        dg.from_long(long, ["i", "t"], to=tmp_path / "g.zarr", categorical=["g"])

@@ -196,6 +196,24 @@ def parse_formula(formula: str) -> FormulaSpec:
     return FormulaSpec(formula, lhs, terms, intercept, offsets, fe, names)
 
 
+def _categorical_names(spec: FormulaSpec) -> list[str]:
+    """The variables a ``C(v)`` term reads directly (``C(region)``): a long table keeps them as
+    their labels (strings, categories), whatever their type."""
+    out = []
+    for t in spec.terms:
+        for f in t.factors:
+            node = ast.parse(f, mode="eval").body
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == "C"
+                and len(node.args) == 1
+                and isinstance(node.args[0], ast.Name)
+            ):
+                out.append(node.args[0].id)
+    return out
+
+
 def _rhs_names(spec: FormulaSpec) -> set[str]:
     names: set[str] = set()
     for expr in [f for t in spec.terms for f in t.factors] + spec.offsets:
@@ -422,8 +440,9 @@ def apply_formula(
             extra += [v for v in family.aux_sources().values() if isinstance(v, str)]
         values += [v for v in extra if v not in values and v not in keys]
         ds = from_long(
-            data, keys, y=lhs_names, values=values, storage_options=storage_options, progress=progress
-        )
+            data, keys, y=lhs_names, values=values, storage_options=storage_options, progress=progress,
+            categorical=[c for c in _categorical_names(spec) if c not in keys],
+        )  # fmt: skip
     else:
         ds = open_data(data, storage_options)
     ns = _Namespace(ds, formula)

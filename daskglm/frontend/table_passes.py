@@ -33,15 +33,18 @@ CHUNK_CELLS = 1 << 19
 
 class PieceColumns(dict):
     """A piece's value columns as float64, converted when first asked for; ``("key", a, b)``
-    is the codes of dim ``b`` (to find nested dims)."""
+    is the codes of dim ``b`` (to find nested dims). ``readers`` maps a column to its own
+    conversion (a categorical column's codes, :class:`~.table_sources.CategoryCoder`)."""
 
-    def __init__(self, batch: pa.RecordBatch, codes: Sequence[np.ndarray]):
+    def __init__(self, batch: pa.RecordBatch, codes: Sequence[np.ndarray], readers: dict | None = None):
         super().__init__()
-        self.batch, self.codes = batch, codes
+        self.batch, self.codes, self.readers = batch, codes, readers or {}
 
     def __missing__(self, key):
         if isinstance(key, tuple):
             out = self.codes[key[2]].astype(np.float64)
+        elif key in self.readers:
+            out = self.readers[key](self.batch.column(key))
         else:
             out = read_column(self.batch, key)
         self[key] = out

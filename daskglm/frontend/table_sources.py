@@ -16,6 +16,8 @@ __all__ = [
     "Source",
     "open_source",
     "LevelCoder",
+    "CategoryCoder",
+    "is_numeric_type",
     "check_pandas_dtypes",
     "check_arrow_types",
     "read_column",
@@ -258,6 +260,57 @@ class LevelCoder:
         return order
 
 
+class CategoryCoder:
+    """Codes of a categorical value column (strings, pandas categories, dates): float64 codes in
+    order of first appearance, NaN where the value is missing, so that the passes treat the
+    column as a number; :meth:`decode` turns codes back into the labels."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.index = pd.Index([])
+
+    def encode(self, arr: pa.Array) -> np.ndarray:
+        fresh = not pa.types.is_dictionary(arr.type)
+        enc = arr.dictionary_encode() if fresh else arr
+        labels = _labels(enc.dictionary)
+        indices = enc.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        missing = pd.isna(labels)
+        pos = self.index.get_indexer(labels).astype(np.int64)
+        new = (pos < 0) & ~np.asarray(missing, dtype=bool)
+        if new.any() and not fresh:  # a given dictionary may hold labels this piece does not use
+            used = np.zeros(len(labels), dtype=bool)
+            used[indices] = True
+            new &= used
+        if new.any():
+            add = labels[new].unique()
+            self.index = add if not len(self.index) else self.index.append(add)
+            pos = self.index.get_indexer(labels).astype(np.int64)
+        codes = pos[indices].astype(np.float64) if len(pos) else np.zeros(len(arr))
+        codes[codes < 0] = np.nan
+        if arr.null_count:
+            codes[arr.is_null().to_numpy(zero_copy_only=False)] = np.nan
+        return codes
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """The labels at ``codes`` (any shape): float64 for numeric labels, else an object array;
+        NaN where a code is NaN."""
+        ok = ~np.isnan(codes)
+        at = codes[ok].astype(np.int64)
+        kind = self.index.dtype
+        if pd.api.types.is_numeric_dtype(kind) and not pd.api.types.is_bool_dtype(kind):
+            out = np.full(codes.shape, np.nan)
+            out[ok] = self.index.to_numpy(dtype=np.float64)[at]
+        else:
+            out = np.full(codes.shape, np.nan, dtype=object)
+            out[ok] = self.index.to_numpy(dtype=object)[at]
+        return out
+
+
+def is_numeric_type(t: pa.DataType) -> bool:
+    """Whether an arrow column of type ``t`` is read as numbers (booleans as 0/1)."""
+    return _numeric_ok(t)
+
+
 def _numeric_ok(t: pa.DataType) -> bool:
     return (
         pa.types.is_integer(t)
@@ -271,15 +324,20 @@ def _numeric_ok(t: pa.DataType) -> bool:
 def _non_numeric(name: str, what: str, dims: Sequence[str]) -> ValueError:
     return ValueError(
         f"value column {name!r} is {what}, not numeric, so it cannot be a covariate as it is. Encode "
-        f"it: as fixed effects (fit(..., fe=...)), or as 0/1 dummy columns "
+        f"it: in a formula as C({name}) (dummy columns), as fixed effects (fit(..., fe=...)), or as 0/1 "
+        "dummy columns "
         f"(pd.get_dummies(table, columns=[{name!r}], drop_first=True, dtype=float)); if it names the "
         f"cells, add it to dims= (now {list(dims)}); or leave it out with values=[...]. Booleans are "
         "read as 0/1."
     )
 
 
-def check_pandas_dtypes(dtypes: dict, values: Sequence[str], dims: Sequence[str]) -> None:
+def check_pandas_dtypes(
+    dtypes: dict, values: Sequence[str], dims: Sequence[str], categorical: Sequence[str] = ()
+) -> None:
     for v in values:
+        if v in categorical:
+            continue
         dt = dtypes[v]
         if pd.api.types.is_bool_dtype(dt) or (
             pd.api.types.is_numeric_dtype(dt) and not pd.api.types.is_complex_dtype(dt)
@@ -288,8 +346,12 @@ def check_pandas_dtypes(dtypes: dict, values: Sequence[str], dims: Sequence[str]
         raise _non_numeric(v, f"of dtype {dt}", dims)
 
 
-def check_arrow_types(schema: pa.Schema, values: Sequence[str], dims: Sequence[str]) -> None:
+def check_arrow_types(
+    schema: pa.Schema, values: Sequence[str], dims: Sequence[str], categorical: Sequence[str] = ()
+) -> None:
     for v in values:
+        if v in categorical:
+            continue
         t = schema.field(v).type
         if not _numeric_ok(t):
             raise _non_numeric(v, f"of type {t}", dims)

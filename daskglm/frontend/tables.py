@@ -46,10 +46,12 @@ import xarray as xr
 from .table_passes import CHUNK_CELLS, DuplicateCells, MemorySink, PieceColumns, SubsetDetector, chunk_shape
 from .table_sources import (
     PIECE_ROWS,
+    CategoryCoder,
     LevelCoder,
     Source,
     check_arrow_types,
     check_pandas_dtypes,
+    is_numeric_type,
     open_source,
     read_column,
 )
@@ -138,6 +140,7 @@ def from_long(
     piece_rows: int = PIECE_ROWS,
     memory: int = 128 << 20,
     spill_dir: str | os.PathLike | None = None,
+    categorical: Sequence[str] | None = None,
 ) -> xr.Dataset:
     """Turn a long table (one row per observed cell) into a panel ``xarray.Dataset``.
 
@@ -177,6 +180,12 @@ def from_long(
     memory : int
         Bytes of bucketed rows held in memory while writing a store before they are spilled to
         temporary files (in ``spill_dir``, default the system's temporary folder).
+    categorical : list of str, optional
+        Value columns that may hold labels (strings, pandas categories, dates): such a column
+        is kept as its labels (an object array, NaN where missing; numeric labels as float64),
+        placed on the dims it varies over like any other, for a formula's ``C(col)``. A
+        categorical column that is numeric already is read as numbers. In memory only: a
+        store (``to=``) holds numeric arrays.
 
     Returns
     -------
@@ -188,8 +197,8 @@ def from_long(
     Raises
     ------
     ValueError
-        A dim that is not a column, a key with missing values, a non-numeric value column,
-        or duplicate keys (the message shows some).
+        A dim that is not a column, a key with missing values, a non-numeric value column
+        (not in ``categorical``), or duplicate keys (the message shows some).
     """
     t0 = time.perf_counter()
     compressors = zarr_compressors(codec)
@@ -203,11 +212,14 @@ def from_long(
     keys = [dims] if isinstance(dims, str) else list(dims or [])
     source = open_source(table, storage_options, int(piece_rows), keys)
     dims, values, full = _check_args(source, dims, values, y)
+    categorical = [categorical] if isinstance(categorical, str) else list(categorical or [])
+    categorical = [c for c in categorical if c in values]
     if source.pandas_dtypes is not None:
-        check_pandas_dtypes(source.pandas_dtypes, values, dims)
+        check_pandas_dtypes(source.pandas_dtypes, values, dims, categorical)
     nd = len(dims)
     coders = [LevelCoder(d) for d in dims]
     detector = SubsetDetector(nd, values, set(full))
+    labelled: dict[str, CategoryCoder] = {}  # the categorical columns that hold labels
 
     # pass 1: labels and where each column lives
     n_rows = 0
@@ -215,12 +227,24 @@ def from_long(
     try:
         for batch in source.batches(dims + values):
             if n_rows == 0:
-                check_arrow_types(batch.schema, values, dims)
+                check_arrow_types(batch.schema, values, dims, categorical)
+                for c in categorical:
+                    if not is_numeric_type(batch.schema.field(c).type) and c not in labelled:
+                        labelled[c] = CategoryCoder(c)
+                if labelled and to is not None:
+                    first = batch.schema.field(next(iter(labelled))).type
+                    raise ValueError(
+                        f"column(s) {sorted(labelled)} hold labels (type {first}),"
+                        " which a zarr store written by from_long(to=...) does not take: build the panel in "
+                        "memory (no to=), or encode them as numbers first (table[col].astype('category')"
+                        ".cat.codes) and use C(col) on the codes"
+                    )
             n = batch.num_rows
             if n == 0:
                 continue
             codes = [c.encode(batch.column(d), n_rows) for c, d in zip(coders, dims, strict=True)]
-            vals = PieceColumns(batch, codes)
+            readers = {v: cc.encode for v, cc in labelled.items()}
+            vals = PieceColumns(batch, codes, readers)
             detector.update(codes, vals, [len(c.index) for c in coders], n)
             n_rows += n
             bar.update(n)
@@ -241,7 +265,8 @@ def from_long(
     for v in values:
         s = placed[v]
         if len(s) < nd:
-            arr = detector.values_on(v, s, sizes, orders).astype(dtype)
+            arr = detector.values_on(v, s, sizes, orders)
+            arr = labelled[v].decode(arr) if v in labelled else arr.astype(dtype)
             small[v] = (tuple(dims[a] for a in s), arr)
     nested = detector.nested()
     del detector
@@ -273,7 +298,11 @@ def from_long(
                 if n == 0:
                     continue
                 codes = [c.encode(batch.column(d), done) for c, d in zip(frozen, dims, strict=True)]
-                sink.add(codes, {v: read_column(batch, v) for v in on_grid}, n)
+                cols = {
+                    v: labelled[v].encode(batch.column(v)) if v in labelled else read_column(batch, v)
+                    for v in on_grid
+                }
+                sink.add(codes, cols, n)
                 done += n
                 bar.update(n)
                 _release()
@@ -295,7 +324,8 @@ def from_long(
             if v in small:
                 ds[v] = xr.Variable(small[v][0], small[v][1], attrs=attrs_of(v))
             else:
-                ds[v] = xr.Variable(tuple(dims), sink.arrays[v], attrs=attrs_of(v))
+                arr = labelled[v].decode(sink.arrays[v]) if v in labelled else sink.arrays[v]
+                ds[v] = xr.Variable(tuple(dims), arr, attrs=attrs_of(v))
         ds = ds[values]
     else:
         chunk = chunk_shape(dict(zip(dims, sizes, strict=True)), chunks)
