@@ -82,6 +82,7 @@ def _panel(family, seed: int, missing: str, float32: bool):
         y[1, 2, 3] = 0.0  # not a positive duration
         aux["event"] = rng.integers(0, 2, shape).astype(float)
     y.reshape(-1)[rng.integers(0, y.size, 6)] = np.nan
+    y.reshape(-1)[np.flatnonzero(np.isnan(y))[:2]] = [np.inf, -np.inf]  # counted (inf_y), never used
     values[iy] = y
     for role, a in aux.items():
         if missing == "drop":
@@ -156,6 +157,7 @@ def _reference(layout: Layout, values) -> dict:
     out["n_candidate"] = np.count_nonzero(cand)
     out["n_used"] = np.count_nonzero(used)
     out["neg_weights"] = np.count_nonzero((w < 0) & used)
+    out["inf_y"] = np.count_nonzero(np.isinf(y) & (full[iw] != 0))
     rules = fam.domain_rules()
     out["domain"] = np.array([np.count_nonzero(r.bad(yu, aux) & used) for r in rules] or [0])
     e = np.exp(off)

@@ -264,8 +264,23 @@ def interpret_setup(layout: Layout, stats: dict) -> SetupInfo:
             f"{yname!r} is observed). Fix those values, mask the cells (set {yname!r} to NaN "
             "there), or pass missing='drop' to leave them out"
         )
+    n_inf = int(stats.get("inf_y", 0))
+    if n_inf and layout.missing != "drop":
+        log_hint = (
+            " (the log of a zero is -inf: leave the zeros out this way, or model the level itself "
+            "with a log-link family such as family='poisson', which keeps them)"
+            if "log" in yname
+            else ""
+        )
+        raise DataError(
+            f"response {yname!r} is infinite (inf or -inf) at {n_inf} cell(s); only NaN marks a "
+            f"missing cell. Fix those values, set {yname!r} to NaN there, or pass missing='drop' to "
+            f"leave them out{log_hint}"
+        )
+    if n_inf:
+        dropped_by[yname] = n_inf
     n_used = int(stats["n_used"])
-    n_dropped = int(stats["n_candidate"]) - n_used
+    n_dropped = int(stats["n_candidate"]) - n_used + n_inf
     if n_used == 0:
         raise DataError(
             f"the panel is empty after masking: no cell has a finite {yname!r}"

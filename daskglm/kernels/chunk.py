@@ -215,7 +215,7 @@ def setup_packer(layout: Layout) -> StatPacker:
     p = StatPacker()
     for name in ("n_candidate", "n_used", "sw", "swy", "swy2", "swoff", "swyoff", "swd", "swm"):
         p.add(name)
-    p.add("ll_const").add("ll_sat").add("neg_weights")
+    p.add("ll_const").add("ll_sat").add("neg_weights").add("inf_y")
     p.add("bad_used", (len(layout.args),)).add("bad_any", (len(layout.args),))
     p.add("nonpos_exposure", (len(layout.args),))
     p.add("domain", (max(1, len(layout.family.domain_rules())),))
@@ -339,16 +339,22 @@ def _setup_sums(layout: Layout, arrays: tuple, shape: tuple[int, ...]) -> dict:
     out: dict[str, object] = dict.fromkeys(
         ("n_candidate", "n_used", "sw", "swy", "swy2", "swoff", "swyoff", "swd", "swm", "ll_const"), 0.0
     )
-    out["ll_sat"], out["neg_weights"] = 0.0, 0.0
+    out["ll_sat"], out["neg_weights"], out["inf_y"] = 0.0, 0.0, 0.0
     counts = _InputCounts(layout)
     domain = np.zeros(max(1, len(rules)))
     weighted = bool(layout.role("weights"))
+    (iy,) = layout.role("y")
     for cut, slab_arrays in _cell_slabs(layout, arrays, shape):
         d = ChunkData(layout, slab_arrays)
         cand, used, n = d.candidate, d.used, int(np.prod(d.shape))
         counts.add(d, cut, range(len(layout.args)))
         out["n_candidate"] += n if d.all_used else np.count_nonzero(cand)
         out["n_used"] += n if d.all_used else np.count_nonzero(used)
+        if not d.all_used:  # an infinite y (not missing: an error unless missing="drop")
+            inf_y = np.isinf(np.asarray(slab_arrays[iy], dtype=np.float64))
+            if weighted:
+                inf_y &= d.local[layout.role("weights")[0]] != 0
+            out["inf_y"] += np.count_nonzero(inf_y)
         if weighted:
             out["neg_weights"] += np.count_nonzero((d.w < 0) & used)
         for q, r in enumerate(rules):

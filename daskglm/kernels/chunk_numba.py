@@ -50,7 +50,7 @@ SLAB_CELLS = 16384
 #: the setup pass's counts and sums as the sweep accumulates them (``su``), then the domain rules
 _SETUP_SUMS = (
     "n_candidate", "n_used", "neg_weights", "sw", "swy", "swy2", "swoff", "swyoff", "swd", "swm", "ll_const",
-    "ll_sat",
+    "ll_sat", "inf_y",
 )  # fmt: skip
 
 #: reassociation lets the sums vectorise; no finite-math assumption (NaN/inf stay honest)
@@ -417,24 +417,29 @@ def _pack4(s0, s1, s2, s3, d0, d1, d2, d3, eta, b0, b1, b2, b3, first, bad):  # 
 @_jit
 def _mask(y, wb, weighted, drop, c0, safe_y, ub, yb):  # pragma: no cover - compiled
     """ub = the used cells (finite y, non-zero weight, not dropped), yb = y there (safe_y
-    elsewhere); returns the number of unused cells and of cells that are not candidates
-    (``ChunkData.candidate``: finite y and non-zero weight, before the drop)."""
+    elsewhere); returns the number of unused cells, of cells that are not candidates
+    (``ChunkData.candidate``: finite y and non-zero weight, before the drop) and of cells with
+    an infinite y and a non-zero weight (an error unless ``missing="drop"``)."""
     n = y.shape[0]
     bad = 0
     not_cand = 0
+    inf_y = 0
     has_drop = drop.shape[0] > 0
     for i in range(n):
         v = y[i]
         ok = abs(v) < np.inf
+        infinite = abs(v) == np.inf
         if weighted:
             ok = ok & (wb[i] != 0.0)
+            infinite = infinite & (wb[i] != 0.0)
         not_cand += 0 if ok else 1
+        inf_y += 1 if infinite else 0
         if has_drop:
             ok = ok & (drop[c0 + i] == 0)
         ub[i] = ok
         yb[i] = v if ok else safe_y
         bad += 0 if ok else 1
-    return bad, not_cand
+    return bad, not_cand, inf_y
 
 
 @_jit
@@ -537,9 +542,10 @@ def _sweep(
 
     ``setup``: the setup pass instead (no family derivatives, no gradient: ``w`` takes the
     place of ``w h``, so the Hessian's accumulations are the Gram's; eta is the offset) with
-    the counts and sums of ``su`` (:data:`_SETUP_SUMS`). ``terms`` adds the family's setup
-    terms into ``su[10:]`` (:func:`daskglm.kernels.families_numba.cell_setup`): 1 the
-    constant only (at the final pass), 2 also the saturated f and the domain rules.
+    the counts and sums of ``su`` (:data:`_SETUP_SUMS`, ``su[12]`` the cells with an infinite
+    y). ``terms`` adds the family's setup terms into ``su[10:12]`` and the domain rules' counts
+    into ``su[13:]`` (:func:`daskglm.kernels.families_numba.cell_setup`): 1 the constant only
+    (at the final pass), 2 also the saturated f and the domain rules.
     """  # fmt: skip
     R = B.shape[1]
     F = len(src)
@@ -587,7 +593,7 @@ def _sweep(
         weighted = wgrid >= 0
         if weighted:
             _gather(wb, WV, Bv[wgrid], S[wgrid], L)
-        bad, not_cand = _mask(y[c0 : c0 + ns], wb, weighted, drop, c0, safe_y, ub, yb)
+        bad, not_cand, inf_y = _mask(y[c0 : c0 + ns], wb, weighted, drop, c0, safe_y, ub, yb)
         unit = not weighted and bad == 0
         if bad:
             for i in range(ns):
@@ -631,11 +637,12 @@ def _sweep(
         if setup:  # counts, sums, the family's terms; w in the place of w h
             su[0] += ns - not_cand
             su[1] += ns - bad
+            su[12] += inf_y
             families_numba.exp_array(eta[:ns], tmp[:ns])
             _moments(yb, wb, tmp, tb, eb, unit, ns, su)
             if terms:
                 families_numba.cell_setup(
-                    code, yb[:ns], tb[:ns], eb[:ns], ub[:ns], theta, lf_table, False, cst, sat, su[12:]
+                    code, yb[:ns], tb[:ns], eb[:ns], ub[:ns], theta, lf_table, False, cst, sat, su[13:]
                 )
                 su[10] += _sum(cst, ns) if unit else _dot(cst, wb, ns)
                 su[11] += _sum(sat, ns) if unit else _dot(sat, wb, ns)
@@ -652,7 +659,7 @@ def _sweep(
                 sums[5] += families_numba.cell_separated(code, yb[:ns], eta[:ns], tb[:ns], eb[:ns], ub[:ns])
                 if terms:
                     families_numba.cell_setup(
-                        code, yb[:ns], tb[:ns], eb[:ns], ub[:ns], theta, lf_table, True, cst, sat, su[12:]
+                        code, yb[:ns], tb[:ns], eb[:ns], ub[:ns], theta, lf_table, True, cst, sat, su[13:]
                     )
                     su[10] += _sum(cst, ns) if unit else _dot(cst, wb, ns)
                 if meat:  # the meat's cell arrays, from the unweighted g (and f_t)

@@ -1,0 +1,84 @@
+"""QA defects of inputs, the CLI and the README (QA report of 2026-11-24, items 5, 8, 9 and part of 10).
+
+* 5: an infinite ``y`` (inf, -inf) is an error naming ``y`` under both engines (NaN stays
+  "missing, left out"); with ``missing="drop"`` the cells are dropped and counted, and
+  ``log(Euros)`` with zero flows then matches pyfixest (which drops the -inf rows) on the trade panel.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import daskglm as dg
+from daskglm.kernels import engines
+
+TRADE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "fixest-trade", "trade.csv")
+DIMS = ["Origin", "Destination", "Product", "Year"]
+needs_trade = pytest.mark.skipif(not os.path.exists(TRADE), reason="the fixest trade panel is absent")
+ENGINES = ["numpy"] + (["numba"] if engines.numba_available() else [])
+
+
+@pytest.fixture(scope="module")
+def trade() -> pd.DataFrame:
+    return pd.read_csv(TRADE)
+
+
+def _quiet_fit(*args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return dg.fit(*args, progress=False, **kwargs)
+
+
+# ----------------------------------------------------------------------------- 5: infinite y
+@needs_trade
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("value", [np.inf, -np.inf])
+def test_infinite_y_is_an_error_naming_y(trade, engine, value):
+    df = trade.assign(Euros=trade.Euros.astype(float))
+    df.loc[[0, 5], "Euros"] = value
+    with pytest.raises(dg.DataError, match=r"response 'Euros' is infinite .* at 2 cell\(s\).*missing='drop'"):
+        _quiet_fit(df, "Euros ~ log(dist_km)", family="poisson", dims=DIMS, engine=engine)
+
+
+@needs_trade
+@pytest.mark.parametrize("engine", ENGINES)
+def test_infinite_y_with_zero_weight_is_left_out(trade, engine):
+    """A cell with weight 0 is out of the model whatever its y: no error."""
+    df = trade.assign(Euros=trade.Euros.astype(float), w=1.0)
+    df.loc[0, ["Euros", "w"]] = [np.inf, 0.0]
+    res = _quiet_fit(df, "Euros ~ log(dist_km)", family="poisson", dims=DIMS, weights="w", engine=engine)
+    assert res.nobs == len(df) - 1
+
+
+@needs_trade
+@pytest.mark.parametrize("engine", ENGINES)
+def test_log_of_zero_flows_dropped_matches_pyfixest(trade, engine):
+    """``log(Euros)`` of zero flows is -inf: an error by default (with the hint), dropped and
+    counted with ``missing="drop"``; the estimate and nobs then equal pyfixest's, which drops
+    those rows itself."""
+    pf = pytest.importorskip("pyfixest")
+    df = trade.assign(Euros=np.where(trade.Product == 1, 0.0, trade.Euros))
+    n_zero = int((df.Euros == 0).sum())
+    formula = "log(Euros) ~ log(dist_km) | Origin + Destination"
+    with pytest.raises(dg.DataError, match=rf"'log\(Euros\)' is infinite .* at {n_zero} cell.*log of a zero"):
+        _quiet_fit(df, formula, family="gaussian", dims=DIMS, engine=engine)
+    res = _quiet_fit(df, formula, family="gaussian", dims=DIMS, engine=engine, missing="drop")
+    ref = pf.feols(formula, data=df[df.Euros > 0], vcov="iid")
+    assert res.nobs == ref._N == len(df) - n_zero
+    assert res.n_dropped == n_zero and res.dropped_by == {"log(Euros)": n_zero}
+    np.testing.assert_allclose(res.params.values, ref.coef().values, rtol=1e-9)
+    np.testing.assert_allclose(res.bse.values, ref.se().values, rtol=1e-6)
+
+
+@needs_trade
+def test_nan_y_stays_missing(trade):
+    """NaN is "not observed": left out silently, not counted as dropped."""
+    df = trade.assign(Euros=trade.Euros.astype(float))
+    df.loc[[0, 5, 9], "Euros"] = np.nan
+    res = _quiet_fit(df, "Euros ~ log(dist_km)", family="poisson", dims=DIMS)
+    assert res.nobs == len(df) - 3 and res.n_dropped == 0
