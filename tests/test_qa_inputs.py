@@ -3,6 +3,8 @@
 * 5: an infinite ``y`` (inf, -inf) is an error naming ``y`` under both engines (NaN stays
   "missing, left out"); with ``missing="drop"`` the cells are dropped and counted, and
   ``log(Euros)`` with zero flows then matches pyfixest (which drops the -inf rows) on the trade panel.
+* 8: ``daskglm fit`` refuses a bad ``--out`` / ``--table`` / ``--plot`` / ``--checkpoint`` (suffix,
+  missing folder, a folder, the same file twice) before the fit runs.
 """
 
 from __future__ import annotations
@@ -82,3 +84,28 @@ def test_nan_y_stays_missing(trade):
     df.loc[[0, 5, 9], "Euros"] = np.nan
     res = _quiet_fit(df, "Euros ~ log(dist_km)", family="poisson", dims=DIMS)
     assert res.nobs == len(df) - 3 and res.n_dropped == 0
+
+
+# ------------------------------------------------------------------- 8: CLI output paths first
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--table", "out.xlsx"], "--table 'out.xlsx': the suffix picks the format"),
+        (["--out", "/nonexistent/dir/r.json"], "the folder '/nonexistent/dir' does not exist"),
+        (["--plot", "coef.xyz"], "--plot 'coef.xyz': the suffix picks the format"),
+        (["--plot", "/nonexistent/dir/coef.png"], "the folder '/nonexistent/dir' does not exist"),
+        (["--checkpoint", "/nonexistent/dir/state.json"], "the folder '/nonexistent/dir' does not exist"),
+        (["--out", "{tmp}"], "is a folder; give a file name inside it"),
+        (["--out", "{tmp}/a.md", "--table", "{tmp}/a.md"], "must name different files"),
+    ],
+)
+def test_cli_refuses_bad_output_paths_before_fitting(flags, message, tmp_path, monkeypatch, capsys):
+    import daskglm.api.cli as cli
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("the fit ran before the output paths were checked")
+
+    monkeypatch.setattr(cli, "_run_fit", no_fit)
+    flags = [f.format(tmp=tmp_path) for f in flags]
+    assert cli.main(["fit", str(tmp_path / "panel.zarr"), "--y", "y", "--x", "x", *flags]) == 2
+    assert message in capsys.readouterr().err

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import tempfile
 import time
@@ -250,12 +251,65 @@ def _given(args: argparse.Namespace, prefix: str, names) -> dict:
     return {n: v for n in names if (v := getattr(args, prefix + n)) is not None}
 
 
+#: ``--table`` formats by suffix (:func:`daskglm.etable`'s ``type``)
+TABLE_KINDS = {".md": "md", ".tex": "tex", ".html": "html", ".htm": "html", ".txt": "text"}
+
+
+def _suffix(path: str) -> str:
+    """The lower-case suffix of a file name (``""`` without one)."""
+    return os.path.splitext(path)[1].lower()
+
+
+def _check_output_path(path: str, flag: str, suffixes=None) -> None:
+    """Refuse an output path before any work: a missing parent folder, a folder in the place of
+    the file, or (with ``suffixes``) a suffix that picks no format."""
+    if suffixes is not None and _suffix(path) not in suffixes:
+        raise ValueError(
+            f"{flag} {path!r}: the suffix picks the format; use one of {', '.join(sorted(suffixes))}"
+        )
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path!r} is a folder; give a file name inside it")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ValueError(f"{flag} {path!r}: the folder {parent!r} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"{flag} {path!r}: the folder {parent!r} is not writable")
+
+
+def _plot_suffixes() -> set[str]:
+    """The figure formats matplotlib writes (``--plot``); refused with a clear error without it."""
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError as err:
+        raise ImportError(
+            "--plot needs matplotlib: pip install 'daskglm[plot]' (or matplotlib), or drop --plot"
+        ) from err
+    return {"." + ext for ext in FigureCanvasBase.get_supported_filetypes()}
+
+
+def _check_fit_outputs(args: argparse.Namespace) -> None:
+    """``--out``, ``--table``, ``--plot`` and ``--checkpoint`` checked before the fit runs (a
+    bad one used to fail only after the whole fit)."""
+    if args.out:
+        _check_output_path(args.out, "--out")
+    if args.table:
+        _check_output_path(args.table, "--table", TABLE_KINDS)
+    if args.plot:
+        _check_output_path(args.plot, "--plot", _plot_suffixes())
+    if args.checkpoint:
+        _check_output_path(args.checkpoint, "--checkpoint")
+    given = [p for p in (args.out, args.table, args.plot, args.checkpoint) if p]
+    if len({os.path.abspath(p) for p in given}) < len(given):
+        raise ValueError("--out, --table, --plot and --checkpoint must name different files")
+
+
 def _fit(args: argparse.Namespace) -> int:
     import dask
     import xarray as xr
 
     from daskglm.api.registry import check_options, resolve_family, resolve_solver
 
+    _check_fit_outputs(args)
     family = resolve_family(args.family, _given(args, "family_", _family_options()), spell=_flag)
     spec = resolve_solver(args.solver)
     solver_options = _given(args, "solver_", _solver_options())
@@ -288,12 +342,8 @@ def _outputs(res, table: str | None, plot: str | None) -> None:
     """``--table`` (etable; format from the suffix) and ``--plot`` (coefficient plot)."""
     import daskglm as dg
 
-    if table:
-        kinds = {".md": "md", ".tex": "tex", ".html": "html", ".htm": "html", ".txt": "text"}
-        suffix = table[table.rfind(".") :].lower() if "." in table else ""
-        if suffix not in kinds:
-            raise ValueError(f"--table {table!r}: the suffix picks the format, one of {sorted(kinds)}")
-        dg.etable([res], type=kinds[suffix], file=table)
+    if table:  # checked before the fit (_check_fit_outputs)
+        dg.etable([res], type=TABLE_KINDS[_suffix(table)], file=table)
         print(f"wrote {table}")
     if plot:
         dg.coefplot([res], path=plot)
