@@ -261,6 +261,33 @@ def test_trade_gravity_against_fixest_and_pyfixest():
     assert res.nobs == ref._N
 
 
+@pytest.mark.skipif(not os.path.exists(TRADE), reason="the shared fixest trade panel is absent")
+@pytest.mark.parametrize("family", ["poisson", "binomial"])
+def test_trade_raw_year_interaction_against_pyfixest(family):
+    """``log(dist_km) * Year`` (a raw calendar year, its interaction ~2e3 times the distance)
+    beside origin and destination effects on fixest's trade panel: a badly conditioned real
+    design where the loose inner solve of an early Newton step gave a direction that did not
+    ascend (decrement -7.8e9); Newton took it as converged and returned 439.6 for log(dist_km),
+    LL -1.74e12. The direction is now solved again to the full inner tolerance when it does not
+    ascend, and a negative decrement never stops the fit. Reference: pyfixest (Poisson 7.795168,
+    0.066115, -0.004629 at LL -1.211871e12, as statsmodels with dummies gives)."""
+    trade = pd.read_csv(TRADE)
+    dims = ["Origin", "Destination", "Product", "Year"]
+    fml = "Euros ~ log(dist_km) * Year | Origin + Destination"
+    if family == "binomial":
+        trade["big"] = (trade["Euros"] > trade["Euros"].median()).astype(float)
+        fml = fml.replace("Euros ~", "big ~")
+        ref = pf.feglm(fml, data=trade, family="logit")
+        rtol = 1e-6  # pyfixest's feglm at its default tolerance (it has no iwls_tol)
+    else:
+        ref = pf.fepois(fml, data=trade, iwls_tol=1e-12)
+        rtol = 1e-8
+    res = dg.fit(trade, fml, family=family, dims=dims)
+    assert res.converged, res.message
+    np.testing.assert_allclose(res.params.to_numpy(), ref.coef().to_numpy(), rtol=rtol)
+    assert all(r["decrement"] > 0 for r in res.history.to_dict("records")[1:])
+
+
 def test_bad_effects():
     ds, _, effects = make_fe_panel(3, "poisson")
     with pytest.raises(ValueError, match="not a panel dim"):

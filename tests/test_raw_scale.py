@@ -222,3 +222,27 @@ def test_calendar_year_and_its_square(qr):
     factor = np.array([1.0] + [units[c] for c in x])
     assert rel_err(res.params.to_numpy(), np.asarray(ref.params) / factor) <= 1e-6
     assert rel_err(res.bse.to_numpy(), np.asarray(ref.bse) / factor) <= 1e-5
+
+
+@pytest.mark.parametrize("scale", [1e-20, 1e-10, 1e11, 1e13])
+@pytest.mark.parametrize("solver", ["newton", "newton_schulz"])
+def test_poisson_is_scale_free_in_y(scale, solver):
+    """PPML's slopes do not depend on the unit of y (GDP in dollars or in 1e-20 of them): US
+    macro data, real investment on real GDP and unemployment, y rescaled. Newton's stopping
+    rule follows the response's scale: with an absolute bound alone it stopped at the first
+    step for tiny outcomes (reporting convergence, 1% off) and never stopped for outcomes in
+    the 1e22s (its decrement stalls at the gradient's rounding). Reference: statsmodels' GLM at
+    the data's own scale."""
+    m = sm.datasets.macrodata.load_pandas().data
+    X = np.column_stack([np.ones(len(m)), np.log(m["realgdp"]), m["unemp"]])
+    ref = sm.GLM(m["realinv"].to_numpy(), X, family=sm.families.Poisson()).fit(tol=1e-14)
+    ds = xr.Dataset(
+        {
+            "inv": ("t", m["realinv"].to_numpy() * scale * 1e9),  # in dollars, then rescaled
+            "lgdp": ("t", np.log(m["realgdp"].to_numpy())),
+            "unemp": ("t", m["unemp"].to_numpy()),
+        }
+    )
+    res = dg.fit(ds, "inv", ["lgdp", "unemp"], "poisson", solver=solver)
+    assert res.converged, res.message
+    np.testing.assert_allclose(res.params[["lgdp", "unemp"]].to_numpy(), ref.params[1:], rtol=1e-8)

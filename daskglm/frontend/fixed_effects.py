@@ -374,7 +374,15 @@ class FixedEffectsObjective:
             self._checked = True
             self._check_absorbed(S, -st["hess"])
         step, damped = self._step(S, gc, Z, z)
-        self._progress = abs(float(e.grad @ step)) / (self.dispersion(e) * (abs(e.deviance) + 1.0))
+        decrement = float(e.grad @ step)
+        if rtol > INNER_RTOL and not decrement > 0:
+            # not an ascent direction: the loose inner solve's Schur complement was too far off
+            # (a badly conditioned real design, e.g. a raw calendar year interacted with a
+            # covariate beside two effects): solved again to the full inner tolerance
+            S, gc, Z, z = self.schur(st, INNER_RTOL)
+            step, damped = self._step(S, gc, Z, z)
+            decrement = float(e.grad @ step)
+        self._progress = abs(decrement) / (self.dispersion(e) * (abs(e.deviance) + 1.0))
         return step, damped
 
     def _step(self, S, gc, Z, z) -> tuple[np.ndarray, bool]:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import linalg
 
-from .base import IterationLog, Objective, SolverResult, decrement_small, warn_not_converged
+from .base import IterationLog, Objective, SolverResult, decrement_small, deviance_scale, warn_not_converged
 
 __all__ = [
     "NewtonConfig",
@@ -215,6 +215,7 @@ def newton(
             "the log-likelihood is not finite at the starting values; check the data's scale"
         )
     log.add(0, e, 0.0, decrement=np.nan)
+    scale = deviance_scale(e, objective.dispersion(e))
     message = f"reached max_iter={config.max_iter} iterations"
     converged = False
     it = 0
@@ -235,7 +236,7 @@ def newton(
             step, damped = direction(e) if direction is not None else newton_direction(e.grad, e.hess)
         phi = objective.dispersion(e)
         lam2 = float(e.grad @ step) / phi
-        if decrement_small(lam2, e.deviance, phi, config.tol) and not damped:
+        if decrement_small(lam2, e.deviance, phi, config.tol, scale) and not damped:
             x = x + step
             converged = True
             message = f"Newton decrement {lam2:.3g} <= tol={config.tol:g}"

@@ -45,7 +45,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import Evaluation, IterationLog, Objective, SolverResult, decrement_small, warn_not_converged
+from .base import (
+    Evaluation,
+    IterationLog,
+    Objective,
+    SolverResult,
+    decrement_small,
+    deviance_scale,
+    warn_not_converged,
+)
 from .preconditioning import (
     NS_MAX_ITER,
     NS_TOL,
@@ -197,6 +205,7 @@ def newton_schulz(
             "check the data's scale or pass start_params"
         )
     log.add(0, e, 0.0, decrement=np.nan)
+    scale = deviance_scale(e, objective.dispersion(e))
     inverse = _Inverse(objective, config)
     message = f"reached max_iter={config.max_iter} iterations"
     converged = False
@@ -206,7 +215,7 @@ def newton_schulz(
         damped = info["damping"] > 0
         phi = objective.dispersion(e)
         lam2 = float(e.grad @ step) / phi
-        if decrement_small(lam2, e.deviance, phi, config.tol) and not damped:
+        if decrement_small(lam2, e.deviance, phi, config.tol, scale) and not damped:
             x = x + _final_step(objective, inverse, e, step, log.rows[-1])
             converged = True
             message = f"Newton decrement {lam2:.3g} <= tol={config.tol:g}"
