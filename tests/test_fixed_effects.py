@@ -296,6 +296,8 @@ def test_bad_effects():
         dg.fit(ds, "y", ["x1"], "poisson", fe=[("i", "j", "k")])
     with pytest.raises(ValueError, match="solver='newton'"):
         dg.fit(ds, "y", ["x1"], "poisson", fe=effects, solver="newton_schulz")
+    with pytest.raises(ValueError, match="qr='always' .* not available with fe="):
+        dg.fit(ds, "y", ["x1"], "poisson", fe=effects, qr="always")
     # a covariate on (i, k) beside an (i, k) effect is absorbed: dropped with a warning
     ds["x_ik"] = (("i", "k"), np.random.default_rng(0).normal(size=(14, 6)))
     with pytest.warns(AbsorbedWarning, match="x_ik"):

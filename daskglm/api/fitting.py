@@ -25,7 +25,7 @@ from ..runtime.checkpoint import Checkpoint, model_fingerprint
 from ..runtime.progress import Progress
 from ..runtime.scheduling import compute_target, persist_decision, persist_panel
 from .fe_results import FixedEffectsResults
-from .registry import resolve_family, resolve_solver
+from .registry import resolve_family, resolve_solver, unknown_arguments
 from .results import FitSpec, GLMResults
 
 __all__ = ["fit"]
@@ -237,10 +237,9 @@ def fit(
     known = set(spec.config.__dataclass_fields__) - {"tol", "max_iter"}
     unknown = set(solver_options) - known
     if unknown:
-        raise TypeError(
-            f"unexpected argument(s) {sorted(unknown)} for solver {spec.name!r}; "
-            f"its options are {sorted(known)}"
-        )
+        code = fit.__code__
+        own = [a for a in code.co_varnames[: code.co_argcount + code.co_kwonlyargcount] if a not in known]
+        raise TypeError(unknown_arguments(sorted(unknown), own, spec.name, known))
     if max_iter is not None:
         solver_options["max_iter"] = int(max_iter)
     if tol is not None:
@@ -251,7 +250,21 @@ def fit(
         raise ValueError(
             "give either checkpoint= (which resumes from its saved state) or start_params=, not both"
         )
+    if not ssc and fe is None:
+        raise ValueError(
+            "ssc=False (--no-ssc) is for fixed-effects fits (fe=): it drops fixest's small-sample "
+            "corrections there. Without fe= the covariances follow statsmodels, whose cluster-robust one "
+            "always has G/(G-1) (n-1)/(n-k) (statsmodels' default) and whose HC0 has no factor: drop "
+            "ssc=False, or use cov_type='HC0' for a sandwich without a small-sample factor"
+        )
     fe_mode = spec.check_fixed_effects() if fe is not None else None
+    if fe is not None and getattr(config, "qr", None) == "always":
+        raise ValueError(
+            "qr='always' (Newton steps from a QR factor of the expanded design) is not available with "
+            "fe=: there Newton concentrates the effects out and solves the covariates' Schur complement. "
+            "Drop qr=, or, for a badly conditioned covariate such as a raw calendar year or its "
+            "interaction, centre it (its mean is absorbed by the effects)"
+        )
     panel = build_panel(
         data,
         y,
