@@ -109,3 +109,79 @@ def test_cli_refuses_bad_output_paths_before_fitting(flags, message, tmp_path, m
     flags = [f.format(tmp=tmp_path) for f in flags]
     assert cli.main(["fit", str(tmp_path / "panel.zarr"), "--y", "y", "--x", "x", *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------- 9 and 10: covariance wording
+@needs_trade
+def test_cluster_factors_without_fe_match_statsmodels_one_way_and_pyfixest_two_way(trade):
+    """README: one-way clusters get statsmodels' G/(G-1)(n-1)/(n-k) (= pyfixest's CRV1); two-way
+    clusters pyfixest's (one factor, the smallest G), not statsmodels' per-term factors."""
+    pf = pytest.importorskip("pyfixest")
+    sm = pytest.importorskip("statsmodels.api")
+    X = sm.add_constant(np.log(trade.dist_km))
+    glm = sm.GLM(trade.Euros, X, family=sm.families.Poisson())
+    one = _quiet_fit(
+        trade, "Euros ~ log(dist_km)", family="poisson", dims=DIMS, cov_type="cluster", cluster="Origin"
+    )
+    ref = glm.fit(cov_type="cluster", cov_kwds={"groups": pd.factorize(trade.Origin)[0]})
+    np.testing.assert_allclose(one.bse.values, ref.bse.values, rtol=1e-9)
+    two = _quiet_fit(
+        trade,
+        "Euros ~ log(dist_km)",
+        family="poisson",
+        dims=DIMS,
+        cov_type="cluster",
+        cluster="Origin + Destination",
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref2 = pf.fepois("Euros ~ log(dist_km)", data=trade, vcov={"CRV1": "Origin+Destination"})
+    np.testing.assert_allclose(two.bse.values, ref2.se().values, rtol=2e-6)  # pyfixest's own tolerance
+
+
+@needs_trade
+def test_ssc_false_without_fe_is_refused(trade):
+    """``ssc=False`` only has a meaning with ``fe=`` (fixest's corrections): without it, it used to
+    be ignored silently; now refused, pointing to cov_type='HC0'. With fe= it still applies."""
+    with pytest.raises(ValueError, match=r"ssc=False .* is for fixed-effects fits \(fe=\).*cov_type='HC0'"):
+        _quiet_fit(
+            trade,
+            "Euros ~ log(dist_km)",
+            family="poisson",
+            dims=DIMS,
+            cov_type="cluster",
+            cluster="Origin",
+            ssc=False,
+        )
+    on, off = (
+        _quiet_fit(
+            trade, "Euros ~ log(dist_km) | Destination", family="poisson", dims=DIMS, cov_type="cluster",
+            cluster="Origin", ssc=ssc,
+        )
+        for ssc in (True, False)
+    )  # fmt: skip
+    assert off.bse.iloc[0] < on.bse.iloc[0]
+
+
+def _tiny_panel():
+    import xarray as xr
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20, 5))
+    return xr.Dataset({"y": (("i", "t"), rng.poisson(np.exp(0.3 * x)).astype(float)), "x": (("i", "t"), x)})
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"weigths": "x"}, r"'weigths' \(did you mean 'weights', an argument of fit\?\)"),
+        (
+            {"max_halving": 3},
+            r"'max_halving' \(did you mean 'max_halvings', an option of solver 'newton'\?\)",
+        ),
+        ({"learning_rate": 0.1}, r"'learning_rate' \(an option of solver 'adam', not of 'newton'\)"),
+    ],
+)
+def test_misspelt_fit_argument_suggests_the_name(kwargs, message):
+    with pytest.raises(TypeError, match=message):
+        dg.fit(_tiny_panel(), "y", ["x"], "poisson", progress=False, **kwargs)

@@ -12,6 +12,7 @@ Adding a family or a solver is one entry here; the command line picks up its nam
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import re
 import types
@@ -40,6 +41,7 @@ __all__ = [
     "SolverSpec",
     "check_options",
     "family_class",
+    "unknown_arguments",
     "resolve_family",
     "resolve_solver",
 ]
@@ -222,6 +224,31 @@ def check_options(
             f"{', '.join(map(spell, bad))} {'is not an option' if len(bad) == 1 else 'are not options'} "
             f"of {owner}; {theirs}"
         )
+
+
+def unknown_arguments(
+    unknown: Iterable[str], arguments: Iterable[str], solver: str, options: Iterable[str]
+) -> str:
+    """The message for keyword arguments of ``fit`` that are neither its own (``arguments``) nor
+    options of the chosen ``solver`` (``options``): each with the closest name of either, when one
+    is close (a misspelt ``weigths=`` -> ``weights``), then both lists."""
+    arguments, options = sorted(arguments), sorted(options)
+    parts = []
+    for name in unknown:
+        owners = [s.name for s in SOLVERS.values() if name in s.options()]
+        close = difflib.get_close_matches(name, arguments + options, n=1, cutoff=0.7)
+        if owners:
+            parts.append(f"{name!r} (an option of solver {', '.join(map(repr, owners))}, not of {solver!r})")
+        elif close:
+            where = "an argument of fit" if close[0] in arguments else f"an option of solver {solver!r}"
+            parts.append(f"{name!r} (did you mean {close[0]!r}, {where}?)")
+        else:
+            parts.append(repr(name))
+    theirs = ", ".join(options) if options else "none"
+    return (
+        f"fit() got unknown keyword argument(s) {', '.join(parts)}. fit's arguments are "
+        f"{', '.join(arguments)}; solver {solver!r} takes the options {theirs}"
+    )
 
 
 def family_class(name: str | type) -> type[Family]:
