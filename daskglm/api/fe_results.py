@@ -8,6 +8,8 @@ absorbed covariates, and the degrees of freedom with the effect levels counted.
 
 from __future__ import annotations
 
+import sys
+import warnings
 from collections.abc import Mapping
 from functools import cached_property
 
@@ -41,6 +43,37 @@ class EffectArrays(Mapping):
 
     def __repr__(self) -> str:
         return "EffectArrays(" + ", ".join(f"{k}: {dict(v.sizes)}" for k, v in self._arrays.items()) + ")"
+
+
+def _warn_unseen(name: str, effect: xr.DataArray, eta: xr.DataArray) -> None:
+    """Warn when the new data have levels of ``effect`` the fit did not see (their predictions
+    are NaN), naming the effect, how many levels and some of them."""
+    new = {d: eta.indexes[d] for d in effect.dims}
+    seen = {d: new[d].isin(effect.indexes[d]) for d in effect.dims}
+    total = int(np.prod([len(new[d]) for d in effect.dims]))
+    n_unseen = total - int(np.prod([int(seen[d].sum()) for d in effect.dims]))
+    if not n_unseen:
+        return
+    shown = "; ".join(
+        f"{d}: {', '.join(map(repr, new[d][~seen[d]][:5].tolist()))}{' ...' if (~seen[d]).sum() > 5 else ''}"
+        for d in effect.dims
+        if (~seen[d]).any()
+    )
+    warnings.warn(
+        f"predict: fixed effect {name!r} has {n_unseen:,} level(s) in the new data that the fit did not "
+        f"see ({shown}); the model has no estimate for them, so the predictions at their cells are NaN. "
+        "Drop those cells from the new data, or refit with data that include them",
+        UserWarning,
+        stacklevel=_outside_daskglm(),
+    )
+
+
+def _outside_daskglm() -> int:
+    """The ``stacklevel`` of the first caller outside the daskglm package."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("daskglm."):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 class FixedEffectsResults(GLMResults):
@@ -119,13 +152,14 @@ class FixedEffectsResults(GLMResults):
         return float(self._full_ll(st["ll"], st["dev"]))
 
     # ------------------------------------------------------------------ predictions
-    def predict(self, data=None, which: str = "mean") -> xr.DataArray:
-        """Lazy predictions over the panel dims, the fixed effects included (NaN at the cells
-        of levels without an estimate). See :meth:`GLMResults.predict`."""
-        if which not in ("mean", "linear"):
-            raise ValueError(f"which={which!r}: use 'mean' or 'linear'")
-        eta = super().predict(data, which="linear")
-        for a in self.fixed_effects.values():
+    def _predict_grid(self, ds: xr.Dataset | None, which: str) -> xr.DataArray:
+        """Lazy predictions over the grid of ``ds`` (the fitted panel when ``None``), the fixed
+        effects included: NaN at the cells of levels without an estimate, and of levels the fit
+        did not see (a warning names the effect and counts them)."""
+        eta = super()._predict_grid(ds, which="linear")
+        for name, a in self.fixed_effects.items():
+            if ds is not None:
+                _warn_unseen(name, a, eta)
             eta = eta + a.reindex({d: eta.indexes[d] for d in a.dims})
         eta = eta.transpose(*self.layout.dims)
         if which == "linear":

@@ -220,8 +220,11 @@ def fit(
         from ..frontend.tables import from_long
 
         data = from_long(data, dims, y=y, storage_options=storage_options, progress=progress)
-    elif type(data).__module__.split(".")[0] in ("pandas", "pyarrow", "dask"):
-        raise TypeError(f"data is a {type(data).__name__} (a long table): pass dims=[...], its key columns")
+    else:
+        from ..frontend.formula import is_long_table, needs_dims_error
+
+        if is_long_table(data):  # DataFrames, pyarrow Tables, parquet/CSV paths
+            raise needs_dims_error(data, fe if isinstance(fe, str) else None)
     fam = resolve_family(family)
     spec = resolve_solver(solver)
     cov = normalize_cov_type(cov_type)

@@ -6,6 +6,7 @@ likelihood-ratio test against Poisson) are computed on first access and cached.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from functools import cached_property, partial
 
@@ -246,14 +247,17 @@ class GLMResults:
         return float(lr), float(0.5 * special.chdtrc(1, lr))  # chi2(1).sf, as scipy.stats
 
     # ------------------------------------------------------------------ predictions
-    def predict(self, data=None, which: str = "mean") -> xr.DataArray:
-        """Lazy predictions over the panel dims.
+    def predict(self, data=None, which: str = "mean") -> xr.DataArray | pd.Series:
+        """Predictions over the panel dims (lazy), or at the rows of a long table.
 
         Parameters
         ----------
-        data : Dataset or zarr path, optional
+        data : Dataset, zarr path, or a long table, optional
             New data holding the covariates (and offset/exposure variables) by the same
-            names; the fitted panel when omitted.
+            names; the fitted panel when omitted. A long table (pandas DataFrame or pyarrow
+            Table, one row per cell) has the fit's panel dims as key columns (or index levels)
+            and the columns the covariates are made of; it is turned into a panel by
+            :func:`daskglm.from_long` and the predictions are returned row by row.
         which : {"mean", "linear"}
             ``"linear"``: eta (offsets included). ``"mean"``: the inverse link of eta: the
             mean (Gaussian, Poisson, NB2), the success probability (binomial), the hazard
@@ -261,18 +265,70 @@ class GLMResults:
 
         Returns
         -------
-        DataArray
-            Dask-backed, over the panel dims; NaN where an input is missing.
+        DataArray or Series
+            Dask-backed, over the panel dims; NaN where an input is missing. For a long
+            table: a Series (computed) aligned with its rows (its index, for a DataFrame).
         """
         if which not in ("mean", "linear"):
             raise ValueError(f"which={which!r}: use 'mean' or 'linear'")
-        if data is None:
-            panel = self._panel
-        else:
-            panel = self._prediction_panel(open_data(data))
+        from ..frontend.formula import is_long_table
+
+        if data is not None and is_long_table(data):
+            return self._predict_rows(data, which)
+        return self._predict_grid(None if data is None else open_data(data), which)
+
+    def _predict_grid(self, ds: xr.Dataset | None, which: str) -> xr.DataArray:
+        """Lazy predictions over the grid of ``ds`` (the fitted panel when ``None``)."""
+        panel = self._panel if ds is None else self._prediction_panel(ds)
         func = partial(predict_chunk, panel.layout, self._params_all, which)
         arr = graph.predict_graph(func, panel.layout, panel.arrays)
         return xr.DataArray(arr, dims=self.layout.dims, coords=panel.coords, name=f"predicted_{which}")
+
+    def _predict_rows(self, table, which: str) -> pd.Series:
+        """Predictions at the rows of a long table (pandas DataFrame or pyarrow Table)."""
+        import pyarrow as pa
+
+        from ..frontend.tables import from_long
+
+        dims = list(self.layout.dims)
+        if isinstance(table, pa.RecordBatch):
+            table = pa.Table.from_batches([table])
+        if isinstance(table, pa.Table):
+            frame = table.select([d for d in dims if d in table.column_names]).to_pandas()
+        elif isinstance(table, pd.DataFrame):
+            frame = table.reset_index(level=[d for d in dims if d in table.index.names and d not in table])
+        else:
+            raise TypeError(
+                f"predict() takes a pandas DataFrame or pyarrow Table as a long table, not "
+                f"{type(table).__name__}: read it first, or build the panel with daskglm.from_long"
+            )
+        lacking = [d for d in dims if d not in frame.columns]
+        if lacking:
+            raise ValueError(
+                f"the table given to predict() lacks the key column(s) {lacking}: the fit's panel dims are "
+                f"{dims}, and each row of new data names its cell by them"
+            )
+        s = self._spec
+        categorical: list[str] = []
+        if s.formula is not None:
+            values, categorical = s.formula.columns()
+        else:
+            values = [v for v in s.x if isinstance(v, str)]
+        for extra in (s.offset, s.exposure):
+            for v in extra if isinstance(extra, list | tuple) else [extra]:
+                if isinstance(v, str) and v not in values:
+                    values.append(v)
+        values = [v for v in values if v not in dims]
+        # every column on the full grid: a covariate constant over the few rows of new data is
+        # still a covariate of the fit (from_long would place it on fewer dims, or none)
+        with warnings.catch_warnings():  # a few rows of new data make a sparse grid: no advice on dims
+            warnings.filterwarnings("ignore", message=r"the .* grid has .* cells for", category=UserWarning)
+            ds = from_long(table, dims, values=values, y=values, categorical=categorical, progress=False)
+        grid = self._predict_grid(ds, which)
+        at = {d: xr.DataArray(frame[d].to_numpy(), dims="row") for d in dims}
+        out = np.asarray(grid.sel(at).values, dtype=np.float64)
+        index = table.index if isinstance(table, pd.DataFrame) else None
+        return pd.Series(out, index=index, name=f"predicted_{which}")
 
     def _prediction_panel(self, ds: xr.Dataset) -> Panel:
         dims = self.layout.dims

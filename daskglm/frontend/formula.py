@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -35,7 +36,15 @@ import xarray as xr
 
 from ..kernels.families import Family
 
-__all__ = ["FormulaSpec", "FittedFormula", "parse_formula", "apply_formula", "is_formula"]
+__all__ = [
+    "FormulaSpec",
+    "FittedFormula",
+    "parse_formula",
+    "apply_formula",
+    "is_formula",
+    "is_long_table",
+    "needs_dims_error",
+]
 
 #: functions a formula may call, by name (numpy ufuncs keep xarray's dims and dask laziness)
 FUNCTIONS = {
@@ -54,6 +63,44 @@ SPECIAL = ("C", "offset")
 def is_formula(y) -> bool:
     """Whether ``fit``'s second argument is a formula (a string containing ``~``)."""
     return isinstance(y, str) and "~" in y
+
+
+def is_long_table(data) -> bool:
+    """Whether ``data`` is a long table (pandas/dask DataFrame, pyarrow Table, the path of
+    parquet or CSV files) rather than a panel Dataset or zarr store."""
+    if isinstance(data, pd.DataFrame):
+        return True
+    package = type(data).__module__.split(".")[0]  # no import of pyarrow or dask to ask
+    if (package == "pyarrow" and hasattr(data, "column_names")) or (
+        package == "dask" and hasattr(data, "npartitions") and hasattr(data, "columns")
+    ):
+        return True
+    if isinstance(data, str | os.PathLike):
+        name = os.fspath(data).rstrip("/").lower()
+        return name.endswith((".parquet", ".pq", ".parq", ".csv", ".tsv"))
+    return False
+
+
+def needs_dims_error(data, effects: str | None = None) -> TypeError:
+    """The error for a long table given without ``dims=``: what ``dims=`` is, with the table's
+    columns and, from a formula's effects, the likely keys."""
+    what = type(data).__name__ if not isinstance(data, str | os.PathLike) else repr(os.fspath(data))
+    cols = None
+    if isinstance(data, pd.DataFrame):
+        cols = [str(c) for c in data.columns]
+    elif type(data).__module__.startswith("pyarrow") and hasattr(data, "schema"):
+        cols = list(data.schema.names)
+    keys = []
+    if effects:
+        keys = [k.strip() for part in effects.replace("^", "+").split("+") if (k := part.strip())]
+        keys = [k for k in dict.fromkeys(keys) if cols is None or k in cols]
+    hint = f", e.g. dims={keys + ['...']}" if keys else ", e.g. dims=['exporter', 'importer', 'year']"
+    shown = f"; its columns are {cols[:30]}{' ...' if len(cols) > 30 else ''}" if cols else ""
+    return TypeError(
+        f"data is a long table ({what}: one row per observed cell): pass dims=[...], the key columns "
+        f"that name a cell{hint}. They become the panel dims (daskglm.from_long builds the panel; "
+        f"every other column is placed on the dims it varies over){shown}"
+    )
 
 
 def _split_bar(formula: str) -> list[str]:
@@ -361,6 +408,12 @@ class FittedFormula:
     formula: str
     levels: dict
 
+    def columns(self) -> tuple[list[str], list[str]]:
+        """The variables the covariates and offsets read (the response left out), and those of
+        them read by ``C(v)``: the columns a long table of new data must hold."""
+        spec = parse_formula(self.formula)
+        return sorted(_rhs_names(spec)), _categorical_names(spec)
+
     def transform(self, ds: xr.Dataset) -> tuple[xr.Dataset, list]:
         """The Dataset with the derived covariates, and the covariates' names (or arrays)."""
         out, _, x, _, _, _ = apply_formula(ds, self.formula, levels=self.levels, response=False)
@@ -444,6 +497,8 @@ def apply_formula(
             categorical=[c for c in _categorical_names(spec) if c not in keys],
         )  # fmt: skip
     else:
+        if is_long_table(data):
+            raise needs_dims_error(data, spec.fe)
         ds = open_data(data, storage_options)
     ns = _Namespace(ds, formula)
     needed = spec.names if response else spec.names - (_names_in(spec.lhs) - _rhs_names(spec))

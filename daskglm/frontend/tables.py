@@ -326,7 +326,7 @@ def from_long(
             else:
                 arr = labelled[v].decode(sink.arrays[v]) if v in labelled else sink.arrays[v]
                 ds[v] = xr.Variable(tuple(dims), arr, attrs=attrs_of(v))
-        ds = ds[values]
+        ds = ds[values].assign_coords(coords)  # every dim, also one no column varies over
     else:
         chunk = chunk_shape(dict(zip(dims, sizes, strict=True)), chunks)
         ds = write_store(
