@@ -185,3 +185,56 @@ def _tiny_panel():
 def test_misspelt_fit_argument_suggests_the_name(kwargs, message):
     with pytest.raises(TypeError, match=message):
         dg.fit(_tiny_panel(), "y", ["x"], "poisson", progress=False, **kwargs)
+
+
+# ------------------------------------------------------------------------ 10: CLI --fe and info
+@pytest.fixture(scope="module")
+def trade_store(trade, tmp_path_factory) -> str:
+    path = str(tmp_path_factory.mktemp("qa") / "trade.zarr")
+    table = trade.assign(log_dist=np.log(trade.dist_km)).drop(columns="dist_km")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dg.from_long(table, DIMS, to=path, y="Euros", progress=False)
+    return path
+
+
+@needs_trade
+def test_cli_fe_accepts_fixest_plus(trade, trade_store, tmp_path, capsys):
+    """``--fe "Origin+Destination"`` (refused before) is the API's ``fe="Origin + Destination"``:
+    pyfixest's estimate and clustered SE."""
+    import json
+
+    from daskglm.api.cli import main
+
+    pf = pytest.importorskip("pyfixest")
+    out = tmp_path / "r.json"
+    argv = ["fit", trade_store, "--y", "Euros", "--x", "log_dist", "--family", "poisson", "--no-progress"]
+    argv += ["--fe", "Origin+Destination", "--cov-type", "cluster", "--cluster", "Origin", "--out", str(out)]
+    assert main(argv) == 0, capsys.readouterr().err
+    got = json.loads(out.read_text())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = pf.fepois(
+            "Euros ~ log_dist | Origin + Destination",
+            data=trade.assign(log_dist=np.log(trade.dist_km)),
+            vcov={"CRV1": "Origin"},
+            fixef_tol=1e-12,
+            iwls_tol=1e-12,
+        )  # fmt: skip  (pyfixest's default tolerances leave its SE 4e-5 off)
+    np.testing.assert_allclose(got["params"]["log_dist"], ref.coef().iloc[0], rtol=1e-8)
+    np.testing.assert_allclose(got["bse"]["log_dist"], ref.se().iloc[0], rtol=1e-6)
+
+
+@needs_trade
+def test_cli_info_labels_only_a_known_response(trade_store, capsys):
+    """Without ``--y`` and without a variable ``y``, ``info`` labels no variable "response" (it
+    used to label the widest, a guess) and says how to name it; with ``--y`` it labels that one."""
+    from daskglm.api.cli import main
+
+    assert main(["info", trade_store]) == 0
+    text = capsys.readouterr().out
+    assert "response: not known" in text and "--y NAME" in text
+    assert not [line for line in text.splitlines() if line.rstrip().endswith("response")]
+    assert main(["info", trade_store, "--y", "Euros"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert [r[0] for r in rows if r and r[-1] == "response"] == ["Euros"]

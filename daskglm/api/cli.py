@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -157,15 +158,25 @@ def _info(args: argparse.Namespace) -> int:
     import xarray as xr
 
     ds = xr.open_zarr(args.store)
-    y = args.y if args.y else ("y" if "y" in ds else max(ds.data_vars, key=lambda v: ds[v].ndim))
-    if y not in ds:
+    if not ds.data_vars:
+        raise ValueError(f"{args.store} holds no variables")
+    # the response: --y, else a variable named y; otherwise none is labelled (a guess such as the
+    # widest variable only sets the panel dims: it may be a covariate)
+    y = args.y if args.y else ("y" if "y" in ds else None)
+    if y is not None and y not in ds:
         raise KeyError(f"--y {y!r} is not a variable of {args.store} (it has {sorted(ds.data_vars)})")
-    dims = ds[y].dims
+    widest = y or max(ds.data_vars, key=lambda v: ds[v].ndim)
+    dims = ds[widest].dims
     print(f"store: {args.store}")
-    print(f"panel dims (those of {y!r}): " + ", ".join(f"{d}={ds.sizes[d]}" for d in dims))
-    chunks = ds[y].chunks
+    print(f"panel dims (those of {widest!r}): " + ", ".join(f"{d}={ds.sizes[d]}" for d in dims))
+    if y is None:
+        print("response: not known (no variable 'y'); give it with --y NAME (daskglm fit --y NAME)")
+    chunks = ds[widest].chunks
     if chunks:
-        print("chunks of y: " + ", ".join(f"{d}={c[0]}" for d, c in zip(dims, chunks, strict=True)))
+        print(
+            f"chunks of {'y' if y else repr(widest)}: "
+            + ", ".join(f"{d}={c[0]}" for d, c in zip(dims, chunks, strict=True))
+        )
     print(f"{'variable':24s} {'dims':22s} {'dtype':8s} {'chunks':18s} block")
     for name in sorted(ds.data_vars, key=lambda v: (-len(ds[v].dims), v)):
         v = ds[name]
@@ -365,7 +376,7 @@ def _run_fit(args: argparse.Namespace, x: list, family, solver_options: dict):
         solver=args.solver,
         cov_type=args.cov_type,
         cluster=_cluster_arg(args.cluster),
-        fe=[e.strip() for e in args.fe.split(",") if e.strip()] if args.fe else None,
+        fe=[e.strip() for e in re.split(r"[,+]", args.fe) if e.strip()] if args.fe else None,
         ssc=not args.no_ssc,
         drop_singletons=not args.keep_singletons,
         tol=args.tol,
@@ -519,7 +530,8 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument(
         "--fe",
         default=None,
-        help="fixed effects, comma-separated, ^ interacts dims: e.g. exporter^year,importer^year",
+        help="fixed effects separated by , or + (as fe= and fixest), ^ interacts dims: e.g. "
+        "exporter^year,importer^year or 'exporter^year + importer^year'",
     )
     fit.add_argument("--no-ssc", action="store_true", help="with --fe: no small-sample corrections")
     fit.add_argument("--keep-singletons", action="store_true", help="with --fe: keep singleton levels")
