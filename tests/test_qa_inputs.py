@@ -238,3 +238,54 @@ def test_cli_info_labels_only_a_known_response(trade_store, capsys):
     assert main(["info", trade_store, "--y", "Euros"]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()]
     assert [r[0] for r in rows if r and r[-1] == "response"] == ["Euros"]
+
+
+# ------------------------------------------------------------------- 10: the binomial's trials
+@pytest.fixture(scope="module")
+def star98():
+    """statsmodels' Star98 (303 school districts): successes NABOVE out of NABOVE + NBELOW."""
+    import xarray as xr
+
+    sm = pytest.importorskip("statsmodels.api")
+    d = sm.datasets.star98.load_pandas().data
+    return xr.Dataset(
+        {
+            "y": ("obs", d.NABOVE.to_numpy(float)),
+            "n": ("obs", (d.NABOVE + d.NBELOW).to_numpy(float)),
+            "low_income": ("obs", d.LOWINC.to_numpy(float)),
+        }
+    )
+
+
+@pytest.mark.parametrize("trials_value", [-1.0, 0.0])
+def test_bad_trials_variable_is_named(star98, trials_value):
+    """A negative or zero number of trials is reported as such (it used to be "y exceeds the number
+    of trials", about the response)."""
+    ds = star98.copy(deep=True)
+    ds["n"][[3, 7]] = trials_value
+    with pytest.raises(
+        dg.DataError, match=r"trials variable 'n' is not a positive whole number at 2 used cell"
+    ):
+        dg.fit(ds, "y", ["low_income"], dg.Binomial(trials="n"), progress=False)
+
+
+@pytest.mark.parametrize("trials", [0, -2])
+def test_bad_constant_trials_is_named(star98, trials):
+    with pytest.raises(dg.DataError, match=rf"trials={trials} is not a positive whole number at 303 used"):
+        dg.fit(star98, "y", ["low_income"], dg.Binomial(trials=trials), progress=False)
+
+
+def test_counts_without_trials_hint_at_trials(star98):
+    """Counts of successes fitted with the default trials=1 say how to give the trials, and the
+    fit with them equals statsmodels' binomial GLM on (successes, failures)."""
+    sm = pytest.importorskip("statsmodels.api")
+    with pytest.raises(
+        dg.DataError, match=r"exceeds the number of trials .*trials=1.0 at every cell.*--trials n"
+    ):
+        dg.fit(star98, "y", ["low_income"], "binomial", progress=False)
+    res = dg.fit(star98, "y", ["low_income"], dg.Binomial(trials="n"), progress=False)
+    y, n = star98.y.to_numpy(), star98.n.to_numpy()
+    ref = sm.GLM(
+        np.c_[y, n - y], sm.add_constant(star98.low_income.to_numpy()), family=sm.families.Binomial()
+    ).fit()
+    np.testing.assert_allclose(res.params.values, ref.params, rtol=1e-10)

@@ -247,6 +247,35 @@ def intercept_position(layout: Layout) -> int | None:
     return None
 
 
+def _check_domain(layout: Layout, counts, yname: str) -> None:
+    """Raise for the first broken domain rule, the auxiliary inputs' rules (``trials``, ``event``)
+    first: a bad auxiliary value also breaks the response's rules that refer to it (a negative
+    number of trials makes every ``y`` "exceed" it), and it is the one to fix. A response rule
+    broken beside an auxiliary input that is one number for every cell says which number."""
+    rules = list(zip(layout.family.domain_rules(), counts, strict=False))
+    for rule, n in sorted(rules, key=lambda rn: rn[0].role == "y"):
+        if not n > 0:
+            continue
+        fix = f"fix those values, or set {yname!r} to NaN there to leave the cells out"
+        if rule.role == "y":
+            what = f"y variable {yname!r}"
+            for role in layout.family.aux_roles:
+                spec = layout.args[layout.role(role)[0]]
+                if not spec.axes:  # one number for every cell (the default trials=1, say)
+                    fix += (
+                        f"; {spec.name} at every cell: if {yname!r} is not limited by that number, "
+                        f"give the {role} of each cell as a variable ({role}='n'; command line: "
+                        f"--{role} n)"
+                    )
+        else:
+            spec = layout.args[layout.role(rule.role)[0]]
+            what = spec.name if not spec.axes else f"{rule.role} variable {spec.name!r}"
+        raise DataError(
+            f"{what} {rule.problem} at {int(n)} used cell(s), which the {layout.family.name} family "
+            f"does not allow: {fix}"
+        )
+
+
 def interpret_setup(layout: Layout, stats: dict) -> SetupInfo:
     """Raise a :class:`DataError` for bad data, else summarise the setup pass."""
     args = layout.args
@@ -300,13 +329,7 @@ def interpret_setup(layout: Layout, stats: dict) -> SetupInfo:
                 f"exposure variable {args[k].name!r} is zero or negative at {int(n)} used cell(s); "
                 "an exposure must be > 0 (it enters the model as log(exposure))"
             )
-    for rule, n in zip(layout.family.domain_rules(), stats["domain"], strict=False):
-        if n > 0:
-            name = yname if rule.role == "y" else args[layout.role(rule.role)[0]].name
-            raise DataError(
-                f"{rule.role} variable {name!r} {rule.problem} at {int(n)} used cell(s), which the "
-                f"{layout.family.name} family does not allow"
-            )
+    _check_domain(layout, stats["domain"], yname)
     gram = np.asarray(stats["gram"])
     problems = collinear_groups(
         gram,
