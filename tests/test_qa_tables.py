@@ -201,3 +201,45 @@ def test_unseen_fixed_effect_levels_in_predict_warn(trade):
     n_dest = new.Destination.nunique()  # Destination^Year: every destination of the new data in 2031
     assert any(f"fixed effect 'Destination^Year' has {n_dest} level(s)" in m and "2031" in m for m in msgs)
     assert got.iloc[:4].isna().all() and got.iloc[4:].notna().all()
+
+
+# ---------------------------------------------------------------- 10: summary layout, y among x
+@needs_trade
+def test_summary_keeps_large_values_apart_from_the_next_label(trade):
+    import re
+
+    import statsmodels.api as sm
+
+    r = _quiet_fit(trade, "Euros ~ log(dist_km)", family="poisson", dims=DIMS)
+    s = sm.GLM(trade.Euros, sm.add_constant(np.log(trade.dist_km)), family=sm.families.Poisson()).fit()
+    assert abs(s.llf) > 1e11  # the QA's case: a 12-digit log-likelihood
+    rf = _quiet_fit(trade, "Euros ~ log(dist_km) | Origin + Destination", family="poisson", dims=DIMS)
+    labels = ["Panel dims", "converged", "iterations", "passes", "Sum of weights", "Df resid", "Deviance"]
+    labels += ["Pseudo R2 (McFadden)", "BIC"]
+    for res in (r, rf):
+        text = res.summary()
+        for label in labels:
+            hit = re.search(rf"(.)(.){re.escape(label)}:", text)
+            assert hit and hit.group(1) == hit.group(2) == " ", (label, text)
+        llf = float(re.search(r"Log-likelihood: (\S+)", text).group(1))
+        np.testing.assert_allclose(llf, res.llf, rtol=1e-12)
+    np.testing.assert_allclose(
+        float(re.search(r"Log-likelihood: (\S+)", r.summary()).group(1)), s.llf, rtol=1e-9
+    )
+    np.testing.assert_allclose(
+        float(re.search(r"Deviance: (\S+)", r.summary()).group(1)), s.deviance, rtol=1e-5
+    )
+
+
+def test_the_response_among_its_own_covariates_is_refused():
+    import xarray as xr
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 20))
+    ds = xr.Dataset({"y": (("i", "t"), rng.poisson(np.exp(0.3 * x)).astype(float)), "x": (("i", "t"), x)})
+    with pytest.raises(ValueError, match=r"response 'y' is also among the covariates.*remove 'y' from x="):
+        dg.fit(ds, "y", ["x", "y"], "poisson", progress=False)
+    with pytest.raises(ValueError, match=r"response 'y' is also among.*right-hand side of the formula"):
+        dg.fit(ds, "y ~ x + y", family="poisson", progress=False)
+    with pytest.raises(ValueError, match=r"response 'log1p\(y\)' is also among"):
+        dg.fit(ds, "log1p(y) ~ log1p(y) + x", family="poisson", progress=False)

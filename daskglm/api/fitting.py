@@ -225,6 +225,13 @@ def fit(
 
         if is_long_table(data):  # DataFrames, pyarrow Tables, parquet/CSV paths
             raise needs_dims_error(data, fe if isinstance(fe, str) else None)
+    named = [x] if isinstance(x, str) else list(x) if isinstance(x, list | tuple) else []
+    if isinstance(y, str) and any(isinstance(v, str) and v == y for v in named):
+        raise ValueError(
+            f"the response {y!r} is also among the covariates: the response explaining itself makes "
+            f"the estimates meaningless; remove {y!r} from "
+            + ("the right-hand side of the formula" if formula is not None else "x=")
+        )
     fam = resolve_family(family)
     spec = resolve_solver(solver)
     cov = normalize_cov_type(cov_type)

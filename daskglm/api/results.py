@@ -25,6 +25,16 @@ from ..solvers.newton import NewtonConfig, newton
 __all__ = ["GLMResults", "FitSpec"]
 
 
+def _columns(*cells: str, width: int = 40) -> str:
+    """``cells`` in columns ``width`` characters apart, at least two spaces between them."""
+    line = ""
+    for i, cell in enumerate(cells):
+        if i:
+            line += " " * max(2, i * width - len(line))
+        line += cell
+    return line
+
+
 @dataclass(frozen=True)
 class FitSpec:
     """The user's model specification, kept for predictions and derived fits."""
@@ -392,19 +402,29 @@ class GLMResults:
 
     def _header(self, title: str, extra: list[str]) -> list[str]:
         """The summary's opening lines (shared with the fixed-effects results); ``extra`` goes
-        after the family line."""
+        after the family line. Two columns, the right one at column 40 or, after a long value,
+        two spaces on: values never run into the next label."""
         return [
             f"{title:^78}",
             "=" * 78,
-            f"Family: {self.family!r:<33}Panel dims: {dict(self._panel.sizes)}",
+            _columns(f"Family: {self.family!r}", f"Panel dims: {dict(self._panel.sizes)}"),
             *extra,
-            f"Solver: {self.solver:<12}converged: {str(self.converged):<8}iterations: {self.n_iter:<5}"
-            f"passes: {self.passes}",
-            f"Cells used: {self.nobs:<14}Sum of weights: {self.sum_weights:<12.6g}"
-            f"Df resid: {self.df_resid:.6g}",
-            f"Log-likelihood: {self.llf:<18.6f}Deviance: {self.deviance:.6g}",
-            f"LL-Null: {self.llnull:<25.6f}Pseudo R2 (McFadden): {self.pseudo_rsquared:.4f}",
-            f"AIC: {self.aic:<29.6f}BIC: {self.bic:.6f}",
+            _columns(
+                f"Solver: {self.solver}",
+                f"converged: {self.converged}",
+                f"iterations: {self.n_iter}",
+                f"passes: {self.passes}",
+                width=20,
+            ),
+            _columns(
+                f"Cells used: {self.nobs}",
+                f"Sum of weights: {self.sum_weights:.6g}",
+                f"Df resid: {self.df_resid:.6g}",
+                width=26,
+            ),
+            _columns(f"Log-likelihood: {self.llf:.6f}", f"Deviance: {self.deviance:.6g}"),
+            _columns(f"LL-Null: {self.llnull:.6f}", f"Pseudo R2 (McFadden): {self.pseudo_rsquared:.4f}"),
+            _columns(f"AIC: {self.aic:.6f}", f"BIC: {self.bic:.6f}"),
         ]
 
     def summary(self) -> str:
