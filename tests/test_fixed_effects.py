@@ -296,6 +296,23 @@ def test_trade_raw_year_interaction_against_pyfixest(family):
     assert all(r["decrement"] > 0 for r in res.history.to_dict("records")[1:])
 
 
+@pytest.mark.skipif(not os.path.exists(TRADE), reason="the shared fixest trade panel is absent")
+def test_failed_newton_says_what_to_try():
+    """NB2 with ``log(dist_km) * Year`` beside ``Origin^Product + Destination`` (counts of 1e5
+    Euros): Newton's concentrated information is badly conditioned and indefinite there, and
+    its step halving fails. The fit must not claim convergence, and the warning says what to
+    try; L-BFGS, which it names, converges to a higher log-likelihood."""
+    trade = pd.read_csv(TRADE)
+    trade["cnt"] = np.round(trade["Euros"] / 1e5)
+    dims = ["Origin", "Destination", "Product", "Year"]
+    fml = "cnt ~ log(dist_km) * Year | Origin^Product + Destination"
+    with pytest.warns(dg.ConvergenceWarning, match="centre such covariates, or try solver='lbfgs'"):
+        res = dg.fit(trade, fml, family=dg.NegativeBinomial(), dims=dims, cov_type=None)
+    assert not res.converged
+    alt = dg.fit(trade, fml, family=dg.NegativeBinomial(), dims=dims, cov_type=None, solver="lbfgs")
+    assert alt.converged and alt.llf > res.llf
+
+
 def test_bad_effects():
     ds, _, effects = make_fe_panel(3, "poisson")
     with pytest.raises(ValueError, match="not a panel dim"):

@@ -251,7 +251,10 @@ def newton(
         else:
             message = (
                 f"step halving failed to raise the log-likelihood after max_halvings="
-                f"{config.max_halvings} halvings (Newton decrement {lam2:.3g})"
+                f"{config.max_halvings} halvings (Newton decrement {lam2:.3g}): the information is "
+                "badly conditioned or not positive definite here (a raw calendar year or its "
+                "interaction beside fixed effects, NB2's alpha far from its estimate); centre such "
+                "covariates, or try solver='lbfgs', which needs no Hessian"
             )
             break
         x = x + t * step
