@@ -5,6 +5,12 @@
   ``log(Euros)`` with zero flows then matches pyfixest (which drops the -inf rows) on the trade panel.
 * 8: ``daskglm fit`` refuses a bad ``--out`` / ``--table`` / ``--plot`` / ``--checkpoint`` (suffix,
   missing folder, a folder, the same file twice) before the fit runs.
+* 9: the README's cluster factors: one-way = statsmodels (1e-9), two-way = pyfixest (2e-6).
+* 10: ``ssc=False`` without ``fe=`` is refused; a misspelt fit argument suggests the name; CLI
+  ``--fe "Origin+Destination"`` equals pyfixest; ``daskglm info`` labels only a known response;
+  bad trials are named (Star98, statsmodels); a stray "." in a CSV's numeric column says how to
+  read it (then statsmodels' fit); ``log(v)`` of negative values says why it is NaN (with
+  ``missing="drop"``: statsmodels on the rows with v > 0).
 """
 
 from __future__ import annotations
@@ -289,3 +295,44 @@ def test_counts_without_trials_hint_at_trials(star98):
         np.c_[y, n - y], sm.add_constant(star98.low_income.to_numpy()), family=sm.families.Binomial()
     ).fit()
     np.testing.assert_allclose(res.params.values, ref.params, rtol=1e-10)
+
+
+# -------------------------------------------------------- 10: a stray "." in a numeric CSV column
+@needs_trade
+def test_stray_dot_in_numeric_csv_column(trade, tmp_path):
+    """A '.' (Stata's missing) in the response of a CSV made it a string column, reported as "cannot
+    be a covariate ... encode it as dummies". The message now says what to do, and doing it (pandas
+    with na_values) gives statsmodels' fit without that row."""
+    sm = pytest.importorskip("statsmodels.api")
+    table = trade.astype({"Euros": str})
+    table.loc[3, "Euros"] = "."
+    path = tmp_path / "dot.csv"
+    table.to_csv(path, index=False)
+    with pytest.raises(
+        ValueError, match=r"'Euros' is of type string, not numeric. If it holds numbers.*na_values"
+    ):
+        _quiet_fit(str(path), "Euros ~ log(dist_km)", family="poisson", dims=DIMS)
+    df = pd.read_csv(path, na_values=["."])
+    res = _quiet_fit(df, "Euros ~ log(dist_km)", family="poisson", dims=DIMS)
+    kept = df.dropna(subset=["Euros"])
+    ref = sm.GLM(kept.Euros, sm.add_constant(np.log(kept.dist_km)), family=sm.families.Poisson()).fit()
+    assert res.nobs == len(trade) - 1
+    np.testing.assert_allclose(res.params.values, ref.params.values, rtol=1e-9)
+
+
+# ---------------------------------------------------------------- 10: log of a negative covariate
+@needs_trade
+def test_log_of_negative_covariate_says_why(trade):
+    """``log(v)`` with v < 0 at some cells: the NaN error says the term is computed and why it can be
+    NaN; ``missing="drop"`` then fits the cells with v > 0, as statsmodels on those rows."""
+    sm = pytest.importorskip("statsmodels.api")
+    df = trade.assign(v=np.where(trade.Product % 2 == 0, 1.0, -1.0) * trade.dist_km)
+    with pytest.raises(
+        dg.DataError, match=r"'log\(v\)' is NaN or infinite .*computed from the data.*log of a value <= 0"
+    ):
+        _quiet_fit(df, "Euros ~ log(v)", family="poisson", dims=DIMS)
+    res = _quiet_fit(df, "Euros ~ log(v)", family="poisson", dims=DIMS, missing="drop")
+    kept = df[df.v > 0]
+    ref = sm.GLM(kept.Euros, sm.add_constant(np.log(kept.v)), family=sm.families.Poisson()).fit()
+    assert res.nobs == len(kept) and res.n_dropped == len(df) - len(kept)
+    np.testing.assert_allclose(res.params.values, ref.params.values, rtol=1e-9)

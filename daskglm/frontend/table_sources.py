@@ -323,7 +323,10 @@ def _numeric_ok(t: pa.DataType) -> bool:
 
 def _non_numeric(name: str, what: str, dims: Sequence[str]) -> ValueError:
     return ValueError(
-        f"value column {name!r} is {what}, not numeric, so it cannot be a covariate as it is. Encode "
+        f"value column {name!r} is {what}, not numeric. If it holds numbers, some entries are not "
+        "(a '.', '-' or 'n/a' for missing, a thousands separator): fix them, or read the file with "
+        f"pandas marking them missing (pd.read_csv(path, na_values=['.'])) and pass the DataFrame. If "
+        "it holds labels, it cannot enter the model as it is. Encode "
         f"it: in a formula as C({name}) (dummy columns), as fixed effects (fit(..., fe=...)), or as 0/1 "
         "dummy columns "
         f"(pd.get_dummies(table, columns=[{name!r}], drop_first=True, dtype=float)); if it names the "

@@ -288,9 +288,15 @@ def interpret_setup(layout: Layout, stats: dict) -> SetupInfo:
         if layout.missing == "drop":
             dropped_by[spec.name] = n
             continue
+        derived = (
+            f" ({spec.name!r} is computed from the data: NaN or inf where a function's argument is "
+            "outside its domain, e.g. the log of a value <= 0 or the sqrt of a negative one)"
+            if "(" in spec.name
+            else ""
+        )
         raise DataError(
             f"{spec.role} variable {spec.name!r} is NaN or infinite at {n} used cell(s) (cells where "
-            f"{yname!r} is observed). Fix those values, mask the cells (set {yname!r} to NaN "
+            f"{yname!r} is observed){derived}. Fix those values, mask the cells (set {yname!r} to NaN "
             "there), or pass missing='drop' to leave them out"
         )
     n_inf = int(stats.get("inf_y", 0))
