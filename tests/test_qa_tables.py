@@ -243,3 +243,30 @@ def test_the_response_among_its_own_covariates_is_refused():
         dg.fit(ds, "y ~ x + y", family="poisson", progress=False)
     with pytest.raises(ValueError, match=r"response 'log1p\(y\)' is also among"):
         dg.fit(ds, "log1p(y) ~ log1p(y) + x", family="poisson", progress=False)
+
+
+def test_predict_on_a_dataframe_with_offsets_and_exposure_matches_statsmodels():
+    import statsmodels.api as sm
+    import statsmodels.formula.api as smf
+
+    rng = np.random.default_rng(0)
+    d = pd.DataFrame([(i, t) for i in range(30) for t in range(12)], columns=["i", "t"])
+    d["x"] = rng.normal(size=len(d))
+    d["e"] = rng.uniform(1, 10, size=len(d))
+    d["w"] = rng.uniform(1, 2, size=len(d))
+    d["y"] = rng.poisson(np.exp(0.3 * d.x + d.w) * d.e).astype(float)
+    new = d.sample(20, random_state=0).drop(columns="y")
+    # a formula's offset(...) plus offset=
+    r = _quiet_fit(d, "y ~ x + offset(log(e))", family="poisson", dims=["i", "t"], offset="w")
+    s = smf.glm("y ~ x", d, offset=np.log(d.e) + d.w, family=sm.families.Poisson()).fit(tol=1e-12)
+    ref = s.predict(new, offset=np.log(new.e) + new.w).to_numpy()
+    np.testing.assert_allclose(r.predict(new).to_numpy(), ref, rtol=1e-9)
+    # explicit x= and exposure=
+    r = _quiet_fit(d, "y", ["x", "w"], "poisson", dims=["i", "t"], exposure="e")
+    s = sm.GLM(d.y, sm.add_constant(d[["x", "w"]]), family=sm.families.Poisson(), exposure=d.e).fit(tol=1e-12)
+    ref = s.predict(sm.add_constant(new[["x", "w"]], has_constant="add"), exposure=new.e).to_numpy()
+    np.testing.assert_allclose(r.predict(new).to_numpy(), ref, rtol=1e-9)
+    with pytest.raises(ValueError, match=r"predict\(\) lacks the column\(s\) \['e'\]"):
+        r.predict(new.drop(columns="e"))
+    with pytest.raises(ValueError, match=r"predict\(\) lacks the key column\(s\) \['t'\]"):
+        r.predict(new.drop(columns="t"))

@@ -320,15 +320,24 @@ class GLMResults:
             )
         s = self._spec
         categorical: list[str] = []
+        derived: set[str] = set()
         if s.formula is not None:
             values, categorical = s.formula.columns()
+            derived = s.formula.derived()
         else:
             values = [v for v in s.x if isinstance(v, str)]
         for extra in (s.offset, s.exposure):
             for v in extra if isinstance(extra, list | tuple) else [extra]:
-                if isinstance(v, str) and v not in values:
+                if isinstance(v, str) and v not in values and v not in derived:
                     values.append(v)
         values = [v for v in values if v not in dims]
+        have = set(table.column_names) if isinstance(table, pa.Table) else set(map(str, table.columns))
+        absent = [v for v in values if v not in have]
+        if absent:
+            raise ValueError(
+                f"the table given to predict() lacks the column(s) {absent}, which the fit's covariates, "
+                f"offset or exposure are made of; it needs {values} besides the keys {dims}"
+            )
         # every column on the full grid: a covariate constant over the few rows of new data is
         # still a covariate of the fit (from_long would place it on fewer dims, or none)
         with warnings.catch_warnings():  # a few rows of new data make a sparse grid: no advice on dims

@@ -414,6 +414,11 @@ class FittedFormula:
         spec = parse_formula(self.formula)
         return sorted(_rhs_names(spec)), _categorical_names(spec)
 
+    def derived(self) -> set[str]:
+        """The names of the variables the formula derives (its terms and ``offset(...)``s)."""
+        spec = parse_formula(self.formula)
+        return {t.name for t in spec.terms} | set(spec.offsets)
+
     def transform(self, ds: xr.Dataset) -> tuple[xr.Dataset, list]:
         """The Dataset with the derived covariates, and the covariates' names (or arrays)."""
         out, _, x, _, _, _ = apply_formula(ds, self.formula, levels=self.levels, response=False)
