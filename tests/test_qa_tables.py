@@ -270,3 +270,16 @@ def test_predict_on_a_dataframe_with_offsets_and_exposure_matches_statsmodels():
         r.predict(new.drop(columns="e"))
     with pytest.raises(ValueError, match=r"predict\(\) lacks the key column\(s\) \['t'\]"):
         r.predict(new.drop(columns="t"))
+
+
+@needs_trade
+def test_fixed_effects_fits_count_their_clusters(trade):
+    f = "Euros ~ log(dist_km) | Product"
+    for cluster, expect in [
+        ("Origin", trade.Origin.nunique()),
+        ("Origin^Year", len(trade[["Origin", "Year"]].drop_duplicates())),
+        ("Year + Product", min(trade.Year.nunique(), trade.Product.nunique())),  # G: the smallest
+    ]:
+        r = _quiet_fit(trade, f, family="poisson", dims=DIMS, cov_type="cluster", cluster=cluster)
+        assert r.n_clusters == expect, cluster
+        assert f"({expect} clusters)" in r.summary()

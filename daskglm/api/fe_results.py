@@ -107,6 +107,10 @@ class FixedEffectsResults(GLMResults):
         self.df_model = len(keep)
         self.df_resid = self.sum_weights - len(keep) - k_fe
         self.inner_iterations = list(objective.inner_iterations)
+        final = self._final
+        if final.get("clusters"):  # the smallest number of clusters among the clusterings, as G
+            pairs = zip(final["clusters"], final["signs"], strict=True)
+            self.n_clusters = min(n for (_, n), sign in pairs if sign > 0)
 
     # ------------------------------------------------------------------ estimates
     @cached_property
@@ -176,7 +180,7 @@ class FixedEffectsResults(GLMResults):
         lines = self._header("daskglm results (fixed effects)", [f"Fixed effects (levels): {eff}"])
         lines += [
             f"Covariance: {self.cov_type}"
-            + (f" by {self.cluster}" if self.cov_type == "cluster" else "")
+            + (f" by {self.cluster} ({self.n_clusters} clusters)" if self.cov_type == "cluster" else "")
             + (
                 " (fixest/pyfixest small-sample corrections)" if self.ssc else " (no small-sample correction)"
             ),
