@@ -89,6 +89,16 @@ def test_c_of_a_string_or_category_column_of_a_long_table_matches_pyfixest(trade
         r = _quiet_fit(table, f, family="poisson", dims=DIMS)
         assert list(r.params.index) == list(ref.index), what
         np.testing.assert_allclose(r.params.to_numpy(), ref.to_numpy(), rtol=1e-6, err_msg=what)
+    # a pandas categorical's own order of categories (base level first, unused ones left out),
+    # as formulaic and pyfixest take it, in memory and through parquet
+    cats = df.assign(region=pd.Categorical(df.region, categories=["south", "north", "mid", "west"]))
+    ref = pf.fepois(f, cats).coef()
+    assert list(ref.index) == ["log(dist_km)", "C(region)[T.north]", "C(region)[T.mid]"]
+    cats.to_parquet(tmp_path / "c.parquet")
+    for table in (cats, tmp_path / "c.parquet"):
+        r = _quiet_fit(table, f, family="poisson", dims=DIMS)
+        assert list(r.params.index) == list(ref.index)
+        np.testing.assert_allclose(r.params.to_numpy(), ref.to_numpy(), rtol=1e-6)
     # region is a property of Origin: placed on (Origin,), kept as its labels
     ds = dg.from_long(df, DIMS, values=["Euros", "region"], categorical=["region"])
     assert ds.region.dims == ("Origin",)

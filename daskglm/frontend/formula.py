@@ -355,7 +355,9 @@ MAX_LEVELS = 1000
 
 
 def _levels(arr: xr.DataArray) -> np.ndarray:
-    """The sorted distinct non-missing values (one pass over a dask-backed variable)."""
+    """The sorted distinct non-missing values (one pass over a dask-backed variable); those in
+    ``arr.attrs["categories"]`` (a pandas categorical's categories, kept by
+    :func:`daskglm.from_long`) first, in that order, as formulaic and pyfixest order them."""
     data = arr.data
     if hasattr(data, "dask"):
         import dask.array as da
@@ -364,6 +366,11 @@ def _levels(arr: xr.DataArray) -> np.ndarray:
     else:
         values = pd.unique(np.asarray(data).ravel())
     values = pd.Series(values).dropna().unique()
+    order = arr.attrs.get("categories")
+    if order is not None:
+        present = set(values.tolist())
+        first = [c for c in order if c in present]
+        return np.asarray(first + sorted(present - set(first)))
     return np.asarray(sorted(values))
 
 

@@ -268,11 +268,19 @@ class CategoryCoder:
     def __init__(self, name: str):
         self.name = name
         self.index = pd.Index([])
+        #: the categories in their order when the column is a pandas categorical (arrow's
+        #: dictionary type), as formulaic and pyfixest take them; ``None`` for plain labels
+        self.categories: list | None = None
+        self._first = True
 
     def encode(self, arr: pa.Array) -> np.ndarray:
         fresh = not pa.types.is_dictionary(arr.type)
         enc = arr.dictionary_encode() if fresh else arr
         labels = _labels(enc.dictionary)
+        if self._first:
+            self._first = False
+            if not fresh:
+                self.categories = [v.item() if isinstance(v, np.generic) else v for v in labels.dropna()]
         indices = enc.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
         missing = pd.isna(labels)
         pos = self.index.get_indexer(labels).astype(np.int64)

@@ -282,7 +282,10 @@ def from_long(
         _warn_sparse(dims, sizes, n_rows, grid, nested)
 
     def attrs_of(v):
-        return {"long_table_dims": [dims[a] for a in placed[v]]}
+        attrs = {"long_table_dims": [dims[a] for a in placed[v]]}
+        if v in labelled and labelled[v].categories is not None:
+            attrs["categories"] = labelled[v].categories  # a pandas categorical's order, for C()
+        return attrs
 
     ds_attrs = {"from_long": report, "fill_rate": fill, "n_rows": n_rows}
     clock = {"scan": time.perf_counter() - t0}
