@@ -8,10 +8,31 @@ of a frequency weight, not against another weighting implementation.
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import numpy as np
 import pandas as pd
+import pytest
 import statsmodels.api as sm
 import xarray as xr
+
+#: fixest's real 4-D trade panel in the shared folder beside the repo (tests skip without it)
+TRADE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "fixest-trade", "trade.csv")
+#: its key columns, as panel dims
+TRADE_DIMS = ["Origin", "Destination", "Product", "Year"]
+#: skip a test when the shared trade panel is absent
+needs_trade = pytest.mark.skipif(not os.path.exists(TRADE), reason="the fixest trade panel is absent")
+
+
+def quiet_fit(*args, **kwargs):
+    """``dg.fit`` without its warnings and progress bar."""
+    import daskglm as dg
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return dg.fit(*args, progress=False, **kwargs)
+
 
 DIM_SETS = {
     1: {"obs": 300},

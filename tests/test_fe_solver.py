@@ -20,13 +20,12 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import xarray as xr
+from helpers import TRADE
 from scipy import linalg
 
 import daskglm as dg
 from daskglm.graph import effects as graph_effects
 from daskglm.kernels.effects import Effect, block_pcg
-
-TRADE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "fixest-trade", "trade.csv")
 
 
 def _dummies(effects: list[Effect], shape: tuple[int, ...]) -> sp.csr_matrix:

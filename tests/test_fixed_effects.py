@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 import statsmodels.api as sm
 import xarray as xr
+from helpers import TRADE
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import linalg
@@ -233,9 +234,6 @@ def test_grunfeld_against_pyfixest():
     np.testing.assert_allclose(res.params.to_numpy(), ref.coef().to_numpy(), rtol=1e-8)
     np.testing.assert_allclose(res.bse.to_numpy(), ref.se().to_numpy(), rtol=1e-6)
     assert res.nobs == ref._N == 220
-
-
-TRADE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "fixest-trade", "trade.csv")
 
 
 @pytest.mark.skipif(not os.path.exists(TRADE), reason="the shared fixest trade panel is absent")

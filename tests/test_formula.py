@@ -19,13 +19,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from helpers import TRADE
 
 import daskglm as dg
 from daskglm.frontend.formula import apply_formula, parse_formula
 
 pf = pytest.importorskip("pyfixest")
-
-TRADE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "fixest-trade", "trade.csv")
 
 
 def make_panel(seed: int = 0, missing: float = 0.1) -> xr.Dataset:

@@ -15,31 +15,22 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import TRADE, TRADE_DIMS, needs_trade, quiet_fit
 
 import daskglm as dg
 from daskglm.kernels import engines
 
-TRADE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "fixest-trade", "trade.csv")
-DIMS = ["Origin", "Destination", "Product", "Year"]
-needs_trade = pytest.mark.skipif(not os.path.exists(TRADE), reason="the fixest trade panel is absent")
 ENGINES = ["numpy"] + (["numba"] if engines.numba_available() else [])
 
 
 @pytest.fixture(scope="module")
 def trade() -> pd.DataFrame:
     return pd.read_csv(TRADE)
-
-
-def _quiet_fit(*args, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return dg.fit(*args, progress=False, **kwargs)
 
 
 # ----------------------------------------------------------------------------- 5: infinite y
@@ -50,7 +41,7 @@ def test_infinite_y_is_an_error_naming_y(trade, engine, value):
     df = trade.assign(Euros=trade.Euros.astype(float))
     df.loc[[0, 5], "Euros"] = value
     with pytest.raises(dg.DataError, match=r"response 'Euros' is infinite .* at 2 cell\(s\).*missing='drop'"):
-        _quiet_fit(df, "Euros ~ log(dist_km)", family="poisson", dims=DIMS, engine=engine)
+        quiet_fit(df, "Euros ~ log(dist_km)", family="poisson", dims=TRADE_DIMS, engine=engine)
 
 
 @needs_trade
@@ -59,7 +50,7 @@ def test_infinite_y_with_zero_weight_is_left_out(trade, engine):
     """A cell with weight 0 is out of the model whatever its y: no error."""
     df = trade.assign(Euros=trade.Euros.astype(float), w=1.0)
     df.loc[0, ["Euros", "w"]] = [np.inf, 0.0]
-    res = _quiet_fit(df, "Euros ~ log(dist_km)", family="poisson", dims=DIMS, weights="w", engine=engine)
+    res = quiet_fit(df, "Euros ~ log(dist_km)", family="poisson", dims=TRADE_DIMS, weights="w", engine=engine)
     assert res.nobs == len(df) - 1
 
 
@@ -74,8 +65,8 @@ def test_log_of_zero_flows_dropped_matches_pyfixest(trade, engine):
     n_zero = int((df.Euros == 0).sum())
     formula = "log(Euros) ~ log(dist_km) | Origin + Destination"
     with pytest.raises(dg.DataError, match=rf"'log\(Euros\)' is infinite .* at {n_zero} cell.*log of a zero"):
-        _quiet_fit(df, formula, family="gaussian", dims=DIMS, engine=engine)
-    res = _quiet_fit(df, formula, family="gaussian", dims=DIMS, engine=engine, missing="drop")
+        quiet_fit(df, formula, family="gaussian", dims=TRADE_DIMS, engine=engine)
+    res = quiet_fit(df, formula, family="gaussian", dims=TRADE_DIMS, engine=engine, missing="drop")
     ref = pf.feols(formula, data=df[df.Euros > 0], vcov="iid")
     assert res.nobs == ref._N == len(df) - n_zero
     assert res.n_dropped == n_zero and res.dropped_by == {"log(Euros)": n_zero}
@@ -88,7 +79,7 @@ def test_nan_y_stays_missing(trade):
     """NaN is "not observed": left out silently, not counted as dropped."""
     df = trade.assign(Euros=trade.Euros.astype(float))
     df.loc[[0, 5, 9], "Euros"] = np.nan
-    res = _quiet_fit(df, "Euros ~ log(dist_km)", family="poisson", dims=DIMS)
+    res = quiet_fit(df, "Euros ~ log(dist_km)", family="poisson", dims=TRADE_DIMS)
     assert res.nobs == len(df) - 3 and res.n_dropped == 0
 
 
@@ -126,16 +117,16 @@ def test_cluster_factors_without_fe_match_statsmodels_one_way_and_pyfixest_two_w
     sm = pytest.importorskip("statsmodels.api")
     X = sm.add_constant(np.log(trade.dist_km))
     glm = sm.GLM(trade.Euros, X, family=sm.families.Poisson())
-    one = _quiet_fit(
-        trade, "Euros ~ log(dist_km)", family="poisson", dims=DIMS, cov_type="cluster", cluster="Origin"
+    one = quiet_fit(
+        trade, "Euros ~ log(dist_km)", family="poisson", dims=TRADE_DIMS, cov_type="cluster", cluster="Origin"
     )
     ref = glm.fit(cov_type="cluster", cov_kwds={"groups": pd.factorize(trade.Origin)[0]})
     np.testing.assert_allclose(one.bse.values, ref.bse.values, rtol=1e-9)
-    two = _quiet_fit(
+    two = quiet_fit(
         trade,
         "Euros ~ log(dist_km)",
         family="poisson",
-        dims=DIMS,
+        dims=TRADE_DIMS,
         cov_type="cluster",
         cluster="Origin + Destination",
     )
@@ -150,22 +141,17 @@ def test_ssc_false_without_fe_is_refused(trade):
     """``ssc=False`` only has a meaning with ``fe=`` (fixest's corrections): without it, it used to
     be ignored silently; now refused, pointing to cov_type='HC0'. With fe= it still applies."""
     with pytest.raises(ValueError, match=r"ssc=False .* is for fixed-effects fits \(fe=\).*cov_type='HC0'"):
-        _quiet_fit(
+        quiet_fit(
             trade,
             "Euros ~ log(dist_km)",
             family="poisson",
-            dims=DIMS,
+            dims=TRADE_DIMS,
             cov_type="cluster",
             cluster="Origin",
             ssc=False,
         )
-    on, off = (
-        _quiet_fit(
-            trade, "Euros ~ log(dist_km) | Destination", family="poisson", dims=DIMS, cov_type="cluster",
-            cluster="Origin", ssc=ssc,
-        )
-        for ssc in (True, False)
-    )  # fmt: skip
+    kw = {"family": "poisson", "dims": TRADE_DIMS, "cov_type": "cluster", "cluster": "Origin"}
+    on, off = (quiet_fit(trade, "Euros ~ log(dist_km) | Destination", ssc=ssc, **kw) for ssc in (True, False))
     assert off.bse.iloc[0] < on.bse.iloc[0]
 
 
@@ -200,7 +186,7 @@ def trade_store(trade, tmp_path_factory) -> str:
     table = trade.assign(log_dist=np.log(trade.dist_km)).drop(columns="dist_km")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dg.from_long(table, DIMS, to=path, y="Euros", progress=False)
+        dg.from_long(table, TRADE_DIMS, to=path, y="Euros", progress=False)
     return path
 
 
@@ -311,9 +297,9 @@ def test_stray_dot_in_numeric_csv_column(trade, tmp_path):
     with pytest.raises(
         ValueError, match=r"'Euros' is of type string, not numeric. If it holds numbers.*na_values"
     ):
-        _quiet_fit(str(path), "Euros ~ log(dist_km)", family="poisson", dims=DIMS)
+        quiet_fit(str(path), "Euros ~ log(dist_km)", family="poisson", dims=TRADE_DIMS)
     df = pd.read_csv(path, na_values=["."])
-    res = _quiet_fit(df, "Euros ~ log(dist_km)", family="poisson", dims=DIMS)
+    res = quiet_fit(df, "Euros ~ log(dist_km)", family="poisson", dims=TRADE_DIMS)
     kept = df.dropna(subset=["Euros"])
     ref = sm.GLM(kept.Euros, sm.add_constant(np.log(kept.dist_km)), family=sm.families.Poisson()).fit()
     assert res.nobs == len(trade) - 1
@@ -330,8 +316,8 @@ def test_log_of_negative_covariate_says_why(trade):
     with pytest.raises(
         dg.DataError, match=r"'log\(v\)' is NaN or infinite .*computed from the data.*log of a value <= 0"
     ):
-        _quiet_fit(df, "Euros ~ log(v)", family="poisson", dims=DIMS)
-    res = _quiet_fit(df, "Euros ~ log(v)", family="poisson", dims=DIMS, missing="drop")
+        quiet_fit(df, "Euros ~ log(v)", family="poisson", dims=TRADE_DIMS)
+    res = quiet_fit(df, "Euros ~ log(v)", family="poisson", dims=TRADE_DIMS, missing="drop")
     kept = df[df.v > 0]
     ref = sm.GLM(kept.Euros, sm.add_constant(np.log(kept.v)), family=sm.families.Poisson()).fit()
     assert res.nobs == len(kept) and res.n_dropped == len(df) - len(kept)

@@ -12,30 +12,20 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import TRADE, TRADE_DIMS, needs_trade, quiet_fit
 
 import daskglm as dg
 from daskglm.api.cli import main as cli_main
-
-TRADE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "fixest-trade", "trade.csv")
-DIMS = ["Origin", "Destination", "Product", "Year"]
-needs_trade = pytest.mark.skipif(not os.path.exists(TRADE), reason="the fixest trade panel is absent")
 
 
 @pytest.fixture(scope="module")
 def trade() -> pd.DataFrame:
     return pd.read_csv(TRADE)
-
-
-def _quiet_fit(*args, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return dg.fit(*args, progress=False, **kwargs)
 
 
 # ---------------------------------------------------------------- 4: pandas index in parquet
@@ -44,23 +34,26 @@ def test_parquet_pandas_index_is_not_a_column(trade, tmp_path):
     sub = trade[trade.Year > 2010]  # a filtered frame: its index is not a RangeIndex
     path = tmp_path / "sub.parquet"
     sub.to_parquet(path)
-    ds = dg.from_long(path, dims=DIMS)
+    ds = dg.from_long(path, dims=TRADE_DIMS)
     assert sorted(ds.data_vars) == ["Euros", "dist_km"]
     assert ds.attrs["n_rows"] == len(sub)
     out = tmp_path / "sub.zarr"
-    assert cli_main(["ingest", str(path), "--dims", ",".join(DIMS), "--out", str(out), "--no-progress"]) == 0
+    assert (
+        cli_main(["ingest", str(path), "--dims", ",".join(TRADE_DIMS), "--out", str(out), "--no-progress"])
+        == 0
+    )
     import xarray as xr
 
     assert sorted(xr.open_zarr(out).data_vars) == ["Euros", "dist_km"]
     # a named index is data the user gave a name: kept as a column by that name
     named = sub.rename_axis("row_id")
     named.to_parquet(tmp_path / "named.parquet")
-    ds = dg.from_long(tmp_path / "named.parquet", dims=DIMS)
+    ds = dg.from_long(tmp_path / "named.parquet", dims=TRADE_DIMS)
     assert sorted(ds.data_vars) == ["Euros", "dist_km", "row_id"]
     # the same through a pyarrow Table read from the file
     import pyarrow.parquet as pq
 
-    ds = dg.from_long(pq.read_table(path), dims=DIMS)
+    ds = dg.from_long(pq.read_table(path), dims=TRADE_DIMS)
     assert sorted(ds.data_vars) == ["Euros", "dist_km"]
 
 
@@ -86,7 +79,7 @@ def test_c_of_a_string_or_category_column_of_a_long_table_matches_pyfixest(trade
         "csv": tmp_path / "t.csv",
     }
     for what, table in tables.items():
-        r = _quiet_fit(table, f, family="poisson", dims=DIMS)
+        r = quiet_fit(table, f, family="poisson", dims=TRADE_DIMS)
         assert list(r.params.index) == list(ref.index), what
         np.testing.assert_allclose(r.params.to_numpy(), ref.to_numpy(), rtol=1e-6, err_msg=what)
     # a pandas categorical's own order of categories (base level first, unused ones left out),
@@ -96,11 +89,11 @@ def test_c_of_a_string_or_category_column_of_a_long_table_matches_pyfixest(trade
     assert list(ref.index) == ["log(dist_km)", "C(region)[T.north]", "C(region)[T.mid]"]
     cats.to_parquet(tmp_path / "c.parquet")
     for table in (cats, tmp_path / "c.parquet"):
-        r = _quiet_fit(table, f, family="poisson", dims=DIMS)
+        r = quiet_fit(table, f, family="poisson", dims=TRADE_DIMS)
         assert list(r.params.index) == list(ref.index)
         np.testing.assert_allclose(r.params.to_numpy(), ref.to_numpy(), rtol=1e-6)
     # region is a property of Origin: placed on (Origin,), kept as its labels
-    ds = dg.from_long(df, DIMS, values=["Euros", "region"], categorical=["region"])
+    ds = dg.from_long(df, TRADE_DIMS, values=["Euros", "region"], categorical=["region"])
     assert ds.region.dims == ("Origin",)
     assert set(ds.region.values) == {"north", "mid", "south"}
 
@@ -117,7 +110,7 @@ def test_c_of_a_cell_varying_label_column_with_missing_values_matches_statsmodel
     long["grade"] = grade
     eff = pd.Series({"low": 0.0, "mid": 0.4, "top": -0.3}).reindex(long.grade).fillna(0).to_numpy()
     long["y"] = rng.poisson(np.exp(0.5 + 0.3 * long.x + eff)).astype(float)
-    r = _quiet_fit(long, "y ~ x + C(grade)", family="poisson", dims=["i", "t"], missing="drop")
+    r = quiet_fit(long, "y ~ x + C(grade)", family="poisson", dims=["i", "t"], missing="drop")
     s = smf.glm("y ~ x + C(grade)", long.dropna(), family=sm.families.Poisson()).fit(tol=1e-12)
     assert r.nobs == int(long.grade.notna().sum())
     assert sorted(r.params.index) == sorted(s.params.index)  # C(grade)[T.mid], C(grade)[T.top]
@@ -144,7 +137,7 @@ def test_predict_on_a_dataframe_matches_statsmodels_row_by_row(trade):
 
     df = trade.assign(Euros=trade.Euros.astype(float))
     f = "Euros ~ log(dist_km) | Origin + Destination + Product"
-    r = _quiet_fit(df, f, family="poisson", dims=DIMS, tol=1e-12)
+    r = quiet_fit(df, f, family="poisson", dims=TRADE_DIMS, tol=1e-12)
     dummies = "Euros ~ np.log(dist_km) + C(Origin) + C(Destination) + C(Product)"
     s = smf.glm(dummies, df, family=sm.families.Poisson()).fit(tol=1e-13)
     new = df.sample(300, random_state=1)
@@ -159,7 +152,7 @@ def test_predict_on_a_dataframe_matches_statsmodels_row_by_row(trade):
     m = pf.fepois(f, df, iwls_tol=1e-12, fixef_tol=1e-12)
     np.testing.assert_allclose(got.to_numpy(), m.predict(newdata=new, type="response"), rtol=2e-4)
     # keys as index levels, and a pyarrow Table, give the same numbers
-    np.testing.assert_allclose(r.predict(new.set_index(DIMS)).to_numpy(), got.to_numpy(), rtol=1e-13)
+    np.testing.assert_allclose(r.predict(new.set_index(TRADE_DIMS)).to_numpy(), got.to_numpy(), rtol=1e-13)
     import pyarrow as pa
 
     np.testing.assert_allclose(
@@ -173,7 +166,7 @@ def test_predict_on_a_dataframe_with_a_label_column_matches_statsmodels(trade):
     import statsmodels.formula.api as smf
 
     df = _regions(trade)
-    r = _quiet_fit(df, "Euros ~ log(dist_km) + C(region)", family="poisson", dims=DIMS)
+    r = quiet_fit(df, "Euros ~ log(dist_km) + C(region)", family="poisson", dims=TRADE_DIMS)
     s = smf.glm("Euros ~ np.log(dist_km) + C(region)", df, family=sm.families.Poisson()).fit(tol=1e-12)
     new = df.sample(200, random_state=2).drop(columns="Euros")
     np.testing.assert_allclose(r.predict(new).to_numpy(), s.predict(new).to_numpy(), rtol=1e-7)
@@ -197,7 +190,9 @@ def test_fit_of_a_dataframe_without_dims_asks_for_dims(trade):
 
 @needs_trade
 def test_unseen_fixed_effect_levels_in_predict_warn(trade):
-    r = _quiet_fit(trade, "Euros ~ log(dist_km) | Origin + Destination^Year", family="poisson", dims=DIMS)
+    r = quiet_fit(
+        trade, "Euros ~ log(dist_km) | Origin + Destination^Year", family="poisson", dims=TRADE_DIMS
+    )
     new = trade.sample(50, random_state=3).drop(columns="Euros")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # levels all seen: no warning
@@ -220,10 +215,10 @@ def test_summary_keeps_large_values_apart_from_the_next_label(trade):
 
     import statsmodels.api as sm
 
-    r = _quiet_fit(trade, "Euros ~ log(dist_km)", family="poisson", dims=DIMS)
+    r = quiet_fit(trade, "Euros ~ log(dist_km)", family="poisson", dims=TRADE_DIMS)
     s = sm.GLM(trade.Euros, sm.add_constant(np.log(trade.dist_km)), family=sm.families.Poisson()).fit()
     assert abs(s.llf) > 1e11  # the QA's case: a 12-digit log-likelihood
-    rf = _quiet_fit(trade, "Euros ~ log(dist_km) | Origin + Destination", family="poisson", dims=DIMS)
+    rf = quiet_fit(trade, "Euros ~ log(dist_km) | Origin + Destination", family="poisson", dims=TRADE_DIMS)
     labels = ["Panel dims", "converged", "iterations", "passes", "Sum of weights", "Df resid", "Deviance"]
     labels += ["Pseudo R2 (McFadden)", "BIC"]
     for res in (r, rf):
@@ -267,12 +262,12 @@ def test_predict_on_a_dataframe_with_offsets_and_exposure_matches_statsmodels():
     d["y"] = rng.poisson(np.exp(0.3 * d.x + d.w) * d.e).astype(float)
     new = d.sample(20, random_state=0).drop(columns="y")
     # a formula's offset(...) plus offset=
-    r = _quiet_fit(d, "y ~ x + offset(log(e))", family="poisson", dims=["i", "t"], offset="w")
+    r = quiet_fit(d, "y ~ x + offset(log(e))", family="poisson", dims=["i", "t"], offset="w")
     s = smf.glm("y ~ x", d, offset=np.log(d.e) + d.w, family=sm.families.Poisson()).fit(tol=1e-12)
     ref = s.predict(new, offset=np.log(new.e) + new.w).to_numpy()
     np.testing.assert_allclose(r.predict(new).to_numpy(), ref, rtol=1e-9)
     # explicit x= and exposure=
-    r = _quiet_fit(d, "y", ["x", "w"], "poisson", dims=["i", "t"], exposure="e")
+    r = quiet_fit(d, "y", ["x", "w"], "poisson", dims=["i", "t"], exposure="e")
     s = sm.GLM(d.y, sm.add_constant(d[["x", "w"]]), family=sm.families.Poisson(), exposure=d.e).fit(tol=1e-12)
     ref = s.predict(sm.add_constant(new[["x", "w"]], has_constant="add"), exposure=new.e).to_numpy()
     np.testing.assert_allclose(r.predict(new).to_numpy(), ref, rtol=1e-9)
@@ -290,6 +285,6 @@ def test_fixed_effects_fits_count_their_clusters(trade):
         ("Origin^Year", len(trade[["Origin", "Year"]].drop_duplicates())),
         ("Year + Product", min(trade.Year.nunique(), trade.Product.nunique())),  # G: the smallest
     ]:
-        r = _quiet_fit(trade, f, family="poisson", dims=DIMS, cov_type="cluster", cluster=cluster)
+        r = quiet_fit(trade, f, family="poisson", dims=TRADE_DIMS, cov_type="cluster", cluster=cluster)
         assert r.n_clusters == expect, cluster
         assert f"({expect} clusters)" in r.summary()
