@@ -349,3 +349,16 @@ def test_a_variable_may_share_a_function_name():
         dg.fit(ds, "y ~ exp(exp)", family="poisson")
     with pytest.raises(ValueError, match="is a function, call it"):
         dg.fit(make_panel(), "y ~ x + sqrt", family="poisson")
+
+
+def test_constant_terms_are_errors_that_say_why():
+    """A term that evaluates to one number: a constant (the intercept is the constant term), or
+    a constant that is not a finite number (the log of a negative constant), each named."""
+    rng = np.random.default_rng(0)
+    ds = xr.Dataset(
+        {"y": (("i", "j"), rng.poisson(2.0, (5, 4)).astype(float)), "x": (("i",), np.arange(5.0)), "v": -2.0}
+    )
+    with pytest.raises(ValueError, match=r"'log\(v\)' is nan \(a constant that is not a finite number"):
+        dg.fit(ds, "y ~ x + log(v)", family="poisson")
+    with pytest.raises(ValueError, match="the term 'v' is a constant; the intercept is the constant term"):
+        dg.fit(ds, "y ~ x + v", family="poisson")

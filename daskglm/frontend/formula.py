@@ -555,6 +555,12 @@ def apply_formula(
             for f, v in zip(term.factors[1:], values[1:], strict=True):
                 val = val * _numeric(f, v, formula)
         if val.ndim == 0:
+            if not np.isfinite(float(val)):
+                raise ValueError(
+                    f"formula {formula!r}: the term {term.name!r} is {float(val)} (a constant that is "
+                    "not a finite number: e.g. the log of a variable that is zero or negative); "
+                    "check the variable's values or drop the term"
+                )
             raise ValueError(
                 f"formula {formula!r}: the term {term.name!r} is a constant; the intercept is the "
                 "constant term (drop it with -1)"
