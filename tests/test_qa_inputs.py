@@ -322,3 +322,16 @@ def test_log_of_negative_covariate_says_why(trade):
     ref = sm.GLM(kept.Euros, sm.add_constant(np.log(kept.v)), family=sm.families.Poisson()).fit()
     assert res.nobs == len(kept) and res.n_dropped == len(df) - len(kept)
     np.testing.assert_allclose(res.params.values, ref.params.values, rtol=1e-9)
+
+
+def test_arguments_are_checked_before_the_table_is_read(tmp_path):
+    """A misspelt argument, an unknown solver option or a bad cov_type is reported before a long
+    table is read (here a path that does not exist: reading it first would raise
+    FileNotFoundError instead, after minutes on a real table)."""
+    missing = str(tmp_path / "nowhere.parquet")
+    with pytest.raises(TypeError, match="did you mean 'weights'"):
+        dg.fit(missing, "y ~ x", family="poisson", dims=["i", "j"], weigths="w")
+    with pytest.raises(ValueError, match="cov_type"):
+        dg.fit(missing, "y ~ x", family="poisson", dims=["i", "j"], cov_type="robustest")
+    with pytest.raises(ValueError, match="tol=0 must be > 0"):
+        dg.fit(missing, "y ~ x", family="poisson", dims=["i", "j"], tol=0)

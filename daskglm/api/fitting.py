@@ -208,30 +208,7 @@ def fit(
     -------
     GLMResults
     """
-    formula = None
-    if is_formula(y):  # "y ~ x + log(z) | fe": derived variables added to a copy of the data
-        data, y, x, fe, offset, intercept = apply_formula(
-            data, y, x=x, fe=fe, offset=offset, intercept=intercept, dims=dims,
-            storage_options=storage_options, progress=progress,
-            columns=(exposure, weights), family=family,
-        )  # fmt: skip
-        formula = FittedFormula(**data.attrs["daskglm_formula"])
-    elif dims is not None:  # a long table, one row per observed cell
-        from ..frontend.tables import from_long
-
-        data = from_long(data, dims, y=y, storage_options=storage_options, progress=progress)
-    else:
-        from ..frontend.formula import is_long_table, needs_dims_error
-
-        if is_long_table(data):  # DataFrames, pyarrow Tables, parquet/CSV paths
-            raise needs_dims_error(data, fe if isinstance(fe, str) else None)
-    named = [x] if isinstance(x, str) else list(x) if isinstance(x, list | tuple) else []
-    if isinstance(y, str) and any(isinstance(v, str) and v == y for v in named):
-        raise ValueError(
-            f"the response {y!r} is also among the covariates: the response explaining itself makes "
-            f"the estimates meaningless; remove {y!r} from "
-            + ("the right-hand side of the formula" if formula is not None else "x=")
-        )
+    # the arguments are checked before any data is read (a long table may take minutes)
     fam = resolve_family(family)
     spec = resolve_solver(solver)
     cov = normalize_cov_type(cov_type)
@@ -259,6 +236,30 @@ def fit(
     if checkpoint is not None and start_params is not None:
         raise ValueError(
             "give either checkpoint= (which resumes from its saved state) or start_params=, not both"
+        )
+    formula = None
+    if is_formula(y):  # "y ~ x + log(z) | fe": derived variables added to a copy of the data
+        data, y, x, fe, offset, intercept = apply_formula(
+            data, y, x=x, fe=fe, offset=offset, intercept=intercept, dims=dims,
+            storage_options=storage_options, progress=progress,
+            columns=(exposure, weights), family=family,
+        )  # fmt: skip
+        formula = FittedFormula(**data.attrs["daskglm_formula"])
+    elif dims is not None:  # a long table, one row per observed cell
+        from ..frontend.tables import from_long
+
+        data = from_long(data, dims, y=y, storage_options=storage_options, progress=progress)
+    else:
+        from ..frontend.formula import is_long_table, needs_dims_error
+
+        if is_long_table(data):  # DataFrames, pyarrow Tables, parquet/CSV paths
+            raise needs_dims_error(data, fe if isinstance(fe, str) else None)
+    named = [x] if isinstance(x, str) else list(x) if isinstance(x, list | tuple) else []
+    if isinstance(y, str) and any(isinstance(v, str) and v == y for v in named):
+        raise ValueError(
+            f"the response {y!r} is also among the covariates: the response explaining itself makes "
+            f"the estimates meaningless; remove {y!r} from "
+            + ("the right-hand side of the formula" if formula is not None else "x=")
         )
     if not ssc and fe is None:
         raise ValueError(
