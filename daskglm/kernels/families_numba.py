@@ -340,10 +340,16 @@ def _lgamma_big(x):  # pragma: no cover - compiled
     return ((x - 0.5) * log(x) - x) + (_HALF_LOG_2PI + p / x)
 
 
+@numba.njit(inline="always", cache=True, error_model="numpy", fastmath=False)
+def _asymptotic(x):  # pragma: no cover - compiled
+    """Whether ``x`` is in the asymptotic series' range: finite and at least 10."""
+    return (x >= 10.0) & (x < np.inf)
+
+
 @numba.njit(cache=True, error_model="numpy", fastmath=False)
 def _lgamma(x):  # pragma: no cover - compiled
     """``lgamma(x)``: :func:`_lgamma_big` for finite ``x >= 10``, libm's ``lgamma`` below."""
-    return _lgamma_big(x) if (x >= 10.0) & (x < np.inf) else math.lgamma(x)
+    return _lgamma_big(x) if _asymptotic(x) else math.lgamma(x)
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath=False)
@@ -523,6 +529,19 @@ def _binomial_deviance(y, eta, trials, event, theta, out):  # pragma: no cover -
 
 
 # --------------------------------------------------------------------------- negative binomial (NB2)
+@numba.njit(inline="always", cache=True, error_model="numpy", fastmath=False)
+def _tabulated(v, limit):  # pragma: no cover - compiled
+    """Whether a cell's value ``v`` is looked up (:func:`_count_index`'s rule)."""
+    return (v >= 0.0) & (v < limit) & (v == math.floor(v))
+
+
+@numba.njit(inline="always", cache=True, error_model="numpy", fastmath=False)
+def _many(miss, n):  # pragma: no cover - compiled
+    """Whether the ``miss`` cells a slab of ``n`` does not look up are many (an eighth or more):
+    then they are computed for every cell in loops that vectorise and selected, else one by one."""
+    return 8 * miss >= n
+
+
 @numba.njit(cache=True, error_model="numpy", fastmath=False)
 def _count_index(y, idx):  # pragma: no cover - compiled
     """``idx[i] = y[i]`` where ``y[i]`` is a whole number in ``0 .. len(y) - 1``, else 0.
@@ -535,7 +554,7 @@ def _count_index(y, idx):  # pragma: no cover - compiled
     miss = 0
     for i in range(y.shape[0]):
         v = y[i]
-        ok = (v >= 0.0) & (v < limit) & (v == math.floor(v))
+        ok = _tabulated(v, limit)
         k = np.int64(v if ok else 0.0)
         idx[i] = k
         top = max(top, k)
@@ -558,24 +577,24 @@ def _gather(idx, t0, t1, t2, n_tables, o0, o1, o2):  # pragma: no cover - compil
             o2[i] = t2[idx[i]]
 
 
-@numba.njit(inline="always", cache=True, error_model="numpy", fastmath=False)
-def _tabulated(v, limit):  # pragma: no cover - compiled
-    """Whether a cell's value ``v`` is looked up (:func:`_count_index`'s rule)."""
-    return (v >= 0.0) & (v < limit) & (v == math.floor(v))
+@numba.njit(cache=True, error_model="numpy", fastmath=False)
+def _nb2_index(y):  # pragma: no cover - compiled
+    """:func:`_count_index` into a new array: ``(idx, top, miss)``, made once per slab and shared
+    by the special functions' and the deviance's lookups."""
+    idx = np.empty(y.shape[0], np.int64)
+    top, miss = _count_index(y, idx)
+    return idx, top, miss
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath=False)
-def _nb2_special(y, r, derivs, lg, dg, tg):  # pragma: no cover - compiled
+def _nb2_special(y, r, derivs, lg, dg, tg, idx, top, miss):  # pragma: no cover - compiled
     """``fn(y + r) - fn(r)`` per cell for lgamma (and, if ``derivs``, digamma and trigamma),
-    into ``lg`` (``dg``, ``tg``).
+    into ``lg`` (``dg``, ``tg``); ``idx, top, miss`` from :func:`_nb2_index`.
 
     The whole counts ``0 .. top`` (``top`` below the slab length, so the table never costs more
     than the cells) are looked up in a table made here; other cells (larger or non-integer
     ``y``) are evaluated one by one. The numbers are the same either way.
     """
-    n = y.shape[0]
-    idx = np.empty(n, np.int64)
-    top, miss = _count_index(y, idx)
     size = top + 1
     lg0 = math.lgamma(r)
     dg0 = digamma(r) if derivs else 0.0
@@ -601,17 +620,17 @@ def _nb2_table(r, derivs, lg0, dg0, tg0, tl, td, tt):  # pragma: no cover - comp
     size = tl.shape[0]
     for k in range(size):
         x = k + r
-        xs = x if (x >= 10.0) & (x < np.inf) else 10.0
+        xs = x if _asymptotic(x) else 10.0
         tl[k] = _lgamma_big(xs) - lg0
     if derivs:
         for k in range(size):
             x = k + r
-            xs = x if (x >= 10.0) & (x < np.inf) else 10.0
+            xs = x if _asymptotic(x) else 10.0
             td[k] = _digamma_big(xs) - dg0
             tt[k] = _trigamma_big(xs) - tg0
     for k in range(size):  # x < 10 (at most the first ten), inf, nan: one by one
         x = k + r
-        if (x >= 10.0) & (x < np.inf):
+        if _asymptotic(x):
             break
         tl[k] = _lgamma(x) - lg0
         if derivs:
@@ -631,13 +650,13 @@ def _nb2_special_cells(y, r, derivs, lg, dg, tg, lg0, dg0, tg0, miss):  # pragma
     n = y.shape[0]
     limit = float(n)
     left = miss
-    series = 8 * miss >= n
+    series = _many(miss, n)
     if series:
         left = 0
         for i in range(n):
             v = y[i]
             x = v + r
-            take = (not _tabulated(v, limit)) & (x >= 10.0) & (x < np.inf)
+            take = (not _tabulated(v, limit)) & _asymptotic(x)
             xs = x if take else 10.0
             value = _lgamma_big(xs) - lg0
             lg[i] = value if take else lg[i]
@@ -646,7 +665,7 @@ def _nb2_special_cells(y, r, derivs, lg, dg, tg, lg0, dg0, tg0, miss):  # pragma
             for i in range(n):
                 v = y[i]
                 x = v + r
-                take = (not _tabulated(v, limit)) & (x >= 10.0) & (x < np.inf)
+                take = (not _tabulated(v, limit)) & _asymptotic(x)
                 xs = x if take else 10.0
                 d = _digamma_big(xs) - dg0
                 t = _trigamma_big(xs) - tg0
@@ -656,7 +675,7 @@ def _nb2_special_cells(y, r, derivs, lg, dg, tg, lg0, dg0, tg0, miss):  # pragma
         for i in range(n):
             v = y[i]
             x = v + r
-            if _tabulated(v, limit) or (series and (x >= 10.0) and (x < np.inf)):
+            if _tabulated(v, limit) or (series and _asymptotic(x)):
                 continue
             lg[i] = _lgamma(x) - lg0
             if derivs:
@@ -665,12 +684,11 @@ def _nb2_special_cells(y, r, derivs, lg, dg, tg, lg0, dg0, tg0, miss):  # pragma
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath=False)
-def _nb2_deviance_terms(y, r, xl, ly):  # pragma: no cover - compiled
+def _nb2_deviance_terms(y, r, xl, ly, idx, top, miss):  # pragma: no cover - compiled
     """The unit deviance's terms in ``y`` alone, ``xlogy(y, y)`` into ``xl`` and ``log(y + r)``
-    into ``ly``: looked up for whole counts as :func:`_nb2_special` (the same numbers)."""
+    into ``ly``: looked up for whole counts as :func:`_nb2_special` (the same numbers; ``idx,
+    top, miss`` from :func:`_nb2_index`)."""
     n = y.shape[0]
-    idx = np.empty(n, np.int64)
-    top, miss = _count_index(y, idx)
     size = top + 1
     t_xl = np.empty(size)
     t_ly = np.empty(size)
@@ -681,7 +699,7 @@ def _nb2_deviance_terms(y, r, xl, ly):  # pragma: no cover - compiled
     _gather(idx, t_xl, t_ly, t_ly, 2, xl, ly, ly)
     if miss:
         limit = float(n)
-        if 8 * miss >= n:  # many: every cell's, kept where it is not looked up (vectorises)
+        if _many(miss, n):  # many: every cell's, kept where it is not looked up (vectorises)
             for i in range(n):
                 v = y[i]
                 keep = _tabulated(v, limit)
@@ -717,10 +735,11 @@ def _nb2_fill(y, eta, theta, out, derivs, dev, with_dev):  # pragma: no cover - 
         dg, tg = out[3], out[5]
     else:
         dg, tg = f, f
-    _nb2_special(y, r, derivs, f, dg, tg)
+    idx, top, miss = _nb2_index(y)  # once for both lookups
+    _nb2_special(y, r, derivs, f, dg, tg, idx, top, miss)
     ly = np.empty(n if with_dev else 0)
     if with_dev:
-        _nb2_deviance_terms(y, r, dev, ly)
+        _nb2_deviance_terms(y, r, dev, ly, idx, top, miss)
     for i in range(n):
         mu = exp(eta[i])
         rmu = r + mu
@@ -894,7 +913,8 @@ def cell_setup(
     elif code == 5:  # gammaln(y + r) - gammaln(r) + r (log r - log(r + y)) + y log y - y log(r + y)
         r = math.exp(-theta[0])
         log_r = math.log(r)
-        _nb2_special(y, r, False, sat, sat, sat)
+        idx, top, miss = _nb2_index(y)
+        _nb2_special(y, r, False, sat, sat, sat, idx, top, miss)
         for i in range(n):
             yi = y[i]
             lry = log(r + yi)
