@@ -202,6 +202,30 @@ def _labels(dictionary: pa.Array) -> pd.Index:
     return pd.Index(dictionary.to_pandas())
 
 
+def _positions(index: pd.Index | None, arr: pa.Array, skip_missing: bool) -> tuple:
+    """``arr`` dictionary-encoded against the labels seen so far (``index``): ``(indices, labels,
+    pos, new, fresh)``, each row's position in the piece's dictionary ``labels``, each label's
+    position in ``index`` (-1 if unseen), the unseen labels this piece uses (missing ones left
+    out with ``skip_missing``), and whether the dictionary was made here (a given one, a pandas
+    categorical's, may hold labels the piece does not use)."""
+    fresh = not pa.types.is_dictionary(arr.type)
+    enc = arr.dictionary_encode() if fresh else arr
+    labels = _labels(enc.dictionary)
+    indices = enc.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    if index is None or not len(index):
+        pos = np.full(len(labels), -1, dtype=np.int64)
+    else:
+        pos = index.get_indexer(labels).astype(np.int64)
+    new = pos < 0
+    if skip_missing:
+        new &= ~np.asarray(pd.isna(labels), dtype=bool)
+    if new.any() and not fresh:
+        used = np.zeros(len(labels), dtype=bool)
+        used[indices] = True
+        new &= used
+    return indices, labels, pos, new, fresh
+
+
 class LevelCoder:
     """Integer codes of one key column: first-appearance order while scanning, then sorted."""
 
@@ -219,19 +243,7 @@ class LevelCoder:
                 f"(rows {rows}{', ...' if len(missing) > 5 else ''}); every row must name its cell: drop "
                 f"those rows (table.dropna(subset=[{self.name!r}])) or fill them with a label of their own"
             )
-        fresh = not pa.types.is_dictionary(arr.type)
-        enc = arr.dictionary_encode() if fresh else arr
-        labels = _labels(enc.dictionary)
-        indices = enc.indices.to_numpy(zero_copy_only=False)
-        if self.index is None:
-            pos = np.full(len(labels), -1, dtype=np.int64)
-        else:
-            pos = self.index.get_indexer(labels).astype(np.int64)
-        new = pos < 0
-        if new.any() and not fresh:  # a given dictionary may hold labels this piece does not use
-            used = np.zeros(len(labels), dtype=bool)
-            used[indices] = True
-            new &= used
+        indices, labels, pos, new, _ = _positions(self.index, arr, skip_missing=False)
         if new.any():
             if self.frozen:
                 raise ValueError(
@@ -274,21 +286,11 @@ class CategoryCoder:
         self._first = True
 
     def encode(self, arr: pa.Array) -> np.ndarray:
-        fresh = not pa.types.is_dictionary(arr.type)
-        enc = arr.dictionary_encode() if fresh else arr
-        labels = _labels(enc.dictionary)
+        indices, labels, pos, new, fresh = _positions(self.index, arr, skip_missing=True)
         if self._first:
             self._first = False
             if not fresh:
                 self.categories = [v.item() if isinstance(v, np.generic) else v for v in labels.dropna()]
-        indices = enc.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-        missing = pd.isna(labels)
-        pos = self.index.get_indexer(labels).astype(np.int64)
-        new = (pos < 0) & ~np.asarray(missing, dtype=bool)
-        if new.any() and not fresh:  # a given dictionary may hold labels this piece does not use
-            used = np.zeros(len(labels), dtype=bool)
-            used[indices] = True
-            new &= used
         if new.any():
             add = labels[new].unique()
             self.index = add if not len(self.index) else self.index.append(add)
